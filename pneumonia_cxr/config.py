@@ -1,0 +1,138 @@
+"""One configuration object per run, saved as JSON in the run folder and inside the model file."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+T = TypeVar("T")
+
+
+@dataclass
+class Preprocessing:
+    """What turns a loaded grayscale image into model input; stored in every model file.
+
+    `normalization` is "imagenet" (mean/std of the pretrained weights) or "unit" (the
+    reference's plain 1/255 scaling). Images are squashed to a square, as the reference does.
+    """
+
+    image_size: int = 224
+    normalization: str = "imagenet"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    channels: int = 3
+    resize: str = "squash"
+
+    def __post_init__(self) -> None:
+        if self.normalization not in {"imagenet", "unit"}:
+            raise ValueError(
+                f"normalization must be 'imagenet' or 'unit', not {self.normalization!r}"
+            )
+        if self.normalization == "unit":
+            self.mean, self.std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+        self.mean = tuple(float(v) for v in self.mean)
+        self.std = tuple(float(v) for v in self.std)
+
+
+@dataclass
+class AugmentConfig:
+    """Train-only augmentation as in the reference (Keras ImageDataGenerator-style ranges)."""
+
+    rotation_degrees: float = 15.0
+    width_shift: float = 0.1
+    height_shift: float = 0.1
+    zoom: float = 0.1
+    horizontal_flip: bool = True
+
+
+@dataclass
+class DataConfig:
+    dataset_path: str | None = None
+    image_size: int = 224
+    normalization: str = "imagenet"
+    val_fraction: float = 0.15
+    batch_size: int = 32
+    num_workers: int = 2
+    balanced_sampler: bool = False
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "resnet50"
+    weights: str = "imagenet"
+    head_dims: tuple[int, int] = (512, 256)
+    head_dropouts: tuple[float, float] = (0.5, 0.3)
+    unfreeze_layers: int = 30
+    """Stage 2 unfreezes this many of the backbone's top layers; -1 unfreezes all."""
+
+
+@dataclass
+class TrainConfig:
+    stage1_epochs: int = 8
+    stage2_epochs: int = 5
+    stage1_lr: float = 1e-4
+    stage2_lr: float = 1e-5
+    weight_decay: float = 0.0
+    monitor: str = "val_auc"
+    early_stopping_patience: int = 3
+    lr_patience: int = 1
+    lr_factor: float = 0.2
+    class_weights: bool = True
+    seed: int = 42
+    accelerator: str = "auto"
+    devices: str = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "auto"
+    threshold_rule: str = "max_specificity_at_sensitivity"
+    min_sensitivity: float = 0.95
+    calibrate: bool = False
+    output_dir: str = "outputs"
+    run_name: str | None = None
+    limit_train_batches: float | int | None = None
+    limit_val_batches: float | int | None = None
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> RunConfig:
+        return _build(cls, raw)
+
+    @classmethod
+    def load(cls, path: str | Path) -> RunConfig:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def _build(cls: type[T], raw: dict[str, Any]) -> T:
+    """Rebuild nested dataclasses from JSON; unknown keys are an error, not silently dropped."""
+    known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = set(raw) - set(known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} keys: {sorted(unknown)}")
+    kwargs: dict[str, Any] = {}
+    for name, value in raw.items():
+        default = getattr(cls(), name)
+        if is_dataclass(default) and isinstance(value, dict):
+            kwargs[name] = _build(type(default), value)
+        elif isinstance(default, tuple) and isinstance(value, list):
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)

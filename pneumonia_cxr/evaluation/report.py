@@ -1,0 +1,237 @@
+"""Human-readable reports of a metrics.json body: a Markdown table and one self-contained HTML file.
+
+Both renderings are built from the same rows (`_metric_rows`), so the numbers cannot disagree.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+from pneumonia_cxr.evaluation.metrics import RATE_NAMES
+
+RATE_LABELS: dict[str, str] = {
+    "accuracy": "Accuracy",
+    "sensitivity": "Sensitivity (recall)",
+    "specificity": "Specificity",
+    "precision": "Precision (PPV)",
+    "npv": "NPV",
+    "f1": "F1",
+}
+CONFUSION_LABELS: dict[str, str] = {
+    "tp": "True positives (PNEUMONIA found)",
+    "fn": "False negatives (PNEUMONIA missed)",
+    "tn": "True negatives",
+    "fp": "False positives (false alarms)",
+}
+_IMAGE_TYPES: dict[str, str] = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
+_EXTERNAL_LINK = re.compile(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", re.IGNORECASE)
+NOT_AVAILABLE = "n/a"
+
+
+def _fmt(value: float | None, *, percent: bool, digits: int = 3) -> str:
+    if value is None:
+        return NOT_AVAILABLE
+    return f"{100 * value:.1f}%" if percent else f"{value:.{digits}f}"
+
+
+def _with_interval(entry: Mapping, *, percent: bool, digits: int = 3) -> str:
+    """'value [low, high]' (the interval omitted when undefined)."""
+    value = _fmt(entry.get("value"), percent=percent, digits=digits)
+    low, high = entry.get("ci_low"), entry.get("ci_high")
+    if low is None or high is None:
+        return value
+    low_text = _fmt(low, percent=percent, digits=digits)
+    return f"{value} [{low_text}, {_fmt(high, percent=percent, digits=digits)}]"
+
+
+def _confidence_label(metrics: Mapping) -> str:
+    confidence = metrics.get("bootstrap", {}).get("confidence", 0.95)
+    return f"{100 * confidence:g}% CI"
+
+
+def _metric_rows(metrics: Mapping) -> dict[str, tuple[list[str], list[list[str]]]]:
+    """Tables as (header, rows) of text cells, shared by the Markdown and HTML renderings."""
+    ci = _confidence_label(metrics)
+    stored = f"At stored threshold {metrics['threshold']:.3f} ({metrics['threshold_rule']})"
+    rates = (
+        ["Metric", f"{stored}, value [{ci}]", f"At 0.5, value [{ci}]"],
+        [
+            [
+                RATE_LABELS[name],
+                _with_interval(metrics["at_threshold"][name], percent=True),
+                _with_interval(metrics["at_0.5"][name], percent=True),
+            ]
+            for name in RATE_NAMES
+        ],
+    )
+    overall = (
+        ["Threshold-free metric", f"Value [{ci}]"],
+        [
+            ["ROC AUC", _with_interval(metrics["roc_auc"], percent=False)],
+            ["Average precision", _with_interval(metrics["average_precision"], percent=False)],
+            ["Brier score (lower is better)", _fmt(metrics["brier"], percent=False, digits=4)],
+            [
+                f"ECE, {metrics.get('ece_n_bins', 15)} bins (lower is better)",
+                _fmt(metrics["ece"], percent=False, digits=4),
+            ],
+        ],
+    )
+    confusion = (
+        ["Confusion counts", "At stored threshold", "At 0.5"],
+        [
+            [
+                label,
+                str(metrics["at_threshold"]["confusion"][key]),
+                str(metrics["at_0.5"]["confusion"][key]),
+            ]
+            for key, label in CONFUSION_LABELS.items()
+        ],
+    )
+    return {"rates": rates, "overall": overall, "confusion": confusion}
+
+
+def _summary_line(metrics: Mapping) -> str:
+    boot = metrics.get("bootstrap", {})
+    return (
+        f"n = {metrics['n']} ({metrics['n_positive']} PNEUMONIA, {metrics['n_negative']} NORMAL); "
+        f"intervals: {boot.get('method', 'bootstrap')} bootstrap, "
+        f"{boot.get('n_resamples', '?')} resamples, seed {boot.get('seed', '?')}."
+    )
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(cell.replace("|", r"\|") for cell in cells) + " |"
+
+    return "\n".join([line(header), line(["---"] * len(header)), *map(line, rows)])
+
+
+def metrics_markdown(metrics: dict) -> str:
+    """Markdown tables of a metrics.json body: rates with CIs at the stored threshold and at 0.5,
+    threshold-free metrics, and confusion counts. Undefined values read "n/a"."""
+    tables = _metric_rows(metrics)
+    parts = [_summary_line(metrics)]
+    parts += [_markdown_table(*tables[name]) for name in ("rates", "overall", "confusion")]
+    return "\n\n".join(parts) + "\n"
+
+
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(str(cell))}</th>" for cell in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in row) + "</tr>"
+        for row in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _data_counts_html(data_counts: Mapping) -> str:
+    """A split x class matrix when every value is a mapping, else a key/value table."""
+    if data_counts and all(isinstance(value, Mapping) for value in data_counts.values()):
+        columns: list[str] = []
+        for value in data_counts.values():
+            columns += [str(key) for key in value if str(key) not in columns]
+        rows = [
+            [str(split), *(str(counts.get(column, "")) for column in columns)]
+            for split, counts in data_counts.items()
+        ]
+        return _html_table(["", *columns], rows)
+    rows = [[str(key), str(value)] for key, value in data_counts.items()]
+    return _html_table(["Item", "Count"], rows)
+
+
+def _image_data_uri(name: str, path: Path) -> str:
+    """Embed an image file so the report stays one file that opens anywhere, offline."""
+    mime = _IMAGE_TYPES.get(path.suffix.lower())
+    if mime is None:
+        raise ValueError(f"plot {name!r}: {path} is not PNG or JPEG; only those are embedded")
+    if not path.is_file():
+        raise FileNotFoundError(f"plot {name!r}: {path} does not exist; write the plots first")
+    encoded = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f"data:{mime};base64,{encoded}"
+
+
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto;
+       max-width: 1100px; padding: 0 1rem; color: #222; line-height: 1.45; }
+h1 { border-bottom: 2px solid #444; padding-bottom: .3rem; }
+h2 { margin-top: 2.2rem; border-bottom: 1px solid #ccc; }
+table { border-collapse: collapse; margin: .8rem 0; }
+th, td { border: 1px solid #bbb; padding: .3rem .7rem; text-align: left; }
+th { background: #eef2f7; }
+tbody tr:nth-child(even) { background: #fafafa; }
+dl.protocol dt { font-weight: 600; margin-top: .6rem; }
+dl.protocol dd { margin-left: 1.2rem; }
+.plots { display: flex; flex-wrap: wrap; gap: 1.2rem; }
+figure { margin: 0; max-width: 100%; }
+figure img { max-width: 520px; width: 100%; border: 1px solid #ddd; }
+figcaption { font-size: .9rem; color: #555; }
+.summary { color: #444; }
+"""
+
+
+def write_html_report(
+    path: str | Path,
+    *,
+    title: str,
+    metrics: dict,
+    plots: dict[str, Path],
+    data_counts: dict,
+    protocol: dict[str, str],
+    extra_sections: dict[str, str] | None = None,
+) -> Path:
+    """Write one self-contained HTML report: inline CSS, images as base64 data URIs, no links out.
+
+    Args:
+        path: Output .html file (its folder is created).
+        title: Page title.
+        metrics: The `evaluate_predictions` result.
+        plots: Caption -> PNG/JPEG file, embedded in this order.
+        data_counts: Images per split (and class), e.g. {"test": {"NORMAL": 234, "PNEUMONIA": 390}}.
+        protocol: Heading -> plain text, e.g. {"Split": "patient-level, ..."}; escaped.
+        extra_sections: Heading -> HTML snippet inserted verbatim (escape your own text); a
+            snippet that loads anything over the network is refused, to keep the file standalone.
+    """
+    extra_sections = extra_sections or {}
+    for heading, snippet in extra_sections.items():
+        if _EXTERNAL_LINK.search(snippet):
+            raise ValueError(
+                f"extra section {heading!r} links an external resource; embed it as a data URI"
+            )
+    tables = _metric_rows(metrics)
+    protocol_html = "".join(
+        f"<dt>{html.escape(str(key))}</dt><dd>{html.escape(str(text))}</dd>"
+        for key, text in protocol.items()
+    )
+    figures = "".join(
+        f'<figure><img src="{_image_data_uri(name, Path(file))}" alt="{html.escape(name)}">'
+        f"<figcaption>{html.escape(name)}</figcaption></figure>"
+        for name, file in plots.items()
+    )
+    sections = [
+        ("Data", _data_counts_html(data_counts)),
+        ("Protocol", f'<dl class="protocol">{protocol_html}</dl>'),
+        (
+            "Metrics",
+            f'<p class="summary">{html.escape(_summary_line(metrics))}</p>'
+            + "".join(_html_table(*tables[name]) for name in ("rates", "overall", "confusion")),
+        ),
+        ("Plots", f'<div class="plots">{figures}</div>'),
+        *((html.escape(heading), snippet) for heading, snippet in extra_sections.items()),
+    ]
+    body = "".join(
+        f"<section><h2>{heading}</h2>{content}</section>" for heading, content in sections
+    )
+    document = (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>"
+        f"<body><h1>{html.escape(title)}</h1>{body}</body></html>\n"
+    )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(document, encoding="utf-8")
+    return path

@@ -1,0 +1,148 @@
+"""The LightningModule: weighted BCE on one logit, validation AUC, plateau LR, exact resume."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import roc_auc_score
+
+from pneumonia_cxr.model.classifier import PneumoniaNet
+
+
+def _rng_state() -> dict[str, Any]:
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": [
+            torch.from_numpy(v) if isinstance(v, np.ndarray) else v for v in np.random.get_state()
+        ],
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(tuple(v.numpy() if torch.is_tensor(v) else v for v in state["numpy"]))
+    random.setstate(state["python"])
+
+
+class PneumoniaLitModule(L.LightningModule):
+    """One training stage of a PneumoniaNet; the stage's freezing is set up by the caller."""
+
+    def __init__(
+        self,
+        net: PneumoniaNet,
+        *,
+        stage: int,
+        lr: float,
+        class_weights: tuple[float, float] | None = None,
+        weight_decay: float = 0.0,
+        lr_patience: int = 1,
+        lr_factor: float = 0.2,
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.stage, self.lr, self.weight_decay = stage, lr, weight_decay
+        self.lr_patience, self.lr_factor = lr_patience, lr_factor
+        weights = torch.tensor(class_weights if class_weights else (1.0, 1.0), dtype=torch.float32)
+        self.register_buffer("class_weights", weights, persistent=False)
+        self.skipped_files: set[int] = set()
+        self._val_outputs: list[torch.Tensor] = []
+        self._pending_rng: dict[str, Any] | None = None
+        self._pending_plateau: dict[str, Any] | None = None
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images).squeeze(1)
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        weight = self.class_weights[labels.long()]
+        return F.binary_cross_entropy_with_logits(logits.float(), labels, weight=weight)
+
+    def _note_skipped(self, batch: dict[str, Any]) -> None:
+        self.skipped_files.update(int(i) for i in batch["skipped"])
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        self._note_skipped(batch)
+        if batch["image"].numel() == 0:
+            return None  # every file of the batch was unreadable: skip the step
+        images = batch["image"].contiguous(memory_format=torch.channels_last)
+        loss = self._loss(self(images), batch["label"])
+        self.log(
+            "train_loss",
+            loss,
+            on_step=False,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=len(batch["label"]),
+            sync_dist=True,
+        )
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        if batch["image"].numel() == 0:
+            return
+        images = batch["image"].contiguous(memory_format=torch.channels_last)
+        logits = self(images).float()
+        rows = torch.stack([batch["index"].float(), batch["label"], logits], dim=1)
+        self._val_outputs.append(rows)
+
+    def on_validation_epoch_end(self) -> None:
+        rows = (
+            torch.cat(self._val_outputs)
+            if self._val_outputs
+            else torch.empty(0, 3, device=self.device)
+        )
+        self._val_outputs.clear()
+        gathered = self.all_gather(rows)
+        rows = gathered.reshape(-1, 3) if gathered.dim() == 3 else gathered
+        # DistributedSampler pads with repeats: keep each image once.
+        unique_rows = {int(r[0]): r for r in rows.cpu()}
+        table = torch.stack(list(unique_rows.values())) if unique_rows else torch.empty(0, 3)
+        labels, logits = table[:, 1], table[:, 2]
+        loss = self._loss(logits, labels) if len(labels) else torch.tensor(float("nan"))
+        auc = (
+            float(roc_auc_score(labels.numpy(), logits.numpy()))
+            if len(torch.unique(labels)) == 2
+            else float("nan")
+        )
+        self.log_dict({"val_loss": float(loss), "val_auc": auc}, prog_bar=True, sync_dist=False)
+        if not self.trainer.sanity_checking and np.isfinite(auc):
+            # Stepped here, before the epoch's checkpoint is written, so resume is exact.
+            self.plateau.step(auc)
+        self.log("lr", self.optimizer_lr(), prog_bar=False)
+
+    def optimizer_lr(self) -> float:
+        return float(self.trainer.optimizers[0].param_groups[0]["lr"])
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        optimizer = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
+        self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="max", factor=self.lr_factor, patience=self.lr_patience
+        )
+        if self._pending_plateau is not None:
+            self.plateau.load_state_dict(self._pending_plateau)
+        return optimizer
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["pneumonia_cxr"] = {
+            "stage": self.stage,
+            "plateau": self.plateau.state_dict(),
+            "rng": _rng_state(),
+            "skipped_files": sorted(self.skipped_files),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        extra = checkpoint["pneumonia_cxr"]
+        self._pending_plateau = extra["plateau"]
+        self._pending_rng = extra["rng"]
+        self.skipped_files.update(extra["skipped_files"])
+
+    def on_train_start(self) -> None:
+        if self._pending_rng is not None:
+            _set_rng_state(self._pending_rng)
+            self._pending_rng = None

@@ -1,0 +1,342 @@
+"""The two-stage run: split, stage 1 (head), stage 2 (top layers), threshold, model file."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from pneumonia_cxr import __version__
+from pneumonia_cxr.config import Preprocessing, RunConfig
+from pneumonia_cxr.data.datamodule import XrayDataModule
+from pneumonia_cxr.data.discovery import list_images, resolve_dataset
+from pneumonia_cxr.data.fingerprint import records_fingerprint
+from pneumonia_cxr.data.split import (
+    PatientSplit,
+    make_patient_split,
+    read_split_csv,
+    write_split_csv,
+)
+from pneumonia_cxr.evaluation.calibration import fit_temperature
+from pneumonia_cxr.evaluation.threshold import choose_threshold
+from pneumonia_cxr.model.backbones import get_backbone
+from pneumonia_cxr.model.classifier import PneumoniaNet
+from pneumonia_cxr.model.model_file import FINAL_MODEL_NAME, ModelBundle, save_model
+from pneumonia_cxr.training.callbacks import EpochMetricsCSV, drop_rows_from
+from pneumonia_cxr.training.checkpointing import AtomicCheckpointIO
+from pneumonia_cxr.training.module import PneumoniaLitModule
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE, SPLIT_FILE, PROGRESS_FILE = "config.json", "split.csv", "progress.json"
+METRICS_FILE, SUMMARY_FILE = "metrics.csv", "run_summary.json"
+
+
+@dataclass
+class RunPaths:
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / CONFIG_FILE
+
+    @property
+    def split(self) -> Path:
+        return self.root / SPLIT_FILE
+
+    @property
+    def progress(self) -> Path:
+        return self.root / PROGRESS_FILE
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / METRICS_FILE
+
+    def stage_checkpoints(self, stage: int) -> Path:
+        return self.root / "checkpoints" / f"stage{stage}"
+
+    @property
+    def final_model(self) -> Path:
+        return self.root / FINAL_MODEL_NAME
+
+
+def preprocessing_for(config: RunConfig) -> Preprocessing:
+    """Input contract of the model: the backbone's pretrained mean/std unless 1/255 is asked."""
+    spec = get_backbone(config.model.backbone)
+    if config.data.normalization == "unit":
+        return Preprocessing(image_size=config.data.image_size, normalization="unit")
+    return Preprocessing(image_size=config.data.image_size, mean=spec.mean, std=spec.std)
+
+
+def _precision(config: RunConfig) -> str:
+    if config.train.precision != "auto":
+        return config.train.precision
+    if torch.cuda.is_available() and config.train.accelerator in ("auto", "gpu", "cuda"):
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "32-true"
+
+
+def _devices(value: str) -> int | str:
+    return int(value) if str(value).isdigit() else value
+
+
+def _read_progress(paths: RunPaths) -> dict[str, Any]:
+    return json.loads(paths.progress.read_text()) if paths.progress.exists() else {}
+
+
+def _write_progress(paths: RunPaths, progress: dict[str, Any]) -> None:
+    tmp = paths.progress.with_suffix(".tmp")
+    tmp.write_text(json.dumps(progress, indent=2))
+    tmp.replace(paths.progress)
+
+
+def _load_net_weights(net: PneumoniaNet, checkpoint_path: str | Path) -> None:
+    state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)["state_dict"]
+    net.load_state_dict({k.removeprefix("net."): v for k, v in state.items()})
+
+
+def _make_trainer(
+    config: RunConfig, paths: RunPaths, stage: int, epochs: int, extra_callbacks: list
+) -> L.Trainer:
+    train = config.train
+    checkpoint = ModelCheckpoint(
+        dirpath=paths.stage_checkpoints(stage),
+        filename="best",
+        monitor=train.monitor,
+        mode="max",
+        save_top_k=1,
+        save_last=True,
+        enable_version_counter=False,
+    )
+    early_stopping = EarlyStopping(
+        monitor=train.monitor, mode="max", patience=train.early_stopping_patience
+    )
+    loggers = [
+        CSVLogger(paths.root / "logs", name=f"stage{stage}", version=""),
+        TensorBoardLogger(paths.root / "logs", name="tensorboard", version=f"stage{stage}"),
+    ]
+    return L.Trainer(
+        max_epochs=epochs,
+        accelerator=train.accelerator,
+        devices=_devices(train.devices),
+        num_nodes=train.num_nodes,
+        strategy=train.strategy,
+        precision=_precision(config),
+        callbacks=[
+            checkpoint,
+            early_stopping,
+            EpochMetricsCSV(paths.metrics, stage),
+            *extra_callbacks,
+        ],
+        logger=loggers,
+        plugins=[AtomicCheckpointIO()],
+        default_root_dir=paths.root,
+        num_sanity_val_steps=0,
+        log_every_n_steps=10,
+        limit_train_batches=train.limit_train_batches,
+        limit_val_batches=train.limit_val_batches,
+        enable_model_summary=False,
+    )
+
+
+def _configure_stage(net: PneumoniaNet, config: RunConfig, stage: int) -> list[str]:
+    if stage == 1:
+        net.freeze_backbone()
+        return []
+    return net.unfreeze_top_layers(config.model.unfreeze_layers)
+
+
+def _run_stage(
+    stage: int,
+    net: PneumoniaNet,
+    datamodule: XrayDataModule,
+    config: RunConfig,
+    paths: RunPaths,
+    progress: dict[str, Any],
+    extra_callbacks: list,
+) -> L.Trainer | None:
+    """Fit one stage (resuming from its last checkpoint if any); record its best checkpoint."""
+    epochs = config.train.stage1_epochs if stage == 1 else config.train.stage2_epochs
+    key = f"stage{stage}"
+    if epochs <= 0 or progress.get(key, {}).get("done"):
+        return None
+    if stage == 2 and progress.get("stage1", {}).get("best_checkpoint"):
+        _load_net_weights(net, progress["stage1"]["best_checkpoint"])
+    unfrozen = _configure_stage(net, config, stage)
+    lr = config.train.stage1_lr if stage == 1 else config.train.stage2_lr
+    module = PneumoniaLitModule(
+        net,
+        stage=stage,
+        lr=lr,
+        class_weights=datamodule.class_weights() if config.train.class_weights else None,
+        weight_decay=config.train.weight_decay,
+        lr_patience=config.train.lr_patience,
+        lr_factor=config.train.lr_factor,
+    )
+    trainer = _make_trainer(config, paths, stage, epochs, extra_callbacks)
+    last = paths.stage_checkpoints(stage) / "last.ckpt"
+    resume_from = last if last.exists() else None
+    if resume_from is not None:
+        epoch = torch.load(last, map_location="cpu", weights_only=True)["epoch"]
+        drop_rows_from(paths.metrics, stage, epoch + 1)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+    if trainer.interrupted:
+        raise KeyboardInterrupt(f"stage {stage} interrupted; resume with --resume {paths.root}")
+    best = trainer.checkpoint_callback.best_model_path or str(last)
+    best_score = trainer.checkpoint_callback.best_model_score
+    progress[key] = {
+        "done": True,
+        "best_checkpoint": best,
+        "best_score": float(best_score) if best_score is not None else None,
+        "epochs_run": trainer.current_epoch,
+        "unfrozen_layers": len(unfrozen) if stage == 2 else 0,
+        "skipped_files": sorted(module.skipped_files),
+    }
+    if trainer.is_global_zero:
+        _write_progress(paths, progress)
+    return trainer
+
+
+def _best_stage(progress: dict[str, Any]) -> dict[str, Any]:
+    stages = [progress[k] for k in ("stage1", "stage2") if k in progress]
+    scored = [s for s in stages if s.get("best_score") is not None]
+    return max(scored, key=lambda s: s["best_score"]) if scored else stages[-1]
+
+
+@torch.no_grad()
+def predict_logits(net: PneumoniaNet, loader) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Logits and labels over a loader; also returns the indices of skipped files."""
+    net.eval()
+    logits, labels, skipped = [], [], []
+    for batch in loader:
+        skipped.extend(int(i) for i in batch["skipped"])
+        if batch["image"].numel():
+            images = batch["image"].contiguous(memory_format=torch.channels_last)
+            logits.append(net(images).squeeze(1).float())
+            labels.append(batch["label"])
+    return torch.cat(logits).numpy(), torch.cat(labels).numpy().astype(int), skipped
+
+
+def _new_run_dir(config: RunConfig) -> Path:
+    name = config.train.run_name or (
+        f"{config.model.backbone}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    )
+    return Path(config.train.output_dir) / name
+
+
+def prepare_data(config: RunConfig, paths: RunPaths, resuming: bool) -> tuple[PatientSplit, Path]:
+    root = resolve_dataset(config.data.dataset_path)
+    if resuming and paths.split.exists():
+        return read_split_csv(paths.split), root
+    records = [r for r in list_images(root) if r.split in ("train", "val")]
+    split = make_patient_split(records, config.data.val_fraction, config.train.seed)
+    write_split_csv(split, paths.split)
+    return split, root
+
+
+def train(
+    config: RunConfig | None = None,
+    *,
+    resume: str | Path | None = None,
+    extra_callbacks: list | None = None,
+) -> Path:
+    """Run (or resume) the whole two-stage training; returns the run folder."""
+    if resume is not None:
+        paths = RunPaths(Path(resume))
+        config = RunConfig.load(paths.config)
+    else:
+        config = config or RunConfig()
+        paths = RunPaths(_new_run_dir(config))
+        if paths.progress.exists():
+            raise FileExistsError(f"{paths.root} already holds a run; use --resume {paths.root}")
+        paths.root.mkdir(parents=True, exist_ok=True)
+        config.save(paths.config)
+    L.seed_everything(config.train.seed, workers=True)
+    started = time.perf_counter()
+    split, root = prepare_data(config, paths, resuming=resume is not None)
+    preprocessing = preprocessing_for(config)
+    datamodule = XrayDataModule(
+        split.train, split.val, config.data, preprocessing, seed=config.train.seed
+    )
+    net = PneumoniaNet(
+        config.model.backbone,
+        weights=config.model.weights,
+        head_dims=config.model.head_dims,
+        head_dropouts=config.model.head_dropouts,
+    ).to(memory_format=torch.channels_last)
+    progress = _read_progress(paths)
+    last_trainer = None
+    for stage in (1, 2):
+        last_trainer = (
+            _run_stage(stage, net, datamodule, config, paths, progress, extra_callbacks or [])
+            or last_trainer
+        )
+    is_zero = last_trainer is None or last_trainer.is_global_zero
+    if not is_zero:
+        return paths.root
+    _load_net_weights(net, _best_stage(progress)["best_checkpoint"])
+    bundle = finalize_model(net, config, preprocessing, datamodule, split)
+    save_model(bundle, paths.final_model)
+    _write_summary(paths, config, progress, bundle, datamodule, time.perf_counter() - started, root)
+    return paths.root
+
+
+def finalize_model(
+    net: PneumoniaNet,
+    config: RunConfig,
+    preprocessing: Preprocessing,
+    datamodule: XrayDataModule,
+    split: PatientSplit,
+) -> ModelBundle:
+    """Threshold (and optional temperature) from the validation split, never from test."""
+    net = net.cpu()
+    logits, labels, _ = predict_logits(net, datamodule.val_dataloader())
+    temperature = fit_temperature(logits, labels) if config.train.calibrate else 1.0
+    probs = 1.0 / (1.0 + np.exp(-logits / temperature))
+    threshold = choose_threshold(
+        labels, probs, config.train.threshold_rule, config.train.min_sensitivity
+    )
+    return ModelBundle(
+        model=net,
+        preprocessing=preprocessing,
+        threshold=threshold,
+        threshold_rule=config.train.threshold_rule,
+        temperature=temperature,
+        config=config.to_dict(),
+        data_fingerprint=records_fingerprint([*split.train, *split.val], "trainval"),
+        package_version=__version__,
+        extra={"val_n": len(labels), "min_sensitivity": config.train.min_sensitivity},
+    )
+
+
+def _write_summary(paths, config, progress, bundle, datamodule, seconds, root) -> None:
+    skipped = sorted(
+        {i for key in ("stage1", "stage2") for i in progress.get(key, {}).get("skipped_files", [])}
+    )
+    summary = {
+        "run_dir": str(paths.root),
+        "dataset": str(root),
+        "backbone": config.model.backbone,
+        "weights": config.model.weights,
+        "train_images": len(datamodule.train_records),
+        "val_images": len(datamodule.val_records),
+        "skipped_train_files": [str(datamodule.train_records[i].path) for i in skipped],
+        "stages": {k: progress[k] for k in ("stage1", "stage2") if k in progress},
+        "threshold": bundle.threshold,
+        "threshold_rule": bundle.threshold_rule,
+        "temperature": bundle.temperature,
+        "model_file": str(paths.final_model),
+        "wall_seconds_this_invocation": round(seconds, 1),
+        "package_version": __version__,
+    }
+    (paths.root / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")

@@ -1,0 +1,29 @@
+"""Shared fixtures: a tiny synthetic data set, and the real data where CI provides it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from pneumonia_cxr.data.synthetic import SyntheticSpec, generate_synthetic_dataset
+
+TINY_SPEC = SyntheticSpec(
+    image_size=48, train_per_class=24, val_per_class=4, test_per_class=8, seed=3
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A few dozen 48-px synthetic X-rays in the official layout (read-only for tests)."""
+    return generate_synthetic_dataset(tmp_path_factory.mktemp("synthetic") / "data", TINY_SPEC)
+
+
+@pytest.fixture(scope="session")
+def real_data_root() -> Path:
+    """The Kermany 224 data set (CI sets PNEUMONIA_CXR_DATA); skip where it is absent."""
+    value = os.environ.get("PNEUMONIA_CXR_DATA")
+    if not value or not Path(value).is_dir():
+        pytest.skip("real data absent: set PNEUMONIA_CXR_DATA to the kermany_224 folder")
+    return Path(value)
