@@ -1,4 +1,4 @@
-"""The `pneumonia-cxr` command: data, train, demo (and evaluate, predict as they land)."""
+"""The `pneumonia-cxr` command: data, train, demo, evaluate, predict, explain-check."""
 
 from __future__ import annotations
 
@@ -132,7 +132,9 @@ def demo_config(data_dir: Path, output_dir: str) -> RunConfig:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """Synthetic data -> training -> evaluation on its test split, report and Grad-CAM grid."""
     from pneumonia_cxr.data.synthetic import generate_synthetic_dataset
+    from pneumonia_cxr.evaluation.evaluate import evaluate_model, headline
     from pneumonia_cxr.training.run import train
 
     data_dir = generate_synthetic_dataset(Path(args.output_dir) / "synthetic_cxr_demo")
@@ -145,6 +147,141 @@ def cmd_demo(args: argparse.Namespace) -> int:
     run_dir = train(demo_config(data_dir, args.output_dir))
     print(f"run folder: {run_dir}")
     print(f"model file: {run_dir / 'final_pneumonia_model.pt'}")
+    result = evaluate_model(run_dir / "final_pneumonia_model.pt", data_dir, split="test")
+    print(f"test split (synthetic): {headline(result.metrics)}")
+    print(f"report: {result.report}")
+    print(f"Grad-CAM grid: {result.gradcam_grid}")
+    print(f"metrics: {result.files['metrics']}")
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+CAM_METHOD_CHOICES: tuple[str, ...] = ("gradcam", "gradcam++", "hirescam", "eigencam")
+"""`explain.gradcam.CAM_METHODS`, spelled out so building the parser does not import
+pytorch-grad-cam (seconds); a test keeps the two equal."""
+
+
+def _output_file(text: str) -> str:
+    if Path(text).suffix.lower() not in (".csv", ".json"):
+        raise argparse.ArgumentTypeError(f"{text}: must end in .csv or .json")
+    return text
+
+
+def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
+    """Flags of `evaluate` (also used by scripts/evaluate.py through `main`)."""
+    parser.add_argument("--model_path", required=True, help="a final_pneumonia_model.pt")
+    parser.add_argument(
+        "--dataset_path",
+        help="dataset folder (default: $PNEUMONIA_CXR_DATA, then the dataset the model was "
+        "trained on if still present, then the cache or a download)",
+    )
+    parser.add_argument("--split", default="test", choices=["test", "val", "train"])
+    parser.add_argument("--output_dir", help="default: <model file folder>/eval_<split>")
+    parser.add_argument("--batch_size", type=_positive_int, default=32)
+    parser.add_argument("--num_workers", type=int, default=0, help="image decoding processes")
+    parser.add_argument(
+        "--n_resamples", type=_positive_int, default=2000, help="bootstrap resamples"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and picks")
+    parser.add_argument("--gradcam_method", default="gradcam", choices=CAM_METHOD_CHOICES)
+    parser.add_argument(
+        "--explain_images",
+        type=int,
+        default=8,
+        help="images per heatmap sanity check in the report (0: skip them)",
+    )
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from pneumonia_cxr.evaluation.evaluate import evaluate_model, headline
+
+    result = evaluate_model(
+        args.model_path,
+        args.dataset_path,
+        split=args.split,
+        output_dir=args.output_dir,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        n_resamples=args.n_resamples,
+        seed=args.seed,
+        gradcam_method=args.gradcam_method,
+        explain_images=args.explain_images,
+    )
+    print(headline(result.metrics))
+    if result.metrics["skipped_files"]:
+        print(f"skipped {result.metrics['skipped_files']} unreadable file(s), see metrics.json")
+    print(f"metrics: {result.files['metrics']}")
+    print(f"report: {result.report}")
+    print(f"Grad-CAM grid: {result.gradcam_grid}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Exit code 0 when at least one image was read, 1 when none could be."""
+    from pneumonia_cxr.model.model_file import load_model
+    from pneumonia_cxr.predict import predict_paths, rows_to_csv, write_rows
+
+    rows = predict_paths(
+        load_model(args.model_path),
+        args.paths,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        device=args.device,
+        gradcam_dir=args.gradcam,
+        gradcam_method=args.gradcam_method,
+        progress=not args.no_progress,
+    )
+    if args.output:
+        write_rows(rows, args.output)
+    else:
+        sys.stdout.write(rows_to_csv(rows))
+    n_ok = sum(row.ok for row in rows)
+    print(
+        f"{n_ok} of {len(rows)} image(s) predicted, {len(rows) - n_ok} unreadable"
+        + (f"; results: {args.output}" if args.output else ""),
+        file=sys.stderr,
+    )
+    return 0 if n_ok else 1
+
+
+def cmd_explain_check(args: argparse.Namespace) -> int:
+    from pneumonia_cxr.explain.check import explain_check_job
+
+    result, path = explain_check_job(
+        args.model_path,
+        args.dataset_path,
+        n_images=args.n_images,
+        output_dir=args.output_dir,
+        method=args.method,
+        seed=args.seed,
+    )
+    rand = result["randomization"]
+    spearman = rand.get("mean_spearman")
+    print(
+        "randomization test: mean Spearman "
+        + (f"{spearman:.3f}" if spearman is not None else "n/a")
+        + " (lower = maps depend more on the learned weights)"
+        + (
+            f"; {rand['n_constant']} of {rand['n_images']} pairs flat"
+            if rand.get("n_constant")
+            else ""
+        )
+    )
+    game = result["pointing_game"]
+    if game and game.get("accuracy") is not None:
+        print(
+            f"pointing game: {game['hits']}/{game['n']} = {game['accuracy']:.1%} "
+            f"(random peak: {game['chance']:.1%})"
+        )
+    else:
+        print(f"pointing game: not run ({result['pointing_game_note'] or 'no boxed image'})")
+    print(f"written: {path}")
     return 0
 
 
@@ -168,6 +305,37 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the whole pipeline on synthetic data, in minutes")
     demo.add_argument("--output_dir", default="outputs")
     demo.set_defaults(func=cmd_demo)
+
+    evaluate = sub.add_parser(
+        "evaluate", help="metrics with CIs, plots, Grad-CAM grid and an HTML report"
+    )
+    add_evaluate_args(evaluate)
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    predict = sub.add_parser("predict", help="probability and label for new images")
+    predict.add_argument("paths", nargs="+", metavar="PATH", help="image files and folders")
+    predict.add_argument("--model_path", required=True)
+    predict.add_argument(
+        "--output", type=_output_file, help="results.csv or results.json (default: CSV on stdout)"
+    )
+    predict.add_argument("--gradcam", metavar="OUT_DIR", help="write one overlay PNG per image")
+    predict.add_argument("--gradcam_method", default="gradcam", choices=CAM_METHOD_CHOICES)
+    predict.add_argument("--batch_size", type=_positive_int, default=32)
+    predict.add_argument("--num_workers", type=int, default=0, help="image decoding processes")
+    predict.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: GPU if available)")
+    predict.add_argument("--no_progress", action="store_true", help="no progress bar")
+    predict.set_defaults(func=cmd_predict)
+
+    check = sub.add_parser(
+        "explain-check", help="do the heatmaps mean something? randomization + pointing game"
+    )
+    check.add_argument("--model_path", required=True)
+    _add_data_args(check)
+    check.add_argument("--n_images", type=_positive_int, default=16)
+    check.add_argument("--output_dir", help="default: <model file folder>/explain_check")
+    check.add_argument("--method", default="gradcam", choices=CAM_METHOD_CHOICES)
+    check.add_argument("--seed", type=int, default=0)
+    check.set_defaults(func=cmd_explain_check)
     return parser
 
 

@@ -52,3 +52,7 @@ class WeightsUnavailableError(PneumoniaCxrError):
 
 class ModelFileError(PneumoniaCxrError):
     """A model file is missing, truncated, foreign or does not match the data."""
+
+
+class EvaluationInputError(PneumoniaCxrError, ValueError):
+    """The images to evaluate cannot give the requested statistics (e.g. one class absent)."""

@@ -165,12 +165,14 @@ def test_head_that_is_not_one_logit_is_rejected(outputs: int | None) -> None:
     assert hook_count(model) == 0
 
 
-def test_bad_images_are_rejected() -> None:
+def test_bad_images_or_foreign_layer_are_rejected() -> None:
     model = SmallCNN()
     with pytest.raises(ValueError, match="N, C, H, W"):
         compute_cams(model, model.top, torch.zeros(3, 16, 16))
     with pytest.raises(ValueError, match="float"):
         compute_cams(model, model.top, torch.zeros(1, 3, 16, 16, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="not inside"):
+        compute_cams(model, SmallCNN().top, images(1, 16, 16))
 
 
 @pytest.mark.parametrize("method", CAM_METHODS)

@@ -62,7 +62,8 @@ def test_resumed_run_ends_with_the_same_weights(tiny_synthetic: Path, tmp_path: 
 
 def test_run_folder_is_complete(tiny_synthetic: Path, tmp_path: Path) -> None:
     run_dir = train(tiny_config(tiny_synthetic, tmp_path, "complete"))
-    for name in ("config.json", "split.csv", "metrics.csv", "run_summary.json", "progress.json"):
+    expected = ["config.json", "split.csv", "metrics.csv", "run_summary.json", "progress.json"]
+    for name in [*expected, "learning_curves.png"]:
         assert (run_dir / name).is_file(), name
     assert RunConfig.load(run_dir / "config.json").model.backbone == "resnet18"
     bundle = load_model(run_dir / "final_pneumonia_model.pt")

@@ -15,7 +15,9 @@ patient parser serve real and synthetic data:
     <out_dir>/README.txt            says, in capitals, that the images are SYNTHETIC
 
 Every image is rendered from its own seed (spec seed, class, patient, image number), so a file
-does not depend on the order of generation, and one patient's images share their anatomy.
+does not depend on the order of generation. One patient's images share their anatomy and, for
+PNEUMONIA, the place of the opacity, as follow-up films of one child do; a small per-image
+jitter (position, exposure, noise) keeps them from being copies.
 """
 
 from __future__ import annotations
@@ -47,13 +49,16 @@ BOX_COLUMNS: tuple[str, ...] = ("path", "x0", "y0", "x1", "y1")
 OPACITY_BOX_FRACTION = 0.3
 """The box covers every pixel where the opacity reaches this fraction of its own peak."""
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 """Bump when the drawing changes, so an old folder is regenerated instead of silently reused."""
 
 _MAX_NORMAL_PATIENTS = 9999  # IM-NNNN-MMMM has four digits for the patient and the image
 _BACTERIA_FRACTION = 0.65  # roughly Kermany's bacteria : virus ratio; only the name changes
 _SEED_TAG_PATIENT = 1
 _SEED_TAG_IMAGE = 2
+# Independent random streams per patient, so e.g. the bacteria/virus name is not correlated
+# with the first anatomy draw.
+_STREAM_ANATOMY, _STREAM_KIND, _STREAM_LESION = 0, 1, 2
 
 
 @dataclass(frozen=True)
@@ -139,8 +144,9 @@ def _patient_sizes(n_images: int, per_patient: int) -> list[int]:
     return [per_patient] * full + ([rest] if rest else [])
 
 
-def _patient_rng(seed: int, label: str, patient: int) -> np.random.Generator:
-    return np.random.default_rng([seed, _SEED_TAG_PATIENT, CLASS_NAMES.index(label), patient])
+def _patient_rng(seed: int, label: str, patient: int, stream: int) -> np.random.Generator:
+    words = [seed, _SEED_TAG_PATIENT, CLASS_NAMES.index(label), patient, stream]
+    return np.random.default_rng(words)
 
 
 def _image_rng(seed: int, item: SyntheticItem) -> np.random.Generator:
@@ -165,7 +171,7 @@ def plan_synthetic_dataset(spec: SyntheticSpec = SyntheticSpec()) -> list[Synthe
                 items.append(SyntheticItem(split, CLASS_NAMES[0], normal_patient, index, name))
         for n_images in sizes:
             pneumonia_patient += 1
-            rng = _patient_rng(spec.seed, CLASS_NAMES[1], pneumonia_patient)
+            rng = _patient_rng(spec.seed, CLASS_NAMES[1], pneumonia_patient, _STREAM_KIND)
             kind = "bacteria" if rng.random() < _BACTERIA_FRACTION else "virus"
             for index in range(n_images):
                 pneumonia_image += 1
@@ -258,10 +264,10 @@ def _sample_anatomy(rng: np.random.Generator) -> _Anatomy:
 
 def _sample_jitter(rng: np.random.Generator) -> _Jitter:
     return _Jitter(
-        shift_u=rng.normal(0.0, 0.025),
-        shift_v=rng.normal(0.0, 0.025),
-        scale=rng.uniform(0.95, 1.05),
-        angle=math.radians(rng.normal(0.0, 2.0)),
+        shift_u=rng.normal(0.0, 0.015),
+        shift_v=rng.normal(0.0, 0.015),
+        scale=rng.uniform(0.97, 1.03),
+        angle=math.radians(rng.normal(0.0, 1.5)),
         gain=rng.uniform(0.88, 1.12),
         offset=rng.normal(0.0, 0.03),
         gamma=rng.uniform(0.85, 1.15),
@@ -353,18 +359,22 @@ def _anatomy_grid(size: int, j: _Jitter) -> tuple[np.ndarray, np.ndarray]:
     return (cos * x + sin * y) / j.scale, (-sin * x + cos * y) / j.scale
 
 
-def _opacity_layer(
-    a: _Anatomy,
-    rng: np.random.Generator,
-    u: np.ndarray,
-    v: np.ndarray,
-    fields: tuple[np.ndarray, np.ndarray],
-) -> np.ndarray:
-    """A soft, irregular consolidation inside one lung field, in intensity units.
+@dataclass(frozen=True)
+class _Lesion:
+    """Patient-level opacity: a child's follow-up images show the finding in the same place."""
 
-    Its peak fills 35-70 % of the lung's darkness: visible, yet of the same order as the rib
-    and vessel texture, so a classifier has to learn a shape rather than a single bright pixel.
-    """
+    side: int
+    centre_u: float
+    centre_v: float
+    sigma_u: float
+    sigma_v: float
+    angle: float
+    strength: float
+    """Peak as a fraction of the lung's darkness."""
+
+
+def _sample_lesion(a: _Anatomy, rng: np.random.Generator) -> _Lesion:
+    """Place the opacity well inside one visible lung field (not behind the heart)."""
     side = int(rng.integers(2))
     sign = -1.0 if side == 0 else 1.0
     radius = np.sqrt(rng.uniform(0.0, 1.0, 64)) * 0.6
@@ -373,17 +383,40 @@ def _opacity_layer(
     cand_v = a.lung_cy[side] + radius * np.sin(theta) * a.lung_ry[side]
     inside = np.flatnonzero(_lung_field(a, side, cand_u, cand_v) > 0.8)
     pick = int(inside[0]) if inside.size else int(np.argmin(radius))
-    cu, cv = cand_u[pick], cand_v[pick]
+    return _Lesion(
+        side=side,
+        centre_u=float(cand_u[pick]),
+        centre_v=float(cand_v[pick]),
+        sigma_u=rng.uniform(0.09, 0.16),
+        sigma_v=rng.uniform(0.10, 0.20),
+        angle=rng.uniform(0.0, math.pi),
+        strength=rng.uniform(0.75, 1.05),
+    )
 
-    sigma_u, sigma_v = rng.uniform(0.08, 0.15), rng.uniform(0.09, 0.18)
-    angle = rng.uniform(0.0, math.pi)
-    du, dv = u - cu, v - cv
-    pu = math.cos(angle) * du + math.sin(angle) * dv
-    pv = -math.sin(angle) * du + math.cos(angle) * dv
-    blob = np.exp(-0.5 * ((pu / sigma_u) ** 2 + (pv / sigma_v) ** 2))
-    patchy = np.clip(1.0 + 0.45 * _smooth_noise(rng, u.shape[0], 0.03), 0.0, None)
-    amplitude = rng.uniform(0.55, 0.95) * a.lung_darkness
-    return amplitude * blob * patchy * fields[side]
+
+def _opacity_layer(
+    a: _Anatomy,
+    lesion: _Lesion,
+    rng: np.random.Generator,
+    u: np.ndarray,
+    v: np.ndarray,
+    fields: tuple[np.ndarray, np.ndarray],
+) -> np.ndarray:
+    """A soft, irregular consolidation inside one lung field, in intensity units.
+
+    Its peak fills about 65-105 % of the lung's darkness: clearly visible, yet of the same order
+    as the ribs crossing it, so a classifier has to learn a shape rather than a bright pixel.
+    Position, size and strength vary a little between images of one patient.
+    """
+    du = u - lesion.centre_u - rng.normal(0.0, 0.015)
+    dv = v - lesion.centre_v - rng.normal(0.0, 0.015)
+    cos, sin = math.cos(lesion.angle), math.sin(lesion.angle)
+    pu = (cos * du + sin * dv) / (lesion.sigma_u * rng.uniform(0.9, 1.1))
+    pv = (-sin * du + cos * dv) / (lesion.sigma_v * rng.uniform(0.9, 1.1))
+    blob = np.exp(-0.5 * (pu**2 + pv**2))
+    patchy = np.clip(1.0 + 0.35 * _smooth_noise(rng, u.shape[0], 0.03), 0.0, None)
+    amplitude = lesion.strength * rng.uniform(0.85, 1.0) * a.lung_darkness
+    return amplitude * blob * patchy * fields[lesion.side]
 
 
 def _box_of(layer: np.ndarray) -> tuple[int, int, int, int]:
@@ -400,7 +433,7 @@ def render_item(
     against a surrounding ring that may overlap the heart or the ribs.
     """
     size = spec.image_size
-    a = _sample_anatomy(_patient_rng(spec.seed, item.label, item.patient))
+    a = _sample_anatomy(_patient_rng(spec.seed, item.label, item.patient, _STREAM_ANATOMY))
     rng = _image_rng(spec.seed, item)
     j = _sample_jitter(rng)
     u, v = _anatomy_grid(size, j)
@@ -433,7 +466,8 @@ def render_item(
     opacity = np.zeros_like(image)
     box = None
     if item.is_pneumonia:
-        layer = _opacity_layer(a, rng, u, v, fields)
+        lesion_rng = _patient_rng(spec.seed, item.label, item.patient, _STREAM_LESION)
+        layer = _opacity_layer(a, _sample_lesion(a, lesion_rng), rng, u, v, fields)
         box = _box_of(layer)
         if include_opacity:
             opacity = layer

@@ -138,10 +138,16 @@ def compute_cams(
         by the library (so maps show where, not how much; compare models with care).
 
     Raises:
-        ValueError: unknown method, malformed images, or a model that does not return (N, 1).
+        ValueError: unknown method, malformed images, a target layer outside the model, or a
+            model that does not return (N, 1).
     """
     cam_cls = cam_class(method)
     _check_inputs(images, batch_size)
+    if not any(module is target_layer for module in model.modules()):
+        raise ValueError(
+            f"target layer {type(target_layer).__name__} is not inside {type(model).__name__}: "
+            "take it from the model being explained (the backbone registry names it)"
+        )
     n, _, height, width = images.shape
     if n == 0:
         return np.zeros((0, height, width), dtype=np.float32)

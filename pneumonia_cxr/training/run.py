@@ -28,6 +28,7 @@ from pneumonia_cxr.data.split import (
     write_split_csv,
 )
 from pneumonia_cxr.evaluation.calibration import fit_temperature
+from pneumonia_cxr.evaluation.plots import plot_learning_curves
 from pneumonia_cxr.evaluation.threshold import choose_threshold
 from pneumonia_cxr.model.backbones import get_backbone
 from pneumonia_cxr.model.classifier import PneumoniaNet
@@ -287,6 +288,8 @@ def train(
     _load_net_weights(net, _best_stage(progress)["best_checkpoint"])
     bundle = finalize_model(net, config, preprocessing, datamodule, split)
     save_model(bundle, paths.final_model)
+    if paths.metrics.exists():
+        plot_learning_curves(paths.metrics, paths.root / "learning_curves.png")
     _write_summary(paths, config, progress, bundle, datamodule, time.perf_counter() - started, root)
     return paths.root
 

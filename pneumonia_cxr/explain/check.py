@@ -1,0 +1,292 @@
+"""The explain-check job: do this model's heatmaps depend on what it learned, and do they point?
+
+Two checks from `pneumonia_cxr.explain.sanity`, run on a trained model file and a dataset split:
+
+(a) model-parameter randomization (Adebayo et al. 2018, §3.1): the head and the top layers of
+    the backbone are re-initialized and the maps of PNEUMONIA images recomputed; the mean
+    Spearman rank correlation between original and randomized maps should be low;
+(b) the pointing game (Zhang et al. 2016, §4.1), only where the dataset records where the
+    finding is (the synthetic set's `opacity_boxes.csv`): how often the map's peak falls inside
+    the opacity box of a PNEUMONIA image, next to the rate a random peak would reach.
+
+`run_explain_check` is shared: `pneumonia-cxr explain-check` calls it, and so does `evaluate`
+(with a few images) so both figures land in the evaluation report.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pneumonia_cxr import CLASS_NAMES
+from pneumonia_cxr.data.discovery import ImageRecord, list_images
+from pneumonia_cxr.data.loader import load_xray
+from pneumonia_cxr.data.synthetic import SYNTHETIC_BOXES_FILE, read_opacity_boxes
+from pneumonia_cxr.data.transforms import build_transforms
+from pneumonia_cxr.errors import ImageLoadError
+from pneumonia_cxr.explain.gradcam import cam_class, compute_cams
+from pneumonia_cxr.explain.sanity import pointing_game, randomization_test
+from pneumonia_cxr.model.classifier import parameter_layers
+from pneumonia_cxr.model.model_file import ModelBundle
+
+EXPLAIN_CHECK_FILE = "explain_check.json"
+DEFAULT_TOP_LAYERS = 4
+"""Backbone parameter layers re-initialized with the head: the top of Adebayo's cascade."""
+
+POSITIVE = CLASS_NAMES.index("PNEUMONIA")
+Box = tuple[int, int, int, int]
+
+
+def sample_records(
+    records: Sequence[ImageRecord], n: int, seed: int, label: int | None = None
+) -> list[ImageRecord]:
+    """A seeded sample of at most `n` records: of one class, or balanced over both classes.
+
+    Balanced because the randomization test should not describe NORMAL images only when a
+    split happens to be sorted by class.
+    """
+    if n < 1:
+        raise ValueError(f"n_images must be at least 1, got {n}")
+    rng = np.random.default_rng(seed)
+    labels = [label] if label is not None else list(range(len(CLASS_NAMES)))
+    pools = [[r for r in records if r.label == value] for value in labels]
+    pools = [[pool[i] for i in rng.permutation(len(pool))] for pool in pools]
+    chosen: list[ImageRecord] = []
+    while len(chosen) < n and any(pools):
+        for pool in pools:  # round-robin over classes
+            if pool and len(chosen) < n:
+                chosen.append(pool.pop(0))
+    return chosen
+
+
+def load_inputs(
+    records: Sequence[ImageRecord], bundle: ModelBundle
+) -> tuple[torch.Tensor, list[torch.Tensor], list[ImageRecord]]:
+    """Model inputs and original pixels of the readable records; unreadable ones warned, skipped."""
+    transform = build_transforms(bundle.preprocessing)
+    inputs, originals, kept = [], [], []
+    for record in records:
+        try:
+            gray = load_xray(record.path)
+        except ImageLoadError as error:
+            warnings.warn(f"explain-check skips unreadable image {error}", stacklevel=2)
+            continue
+        inputs.append(transform(gray))
+        originals.append(gray)
+        kept.append(record)
+    size = bundle.preprocessing.image_size
+    stacked = (
+        torch.stack(inputs) if inputs else torch.zeros(0, bundle.preprocessing.channels, size, size)
+    )
+    # channels_last, the layout of a model that ran through predict or training: a model and
+    # input in different layouts take a slow conversion path in every convolution.
+    return stacked.contiguous(memory_format=torch.channels_last), originals, kept
+
+
+def scale_box(box: Box, from_size: tuple[int, int], to_size: tuple[int, int]) -> Box:
+    """Map an (x0, y0, x1, y1) box, x1/y1 exclusive, from one (width, height) to another.
+
+    Rounded outwards (floor the start, ceil the end) so a box never shrinks below the pixels
+    it covered; clamped to the target image; never empty.
+    """
+    (from_w, from_h), (to_w, to_h) = from_size, to_size
+    sx, sy = to_w / from_w, to_h / from_h
+    x0, y0, x1, y1 = box
+    nx0 = min(max(math.floor(x0 * sx), 0), to_w - 1)
+    ny0 = min(max(math.floor(y0 * sy), 0), to_h - 1)
+    nx1 = max(min(math.ceil(x1 * sx), to_w), nx0 + 1)
+    ny1 = max(min(math.ceil(y1 * sy), to_h), ny0 + 1)
+    return nx0, ny0, nx1, ny1
+
+
+def randomization_layers(model: torch.nn.Module, top_layers: int) -> list[torch.nn.Module]:
+    """The head plus the top `top_layers` parameter layers of the backbone."""
+    layers = [module for _, module in parameter_layers(model.backbone)]
+    top = layers[len(layers) - min(max(top_layers, 0), len(layers)) :]
+    return [model.head, *top]
+
+
+def randomization_check(
+    bundle: ModelBundle,
+    records: Sequence[ImageRecord],
+    *,
+    n_images: int,
+    method: str,
+    seed: int,
+    top_layers: int = DEFAULT_TOP_LAYERS,
+) -> dict[str, Any]:
+    """Adebayo's model-parameter randomization test on a sample of the PNEUMONIA `records`.
+
+    PNEUMONIA images, because a map of the PNEUMONIA logit keeps only positive evidence
+    (Grad-CAM's ReLU): on NORMAL images it is often flat, and a flat pair has no rank
+    correlation, so it would tell nothing. Without PNEUMONIA images, both classes are used.
+    """
+    has_positive = any(record.label == POSITIVE for record in records)
+    chosen = sample_records(records, n_images, seed, label=POSITIVE if has_positive else None)
+    images, _, kept = load_inputs(chosen, bundle)
+    if not kept:
+        return {"n_images": 0, "mean_spearman": None, "note": "no readable image to explain"}
+    model = bundle.model
+    result = randomization_test(
+        model,
+        model.cam_target_layer,
+        images,
+        layers_to_randomize=randomization_layers(model, top_layers),
+        method=method,
+        seed=seed,
+    )
+    result["top_backbone_layers"] = top_layers
+    result["paths"] = [str(record.path) for record in kept]
+    return result
+
+
+def pointing_game_check(
+    bundle: ModelBundle,
+    records: Sequence[ImageRecord],
+    root: Path,
+    *,
+    n_images: int,
+    method: str,
+    seed: int,
+) -> dict[str, Any] | None:
+    """The pointing game on PNEUMONIA images with a recorded opacity box; None without boxes.
+
+    Boxes are stored in the pixels of the image file; the maps come at the model's input size,
+    so each box is scaled from the image's own size. `chance` is the mean share of the map the
+    boxes cover: the hit rate of a peak placed at random, the figure to beat.
+    """
+    if not (root / SYNTHETIC_BOXES_FILE).is_file():
+        return None
+    boxes = read_opacity_boxes(root)
+    boxed = [r for r in records if r.path.relative_to(root).as_posix() in boxes]
+    if not boxed:
+        return {"n": 0, "hits": 0, "accuracy": None, "chance": None, "n_flat": 0}
+    images, originals, kept = load_inputs(
+        sample_records(boxed, n_images, seed, label=POSITIVE), bundle
+    )
+    if not kept:
+        return {"n": 0, "hits": 0, "accuracy": None, "chance": None, "n_flat": 0}
+    model = bundle.model
+    cams = compute_cams(model, model.cam_target_layer, images, method=method)
+    height, width = cams.shape[1:]
+    scaled = [
+        scale_box(
+            boxes[record.path.relative_to(root).as_posix()],
+            (int(gray.shape[-1]), int(gray.shape[-2])),
+            (width, height),
+        )
+        for record, gray in zip(kept, originals, strict=True)
+    ]
+    result = pointing_game(cams, scaled)
+    areas = [(x1 - x0) * (y1 - y0) / (width * height) for x0, y0, x1, y1 in scaled]
+    result.update(
+        chance=float(np.mean(areas)),
+        tolerance_px=0,
+        method=method,
+        paths=[str(record.path) for record in kept],
+    )
+    return result
+
+
+def run_explain_check(
+    bundle: ModelBundle,
+    root: str | Path,
+    *,
+    split: str = "test",
+    n_images: int = 16,
+    method: str = "gradcam",
+    seed: int = 0,
+    top_layers: int = DEFAULT_TOP_LAYERS,
+    records: Sequence[ImageRecord] | None = None,
+) -> dict[str, Any]:
+    """Both checks on `split` of the dataset at `root`; a JSON-ready dict (NaN written as None).
+
+    Returns:
+        {"split", "method", "n_images_requested", "randomization": {...mean_spearman...},
+        "pointing_game": {...accuracy, chance...} or None, "pointing_game_note"}.
+    """
+    cam_class(method)  # unknown method: fail before loading images
+    root = Path(root)
+    bundle.model.to(memory_format=torch.channels_last)  # the inputs' layout; same numbers
+    if records is None:
+        records = list_images(root, [split])
+    result: dict[str, Any] = {
+        "split": split,
+        "method": method,
+        "n_images_requested": n_images,
+        "randomization": randomization_check(
+            bundle, records, n_images=n_images, method=method, seed=seed, top_layers=top_layers
+        ),
+        "pointing_game": pointing_game_check(
+            bundle, records, root, n_images=n_images, method=method, seed=seed
+        ),
+    }
+    result["pointing_game_note"] = (
+        f"no {SYNTHETIC_BOXES_FILE} in {root}: the dataset records no finding locations"
+        if result["pointing_game"] is None
+        else ""
+    )
+    return _json_safe(result)
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN/inf -> None, numpy scalars -> Python, recursively: JSON that any parser reads."""
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(item) for item in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_explain_check(result: dict[str, Any], output_dir: str | Path) -> Path:
+    """Write `explain_check.json` into `output_dir` (created)."""
+    path = Path(output_dir) / EXPLAIN_CHECK_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    return path
+
+
+def explain_check_job(
+    model_path: str | Path,
+    dataset_path: str | Path | None = None,
+    *,
+    n_images: int = 16,
+    output_dir: str | Path | None = None,
+    method: str = "gradcam",
+    seed: int = 0,
+    split: str = "test",
+) -> tuple[dict[str, Any], Path]:
+    """`pneumonia-cxr explain-check`: load, check the contract, run, write; returns (result, json).
+
+    Default output folder: `<model file folder>/explain_check`.
+    """
+    from pneumonia_cxr.evaluation.evaluate import dataset_for_model
+    from pneumonia_cxr.model.model_file import load_model
+    from pneumonia_cxr.predict import check_model_contract
+
+    model_path = Path(model_path)
+    bundle = load_model(model_path)
+    check_model_contract(bundle, model_path)
+    root = dataset_for_model(dataset_path, bundle)
+    result = run_explain_check(
+        bundle, root, split=split, n_images=n_images, method=method, seed=seed
+    )
+    result = {
+        "model_path": str(model_path),
+        "model_fingerprint": bundle.fingerprint(),
+        "dataset": str(root),
+        **result,
+    }
+    out = Path(output_dir) if output_dir is not None else model_path.parent / "explain_check"
+    return result, write_explain_check(result, out)

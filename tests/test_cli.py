@@ -1,0 +1,68 @@
+"""The command line: `data --json` on the real data, shims, run.sh, clear one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pneumonia_cxr.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+OFFICIAL = {
+    "train": {"NORMAL": 1341, "PNEUMONIA": 3875},
+    "val": {"NORMAL": 8, "PNEUMONIA": 8},
+    "test": {"NORMAL": 234, "PNEUMONIA": 390},
+}
+
+
+@pytest.mark.realdata
+def test_data_json_on_real_data(real_data_root: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["data", "--dataset_path", str(real_data_root), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["counts"] == OFFICIAL
+    assert sum(sum(c.values()) for c in summary["counts"].values()) == 5856
+    for key in ("patients", "cross_split_patients", "cross_split_duplicates", "unreadable"):
+        assert key in summary
+    assert summary["unreadable"] == []
+    assert summary["cross_split_duplicates"] == []
+
+
+def test_data_text_summary_on_synthetic(tiny_synthetic: Path, capsys) -> None:
+    assert main(["data", "--dataset_path", str(tiny_synthetic)]) == 0
+    out = capsys.readouterr().out
+    assert "NORMAL" in out and "PNEUMONIA" in out
+
+
+def test_wrong_layout_is_one_clear_line(tmp_path: Path, capsys) -> None:
+    (tmp_path / "train" / "NORMAL").mkdir(parents=True)
+    assert main(["data", "--dataset_path", str(tmp_path), "--json"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(tmp_path) in err and "Traceback" not in err
+
+
+def test_train_shim_help() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "train.py"), "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "--stage1_epochs" in result.stdout and "--dataset_path" in result.stdout
+
+
+@pytest.mark.slow
+def test_run_sh_on_a_workstation(tiny_synthetic: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHON": sys.executable, "STAGE1_EPOCHS": "1", "STAGE2_EPOCHS": "0"}
+    args = ["--dataset_path", str(tiny_synthetic), "--backbone", "resnet18", "--weights", "none"]
+    args += ["--image_size", "48", "--num_workers", "0", "--output_dir", str(tmp_path)]
+    args += ["--run_name", "sh"]
+    result = subprocess.run(
+        ["bash", str(ROOT / "run" / "run.sh"), *args], capture_output=True, text=True, env=env
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "sh" / "final_pneumonia_model.pt").exists()

@@ -1,0 +1,188 @@
+"""predict: files and folders in, one row per image out; bad files become rows, never crashes."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from pneumonia_cxr import CLASS_NAMES
+from pneumonia_cxr.cli import main
+from pneumonia_cxr.config import RunConfig
+from pneumonia_cxr.data.loader import load_xray
+from pneumonia_cxr.data.transforms import build_transforms
+from pneumonia_cxr.errors import ModelFileError
+from pneumonia_cxr.model.model_file import FINAL_MODEL_NAME, load_model
+from pneumonia_cxr.predict import PredictionRow, expand_paths, predict_paths, rows_to_csv
+from pneumonia_cxr.training.run import train
+
+BAD_FILES: dict[str, str] = {
+    "corrupt.png": "CorruptImageError",  # a truncated PNG
+    "fake.jpeg": "NotAnImageError",  # text with an image extension
+    "empty.png": "EmptyFileError",
+}
+
+
+def train_tiny_model(data: Path, out: Path) -> Path:
+    """resnet18 without pretrained weights, 48 px, one stage-1 epoch: seconds on a CPU."""
+    config = RunConfig()
+    config.data.dataset_path = str(data)
+    config.data.image_size, config.data.batch_size, config.data.num_workers = 48, 16, 0
+    config.data.val_fraction = 0.25
+    config.model.backbone, config.model.weights = "resnet18", "none"
+    config.model.head_dims = (32, 16)
+    config.train.stage1_epochs, config.train.stage2_epochs = 1, 0
+    config.train.output_dir, config.train.run_name = str(out), "tiny"
+    return train(config) / FINAL_MODEL_NAME
+
+
+@pytest.fixture(scope="module")
+def model_file(tiny_synthetic: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_tiny_model(tiny_synthetic, tmp_path_factory.mktemp("predict_run"))
+
+
+@pytest.fixture(scope="module")
+def folder(tiny_synthetic: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two good images (one in a subfolder, same name as a third elsewhere), bad files, a note."""
+    root = tmp_path_factory.mktemp("inbox")
+    normal = sorted((tiny_synthetic / "test" / "NORMAL").glob("*.png"))[0]
+    pneumonia = sorted((tiny_synthetic / "test" / "PNEUMONIA").glob("*.png"))[0]
+    shutil.copy(normal, root / "a.png")
+    (root / "sub").mkdir()
+    shutil.copy(pneumonia, root / "sub" / "b.png")
+    (root / "corrupt.png").write_bytes(normal.read_bytes()[:120])
+    (root / "fake.jpeg").write_text("not an image\n")
+    (root / "empty.png").write_bytes(b"")
+    (root / "notes.txt").write_text("ignored: not an image extension\n")
+    return root
+
+
+def _read_csv(text: str) -> dict[str, dict[str, str]]:
+    return {Path(row["path"]).name: row for row in csv.DictReader(io.StringIO(text))}
+
+
+def test_folder_with_bad_files_gives_error_rows_and_exit_code_0(
+    model_file: Path, folder: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "results.csv"
+    assert (
+        main(["predict", str(folder), "--model_path", str(model_file), "--output", str(out)]) == 0
+    )
+    rows = _read_csv(out.read_text())
+    assert set(rows) == {"a.png", "b.png", *BAD_FILES}  # notes.txt is not an image file
+    for name in ("a.png", "b.png"):
+        assert rows[name]["error"] == ""
+        assert 0.0 <= float(rows[name]["probability"]) <= 1.0
+        assert rows[name]["label"] in CLASS_NAMES
+    for name, error_type in BAD_FILES.items():
+        assert rows[name]["error"].startswith(error_type), rows[name]
+        assert rows[name]["probability"] == "" and rows[name]["label"] == ""
+
+
+def test_json_output_holds_the_same_rows_as_csv(
+    model_file: Path, folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "results.json"
+    assert (
+        main(["predict", str(folder), "--model_path", str(model_file), "--output", str(out)]) == 0
+    )
+    as_json = {Path(row["path"]).name: row for row in json.loads(out.read_text())}
+    capsys.readouterr()
+    assert main(["predict", str(folder), "--model_path", str(model_file), "--no_progress"]) == 0
+    as_csv = _read_csv(capsys.readouterr().out)  # no --output: CSV on stdout
+    assert set(as_json) == set(as_csv)
+    for name, row in as_json.items():
+        assert set(row) == {"path", "probability", "label", "error"}
+        assert row["label"] == as_csv[name]["label"] and row["error"] == as_csv[name]["error"]
+        if row["probability"] is None:
+            assert as_csv[name]["probability"] == ""
+        else:
+            assert row["probability"] == pytest.approx(float(as_csv[name]["probability"]), abs=1e-6)
+
+
+def test_exit_code_is_nonzero_when_no_image_can_be_read(
+    model_file: Path, folder: Path, tmp_path: Path
+) -> None:
+    bad = [str(folder / name) for name in BAD_FILES] + [str(tmp_path / "missing.png")]
+    out = tmp_path / "bad.csv"
+    assert main(["predict", *bad, "--model_path", str(model_file), "--output", str(out)]) == 1
+    rows = _read_csv(out.read_text())
+    assert rows["missing.png"]["error"].startswith("FileNotFoundError")
+    assert all(row["error"] for row in rows.values())
+
+
+def test_an_explicit_file_is_judged_by_content_not_extension(
+    model_file: Path, folder: Path
+) -> None:
+    rows = predict_paths(load_model(model_file), [folder / "notes.txt"], device="cpu")
+    assert [row.error.split(":")[0] for row in rows] == ["NotAnImageError"]
+
+
+def test_probabilities_follow_the_model_files_own_pipeline(model_file: Path, folder: Path) -> None:
+    bundle = load_model(model_file)
+    good = [folder / "a.png", folder / "sub" / "b.png"]
+    transform = build_transforms(bundle.preprocessing)
+    with torch.no_grad():
+        batch = torch.stack([transform(load_xray(path)) for path in good])
+        expected = bundle.probabilities(bundle.model.eval()(batch)[:, 0]).tolist()
+    for batch_size in (1, 32):
+        rows = predict_paths(bundle, good, batch_size=batch_size, device="cpu")
+        assert [row.probability for row in rows] == pytest.approx(expected, abs=1e-5)
+        assert [row.label for row in rows] == [
+            CLASS_NAMES[int(p >= bundle.threshold)] for p in expected
+        ]
+
+
+def test_gradcam_overlays_are_named_after_their_files(
+    model_file: Path, folder: Path, tmp_path: Path
+) -> None:
+    twin = tmp_path / "elsewhere"
+    twin.mkdir()
+    shutil.copy(folder / "a.png", twin / "a.png")  # same file name in another folder
+    cams = tmp_path / "cams"
+    rows = predict_paths(
+        load_model(model_file), [folder, twin], device="cpu", gradcam_dir=cams, batch_size=2
+    )
+    heatmaps = {Path(row.heatmap).name for row in rows if row.heatmap}
+    assert heatmaps == {"a_gradcam.png", "b_gradcam.png", "a_2_gradcam.png"}
+    assert all(not row.heatmap for row in rows if row.error)
+    with Image.open(cams / "b_gradcam.png") as overlay:
+        original = load_xray(folder / "sub" / "b.png")
+        assert overlay.mode == "RGB" and overlay.size == (original.shape[2], original.shape[1])
+    assert "heatmap" in rows_to_csv(rows).splitlines()[0]
+
+
+def test_predict_refuses_a_model_whose_preprocessing_does_not_match(
+    model_file: Path, folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    payload = torch.load(model_file, map_location="cpu", weights_only=True)
+    payload["preprocessing"]["std"] = [1.0, 1.0, 1.0]
+    torch.save(payload, tmp_path / "edited.pt")
+    with pytest.raises(ModelFileError, match="std"):
+        predict_paths(load_model(tmp_path / "edited.pt"), [folder / "a.png"])
+    assert main(["predict", str(folder), "--model_path", str(tmp_path / "edited.pt")]) == 2
+    assert capsys.readouterr().err.startswith("error:")
+
+
+def test_expand_paths_recurses_folders_and_keeps_missing_paths(
+    folder: Path, tmp_path: Path
+) -> None:
+    missing = tmp_path / "nope.png"
+    paths = expand_paths([folder, missing])
+    names = ["a.png", "corrupt.png", "empty.png", "fake.jpeg", "b.png", "nope.png"]
+    assert [p.name for p in paths] == names  # sorted, recursive, notes.txt left out
+    assert paths[4].parent.name == "sub" and paths[-1] == missing
+
+
+@pytest.mark.parametrize(
+    ("row", "ok"),
+    [(PredictionRow("x.png", 0.7, "PNEUMONIA"), True), (PredictionRow("y.png", error="E"), False)],
+)
+def test_row_ok_means_no_error(row: PredictionRow, ok: bool) -> None:
+    assert row.ok is ok

@@ -1,0 +1,95 @@
+"""Transforms from configuration, class weights, and the DataModule on synthetic data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from pneumonia_cxr.config import AugmentConfig, DataConfig, Preprocessing
+from pneumonia_cxr.data.datamodule import XrayDataModule, balanced_class_weights
+from pneumonia_cxr.data.discovery import list_images
+from pneumonia_cxr.data.split import make_patient_split
+from pneumonia_cxr.data.transforms import build_transforms
+
+
+def _gray(h: int = 60, w: int = 90) -> torch.Tensor:
+    return torch.arange(h * w, dtype=torch.int64).remainder(256).to(torch.uint8).reshape(1, h, w)
+
+
+def test_eval_transform_is_deterministic_and_shaped() -> None:
+    transform = build_transforms(Preprocessing(image_size=32))
+    first, second = transform(_gray()), transform(_gray())
+    assert first.shape == (3, 32, 32) and first.dtype == torch.float32
+    assert torch.equal(first, second)
+    std = torch.tensor(Preprocessing().std).view(3, 1, 1)
+    mean = torch.tensor(Preprocessing().mean).view(3, 1, 1)
+    gray = first * std + mean  # undo normalization: the three channels are one gray image
+    assert torch.allclose(gray[0], gray[1], atol=1e-6) and torch.allclose(
+        gray[1], gray[2], atol=1e-6
+    )
+
+
+@pytest.mark.parametrize(
+    ("normalization", "pixel", "expected_channel0"),
+    [
+        ("imagenet", 255, (1.0 - 0.485) / 0.229),
+        ("imagenet", 0, (0.0 - 0.485) / 0.229),
+        ("unit", 255, 1.0),
+        ("unit", 51, 0.2),
+    ],
+)
+def test_normalization_values(normalization: str, pixel: int, expected_channel0: float) -> None:
+    image = torch.full((1, 8, 8), pixel, dtype=torch.uint8)
+    out = build_transforms(Preprocessing(image_size=8, normalization=normalization))(image)
+    assert out[0].mean().item() == pytest.approx(expected_channel0, abs=1e-5)
+
+
+def test_squash_resize_ignores_aspect_ratio() -> None:
+    out = build_transforms(Preprocessing(image_size=16))(_gray(20, 200))
+    assert out.shape == (3, 16, 16)
+
+
+def test_train_augmentation_is_random_but_seeded() -> None:
+    transform = build_transforms(Preprocessing(image_size=32), AugmentConfig(rotation_degrees=20))
+    torch.manual_seed(0)
+    a = transform(_gray())
+    torch.manual_seed(0)
+    b = transform(_gray())
+    c = transform(_gray())
+    assert torch.equal(a, b) and not torch.equal(b, c)
+
+
+def test_no_augmentation_configured_means_identity_geometry() -> None:
+    off = AugmentConfig(0, 0, 0, 0, False)
+    assert torch.equal(
+        build_transforms(Preprocessing(image_size=32), off)(_gray()),
+        build_transforms(Preprocessing(image_size=32))(_gray()),
+    )
+
+
+@pytest.mark.parametrize(
+    ("labels", "expected"),
+    [([0, 1], (1.0, 1.0)), ([0, 1, 1, 1], (2.0, 2 / 3)), ([0] * 3 + [1] * 7, (10 / 6, 10 / 14))],
+)
+def test_balanced_class_weights(labels: list[int], expected: tuple[float, float]) -> None:
+    assert balanced_class_weights(labels) == pytest.approx(expected)
+
+
+def test_class_weights_need_both_classes() -> None:
+    with pytest.raises(ValueError, match="both classes"):
+        balanced_class_weights([1, 1])
+
+
+def test_datamodule_batches(tiny_synthetic: Path) -> None:
+    records = [r for r in list_images(tiny_synthetic) if r.split != "test"]
+    split = make_patient_split(records, 0.25, seed=0)
+    config = DataConfig(batch_size=8, num_workers=0, balanced_sampler=True)
+    dm = XrayDataModule(split.train, split.val, config, Preprocessing(image_size=40))
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (8, 3, 40, 40)
+    assert set(batch["label"].tolist()) <= {0.0, 1.0}
+    assert batch["skipped"].numel() == 0
+    val_labels = torch.cat([b["label"] for b in dm.val_dataloader()])
+    assert len(val_labels) == len(split.val)
