@@ -12,7 +12,7 @@ from pathlib import Path
 from pneumonia_cxr.config import RunConfig
 from pneumonia_cxr.errors import PneumoniaCxrError
 
-DEMO_DATA_DIR = Path("outputs") / "synthetic_cxr_demo"
+EPOCH_FLAGS = ("stage1_epochs", "stage2_epochs")
 
 
 def _add_data_args(parser: argparse.ArgumentParser) -> None:
@@ -33,8 +33,16 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
         default=d.model.weights,
         help="imagenet (download, cached), none, or a local weights file",
     )
-    parser.add_argument("--stage1_epochs", type=int, default=d.train.stage1_epochs)
-    parser.add_argument("--stage2_epochs", type=int, default=d.train.stage2_epochs)
+    parser.add_argument(
+        "--stage1_epochs",
+        type=int,
+        help=f"default {d.train.stage1_epochs}; with --resume: new total",
+    )
+    parser.add_argument(
+        "--stage2_epochs",
+        type=int,
+        help=f"default {d.train.stage2_epochs}; with --resume: new total",
+    )
     parser.add_argument("--stage1_lr", type=float, default=d.train.stage1_lr)
     parser.add_argument("--stage2_lr", type=float, default=d.train.stage2_lr)
     parser.add_argument(
@@ -82,7 +90,9 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         args.weights,
         args.unfreeze_layers,
     )
-    train.stage1_epochs, train.stage2_epochs = args.stage1_epochs, args.stage2_epochs
+    for key in EPOCH_FLAGS:
+        if getattr(args, key) is not None:
+            setattr(train, key, getattr(args, key))
     train.stage1_lr, train.stage2_lr = args.stage1_lr, args.stage2_lr
     train.class_weights = not args.no_class_weights
     train.early_stopping_patience = args.patience
@@ -113,7 +123,11 @@ def cmd_data(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from pneumonia_cxr.training.run import train
 
-    run_dir = train(None if args.resume else config_from_args(args), resume=args.resume)
+    if args.resume:
+        overrides = {k: getattr(args, k) for k in EPOCH_FLAGS if getattr(args, k) is not None}
+        run_dir = train(resume=args.resume, epoch_overrides=overrides)
+    else:
+        run_dir = train(config_from_args(args))
     print(f"run folder: {run_dir}")
     return 0
 

@@ -56,3 +56,7 @@ class ModelFileError(PneumoniaCxrError):
 
 class EvaluationInputError(PneumoniaCxrError, ValueError):
     """The images to evaluate cannot give the requested statistics (e.g. one class absent)."""
+
+
+class RunFolderError(PneumoniaCxrError):
+    """A run folder already holds a run, or cannot be resumed."""

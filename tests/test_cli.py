@@ -66,3 +66,16 @@ def test_run_sh_on_a_workstation(tiny_synthetic: Path, tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "sh" / "final_pneumonia_model.pt").exists()
+
+
+def test_resume_of_a_folder_that_is_not_a_run(tmp_path: Path, capsys) -> None:
+    assert main(["train", "--resume", str(tmp_path), "--stage2_epochs", "1"]) == 2
+    assert "not a run folder" in capsys.readouterr().err
+
+
+def test_train_refuses_to_overwrite_a_run(tmp_path: Path, capsys) -> None:
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "config.json").write_text("{}")
+    args = ["train", "--output_dir", str(tmp_path), "--run_name", "old", "--weights", "none"]
+    assert main(args) == 2
+    assert "--resume" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from pneumonia_cxr import export
 from pneumonia_cxr.config import Preprocessing
 from pneumonia_cxr.data.loader import load_xray
 from pneumonia_cxr.data.transforms import build_transforms
@@ -16,6 +18,7 @@ from pneumonia_cxr.errors import ModelFileError
 from pneumonia_cxr.export import (
     METADATA_KEY,
     OnnxPredictor,
+    cached_onnx_predictor,
     export_onnx,
     load_predictor,
 )
@@ -184,6 +187,35 @@ def test_missing_onnx_names_the_extra_to_install(
     monkeypatch.setitem(sys.modules, "onnx", None)  # makes `import onnx` raise ImportError
     with pytest.raises(ImportError, match=r"pneumonia-cxr\[export\]"):
         export_onnx(_tiny_bundle(), tmp_path / "m.onnx")
+
+
+def test_cached_predictor_exports_once_per_model_and_metadata(
+    exported, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bundle, _ = exported
+    calls: list[Path] = []
+
+    def counting_export(b: ModelBundle, path: Path, **kwargs) -> Path:
+        calls.append(Path(path))
+        return export_onnx(b, path, **kwargs)
+
+    monkeypatch.setattr(export, "export_onnx", counting_export)
+    first = cached_onnx_predictor(bundle, tmp_path)
+    again = cached_onnx_predictor(bundle, tmp_path)
+    assert len(calls) == 1 and first.path == again.path
+    # Recalibrated: same weights, new threshold; the stale export must not be reused.
+    recalibrated = cached_onnx_predictor(dataclasses.replace(bundle, threshold=0.61), tmp_path)
+    assert len(calls) == 2 and recalibrated.path != first.path
+    assert recalibrated.threshold == pytest.approx(0.61)
+
+
+def test_cached_predictor_replaces_a_damaged_cache_entry(exported, tmp_path: Path) -> None:
+    bundle, _ = exported
+    path = cached_onnx_predictor(bundle, tmp_path).path
+    path.write_bytes(b"half a file")
+    images = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3))
+    logits = cached_onnx_predictor(bundle, tmp_path).logits(images)
+    np.testing.assert_allclose(logits, _torch_outputs(bundle, images)[0], atol=TOLERANCE, rtol=0)
 
 
 @pytest.mark.realdata

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -95,17 +96,23 @@ def test_corrupt_training_image_is_skipped_and_counted(
 def test_both_stages_learn_on_synthetic_data(tmp_path: Path) -> None:
     from pneumonia_cxr.data.synthetic import SyntheticSpec, generate_synthetic_dataset
 
-    spec = SyntheticSpec(image_size=64, train_per_class=60, val_per_class=4, test_per_class=4)
+    spec = SyntheticSpec(image_size=96, train_per_class=80, val_per_class=4, test_per_class=4)
     data = generate_synthetic_dataset(tmp_path / "data", spec)
     config = tiny_config(data, tmp_path, "learn", stage1_epochs=3, stage2_epochs=3)
-    config.data.val_fraction = 0.3
+    config.data.val_fraction, config.data.image_size = 0.3, 96
     config.model.backbone, config.model.weights = "efficientnet_lite0", "imagenet"
     config.model.head_dims, config.model.unfreeze_layers = (512, 256), -1
-    config.train.stage1_lr, config.train.stage2_lr = 1e-3, 1e-3
+    config.train.stage1_lr, config.train.stage2_lr = 3e-3, 1e-3
     run_dir = train(config)
     progress = json.loads((run_dir / "progress.json").read_text())
-    assert progress["stage1"]["best_score"] > 0.7
-    assert progress["stage2"]["best_score"] > 0.8
+    # Validation AUC (about 50 images) above chance after the head-only stage, and high
+    # after fine-tuning; the training loss falls in both stages.
+    assert progress["stage1"]["best_score"] > 0.65
+    assert progress["stage2"]["best_score"] > 0.85
+    rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
+    for stage in ("1", "2"):
+        losses = [float(r["train_loss"]) for r in rows if r["stage"] == stage]
+        assert losses[-1] < losses[0], (stage, losses)
 
 
 @pytest.mark.slow

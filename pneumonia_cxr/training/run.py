@@ -27,6 +27,7 @@ from pneumonia_cxr.data.split import (
     read_split_csv,
     write_split_csv,
 )
+from pneumonia_cxr.errors import RunFolderError
 from pneumonia_cxr.evaluation.calibration import fit_temperature
 from pneumonia_cxr.evaluation.plots import plot_learning_curves
 from pneumonia_cxr.evaluation.threshold import choose_threshold
@@ -214,17 +215,21 @@ def _best_stage(progress: dict[str, Any]) -> dict[str, Any]:
     return max(scored, key=lambda s: s["best_score"]) if scored else stages[-1]
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def predict_logits(net: PneumoniaNet, loader) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """Logits and labels over a loader; also returns the indices of skipped files."""
+    """Logits and labels over a loader, on the net's device; also the indices of skipped files."""
     net.eval()
+    device = next(net.parameters()).device
     logits, labels, skipped = [], [], []
     for batch in loader:
         skipped.extend(int(i) for i in batch["skipped"])
         if batch["image"].numel():
-            images = batch["image"].contiguous(memory_format=torch.channels_last)
-            logits.append(net(images).squeeze(1).float())
+            images = batch["image"].to(device, non_blocking=True)
+            images = images.contiguous(memory_format=torch.channels_last)
+            logits.append(net(images).squeeze(1).float().cpu())
             labels.append(batch["label"])
+    if not logits:
+        raise ValueError("no image of this split could be read")
     return torch.cat(logits).numpy(), torch.cat(labels).numpy().astype(int), skipped
 
 
@@ -249,17 +254,28 @@ def train(
     config: RunConfig | None = None,
     *,
     resume: str | Path | None = None,
+    epoch_overrides: dict[str, int] | None = None,
     extra_callbacks: list | None = None,
 ) -> Path:
-    """Run (or resume) the whole two-stage training; returns the run folder."""
+    """Run (or resume) the whole two-stage training; returns the run folder.
+
+    `epoch_overrides` ({"stage1_epochs": n, "stage2_epochs": m}) lengthens or shortens a
+    resumed run; the change is saved in config.json so the run folder stays truthful.
+    """
     if resume is not None:
         paths = RunPaths(Path(resume))
+        if not paths.config.is_file():
+            raise RunFolderError(f"{paths.root}: no {CONFIG_FILE}; not a run folder to resume")
         config = RunConfig.load(paths.config)
+        for key, value in (epoch_overrides or {}).items():
+            setattr(config.train, key, value)
+        if epoch_overrides:
+            config.save(paths.config)
     else:
         config = config or RunConfig()
         paths = RunPaths(_new_run_dir(config))
-        if paths.progress.exists():
-            raise FileExistsError(f"{paths.root} already holds a run; use --resume {paths.root}")
+        if paths.progress.exists() or paths.config.exists():
+            raise RunFolderError(f"{paths.root} already holds a run; use --resume {paths.root}")
         paths.root.mkdir(parents=True, exist_ok=True)
         config.save(paths.config)
     L.seed_everything(config.train.seed, workers=True)
@@ -302,8 +318,9 @@ def finalize_model(
     split: PatientSplit,
 ) -> ModelBundle:
     """Threshold (and optional temperature) from the validation split, never from test."""
-    net = net.cpu()
+    net = net.to("cuda" if torch.cuda.is_available() else "cpu")
     logits, labels, _ = predict_logits(net, datamodule.val_dataloader())
+    net = net.cpu()
     temperature = fit_temperature(logits, labels) if config.train.calibrate else 1.0
     probs = 1.0 / (1.0 + np.exp(-logits / temperature))
     threshold = choose_threshold(
