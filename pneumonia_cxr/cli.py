@@ -238,11 +238,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Exit code 0 when at least one image was read, 1 when none could be."""
-    from pneumonia_cxr.model.model_file import load_model
-    from pneumonia_cxr.predict import predict_paths, rows_to_csv, write_rows
+    from pneumonia_cxr.predict import load_for_prediction, predict_paths, rows_to_csv, write_rows
 
+    model = load_for_prediction(
+        args.model_path, engine=args.engine, device=args.device, gradcam=bool(args.gradcam)
+    )
     rows = predict_paths(
-        load_model(args.model_path),
+        model,
         args.paths,
         batch_size=args.batch_size,
         num_workers=args.num_workers,
@@ -262,6 +264,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0 if n_ok else 1
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from pneumonia_cxr.export import export_onnx
+    from pneumonia_cxr.model.model_file import load_model
+
+    output = Path(args.output or Path(args.model_path).with_suffix(".onnx"))
+    path = export_onnx(load_model(args.model_path), output)
+    print(f"ONNX model (dynamic batch; preprocessing and threshold in its metadata): {path}")
+    return 0
 
 
 def cmd_explain_check(args: argparse.Namespace) -> int:
@@ -338,7 +350,20 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--num_workers", type=int, default=0, help="image decoding processes")
     predict.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: GPU if available)")
     predict.add_argument("--no_progress", action="store_true", help="no progress bar")
+    predict.add_argument(
+        "--engine",
+        choices=["auto", "torch", "onnx"],
+        default="auto",
+        help="auto: ONNX Runtime on CPU (cached export, same labels, faster), PyTorch on GPU "
+        "or with --gradcam",
+    )
     predict.set_defaults(func=cmd_predict)
+
+    export = sub.add_parser("export", help="export a model file for fast inference")
+    export.add_argument("--model_path", required=True)
+    export.add_argument("--format", choices=["onnx"], default="onnx")
+    export.add_argument("--output", help="default: the model path with .onnx")
+    export.set_defaults(func=cmd_export)
 
     check = sub.add_parser(
         "explain-check", help="do the heatmaps mean something? randomization + pointing game"
@@ -359,7 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     try:
         return args.func(args)
-    except PneumoniaCxrError as error:
+    except (PneumoniaCxrError, FileNotFoundError, ImportError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

@@ -14,6 +14,12 @@ TINY_SPEC = SyntheticSpec(
 )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Caches (e.g. ONNX exports of test models) go to a temporary folder, not ~/.cache."""
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
+
+
 @pytest.fixture(scope="session")
 def tiny_synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A few dozen 48-px synthetic X-rays in the official layout (read-only for tests)."""

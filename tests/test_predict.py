@@ -186,3 +186,35 @@ def test_expand_paths_recurses_folders_and_keeps_missing_paths(
 )
 def test_row_ok_means_no_error(row: PredictionRow, ok: bool) -> None:
     assert row.ok is ok
+
+
+def test_auto_engine_uses_onnx_runtime_on_cpu_and_torch_for_gradcam(model_file: Path) -> None:
+    from pneumonia_cxr.export import OnnxPredictor
+    from pneumonia_cxr.model.model_file import ModelBundle
+    from pneumonia_cxr.predict import load_for_prediction
+
+    assert isinstance(load_for_prediction(model_file, device="cpu"), OnnxPredictor)
+    assert isinstance(load_for_prediction(model_file, gradcam=True), ModelBundle)
+    assert isinstance(load_for_prediction(model_file, engine="torch"), ModelBundle)
+
+
+def test_export_then_predict_with_onnx_matches_torch(
+    model_file: Path, folder: Path, tmp_path: Path, capsys
+) -> None:
+    onnx_path = tmp_path / "model.onnx"
+    assert main(["export", "--model_path", str(model_file), "--output", str(onnx_path)]) == 0
+    assert onnx_path.is_file()
+    capsys.readouterr()
+    results = {}
+    for engine, model in (("torch", model_file), ("auto", onnx_path)):
+        out = tmp_path / f"{engine}.csv"
+        args = ["predict", str(folder), "--model_path", str(model), "--output", str(out)]
+        assert main([*args, "--engine", engine, "--no_progress"]) == 0
+        results[engine] = _read_csv(out.read_text())
+    for name in ("a.png", "b.png"):
+        torch_row, onnx_row = results["torch"][name], results["auto"][name]
+        assert float(onnx_row["probability"]) == pytest.approx(
+            float(torch_row["probability"]), abs=1e-4
+        )
+        assert onnx_row["label"] == torch_row["label"]
+    assert results["auto"]["corrupt.png"]["error"]

@@ -39,6 +39,10 @@ class ModelBundle:
     package_version: str = __version__
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def backbone_name(self) -> str:
+        return self.model.backbone_name
+
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """P(PNEUMONIA), with the temperature fitted on validation data (1.0 = none)."""
         return torch.sigmoid(logits.float() / self.temperature)
