@@ -14,33 +14,19 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from tiny_runs import train_tiny_model
 
 from pneumonia_cxr import CLASS_NAMES
 from pneumonia_cxr.cli import main
-from pneumonia_cxr.config import RunConfig
 from pneumonia_cxr.data.discovery import list_images
 from pneumonia_cxr.data.fingerprint import records_fingerprint
 from pneumonia_cxr.errors import EvaluationInputError, ModelFileError
 from pneumonia_cxr.evaluation.evaluate import PLOT_FILES, EvaluationResult, evaluate_model
 from pneumonia_cxr.evaluation.metrics import RATE_NAMES
-from pneumonia_cxr.model.model_file import FINAL_MODEL_NAME, load_model
-from pneumonia_cxr.training.run import train
+from pneumonia_cxr.model.model_file import load_model
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = {"n_resamples": 200, "explain_images": 0}
-
-
-def train_tiny_model(data: Path, out: Path) -> Path:
-    """resnet18 without pretrained weights, 48 px, one stage-1 epoch: seconds on a CPU."""
-    config = RunConfig()
-    config.data.dataset_path = str(data)
-    config.data.image_size, config.data.batch_size, config.data.num_workers = 48, 16, 0
-    config.data.val_fraction = 0.25
-    config.model.backbone, config.model.weights = "resnet18", "none"
-    config.model.head_dims = (32, 16)
-    config.train.stage1_epochs, config.train.stage2_epochs = 1, 0
-    config.train.output_dir, config.train.run_name = str(out), "tiny"
-    return train(config) / FINAL_MODEL_NAME
 
 
 def edited_model(source: Path, target: Path, edit) -> Path:

@@ -7,10 +7,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from tiny_runs import train_tiny_model
 
 from pneumonia_cxr import CLASS_NAMES
 from pneumonia_cxr.cli import CAM_METHOD_CHOICES, main
-from pneumonia_cxr.config import RunConfig
 from pneumonia_cxr.data.discovery import ImageRecord, list_images
 from pneumonia_cxr.data.synthetic import SYNTHETIC_BOXES_FILE
 from pneumonia_cxr.explain.check import (
@@ -21,23 +21,9 @@ from pneumonia_cxr.explain.check import (
     scale_box,
 )
 from pneumonia_cxr.explain.gradcam import CAM_METHODS
-from pneumonia_cxr.model.model_file import FINAL_MODEL_NAME, load_model
-from pneumonia_cxr.training.run import train
+from pneumonia_cxr.model.model_file import load_model
 
 N_IMAGES = 4
-
-
-def train_tiny_model(data: Path, out: Path) -> Path:
-    """resnet18 without pretrained weights, 48 px, one stage-1 epoch: seconds on a CPU."""
-    config = RunConfig()
-    config.data.dataset_path = str(data)
-    config.data.image_size, config.data.batch_size, config.data.num_workers = 48, 16, 0
-    config.data.val_fraction = 0.25
-    config.model.backbone, config.model.weights = "resnet18", "none"
-    config.model.head_dims = (32, 16)
-    config.train.stage1_epochs, config.train.stage2_epochs = 1, 0
-    config.train.output_dir, config.train.run_name = str(out), "tiny"
-    return train(config) / FINAL_MODEL_NAME
 
 
 @pytest.fixture(scope="module")

@@ -11,35 +11,21 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from tiny_runs import train_tiny_model
 
 from pneumonia_cxr import CLASS_NAMES
 from pneumonia_cxr.cli import main
-from pneumonia_cxr.config import RunConfig
 from pneumonia_cxr.data.loader import load_xray
 from pneumonia_cxr.data.transforms import build_transforms
 from pneumonia_cxr.errors import ModelFileError
-from pneumonia_cxr.model.model_file import FINAL_MODEL_NAME, load_model
+from pneumonia_cxr.model.model_file import load_model
 from pneumonia_cxr.predict import PredictionRow, expand_paths, predict_paths, rows_to_csv
-from pneumonia_cxr.training.run import train
 
 BAD_FILES: dict[str, str] = {
     "corrupt.png": "CorruptImageError",  # a truncated PNG
     "fake.jpeg": "NotAnImageError",  # text with an image extension
     "empty.png": "EmptyFileError",
 }
-
-
-def train_tiny_model(data: Path, out: Path) -> Path:
-    """resnet18 without pretrained weights, 48 px, one stage-1 epoch: seconds on a CPU."""
-    config = RunConfig()
-    config.data.dataset_path = str(data)
-    config.data.image_size, config.data.batch_size, config.data.num_workers = 48, 16, 0
-    config.data.val_fraction = 0.25
-    config.model.backbone, config.model.weights = "resnet18", "none"
-    config.model.head_dims = (32, 16)
-    config.train.stage1_epochs, config.train.stage2_epochs = 1, 0
-    config.train.output_dir, config.train.run_name = str(out), "tiny"
-    return train(config) / FINAL_MODEL_NAME
 
 
 @pytest.fixture(scope="module")

@@ -13,24 +13,11 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from tiny_runs import tiny_config
 
 from pneumonia_cxr.config import RunConfig
 from pneumonia_cxr.model.model_file import load_model
 from pneumonia_cxr.training.run import train
-
-
-def tiny_config(data: Path, out: Path, name: str, **train_overrides) -> RunConfig:
-    config = RunConfig()
-    config.data.dataset_path = str(data)
-    config.data.image_size, config.data.batch_size, config.data.num_workers = 48, 16, 0
-    config.data.val_fraction = 0.25
-    config.model.backbone, config.model.weights = "resnet18", "none"
-    config.model.head_dims = (32, 16)
-    config.train.stage1_epochs, config.train.stage2_epochs = 2, 1
-    config.train.output_dir, config.train.run_name = str(out), name
-    for key, value in train_overrides.items():
-        setattr(config.train, key, value)
-    return config
 
 
 class CrashAfterFirstEpoch(L.Callback):
