@@ -109,11 +109,13 @@ def test_ddp_with_two_cpu_processes(tiny_synthetic: Path, tmp_path: Path) -> Non
         "--dataset_path", str(tiny_synthetic), "--backbone", "resnet18", "--weights", "none",
         "--stage1_epochs", "1", "--stage2_epochs", "0", "--image_size", "48",
         "--batch_size", "8", "--num_workers", "0", "--accelerator", "cpu", "--devices", "2",
-        "--strategy", "ddp", "--output_dir", str(tmp_path), "--run_name", "ddp",
+        "--strategy", "ddp", "--output_dir", str(tmp_path),
     ]  # fmt: skip
-    env = {**os.environ, "PL_DISABLE_FORK": "1"}
+    # No --run_name: the worker process must still join the time-stamped folder rank 0 named.
+    env = {k: v for k, v in os.environ.items() if k != "PNEUMONIA_CXR_RUN_NAME"}
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert (tmp_path / "ddp" / "final_pneumonia_model.pt").exists()
-    progress = json.loads((tmp_path / "ddp" / "progress.json").read_text())
+    (run_dir,) = [d for d in tmp_path.iterdir() if d.is_dir()]
+    assert (run_dir / "final_pneumonia_model.pt").exists()
+    progress = json.loads((run_dir / "progress.json").read_text())
     assert progress["stage1"]["done"]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -15,6 +18,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
 
 from pneumonia_cxr import __version__
 from pneumonia_cxr.config import Preprocessing, RunConfig
@@ -233,21 +237,49 @@ def predict_logits(net: PneumoniaNet, loader) -> tuple[np.ndarray, np.ndarray, l
     return torch.cat(logits).numpy(), torch.cat(labels).numpy().astype(int), skipped
 
 
+RUN_NAME_ENV = "PNEUMONIA_CXR_RUN_NAME"
+
+
+@contextlib.contextmanager
+def _workers_join(paths: RunPaths) -> Iterator[None]:
+    """DDP workers that Lightning launches re-run this command line: name the folder for them."""
+    previous = os.environ.get(RUN_NAME_ENV)
+    os.environ[RUN_NAME_ENV] = paths.root.name
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(RUN_NAME_ENV, None)
+        else:
+            os.environ[RUN_NAME_ENV] = previous
+
+
 def _new_run_dir(config: RunConfig) -> Path:
-    name = config.train.run_name or (
-        f"{config.model.backbone}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    """Every DDP rank must land in the same folder: rank 0 hands its choice to the workers it
+    launches through the environment (`_workers_join`); under Slurm the job id names it."""
+    stamp = os.environ.get("SLURM_JOB_ID") or datetime.now().strftime("%Y%m%d-%H%M%S")
+    name = (
+        config.train.run_name or os.environ.get(RUN_NAME_ENV) or f"{config.model.backbone}-{stamp}"
     )
     return Path(config.train.output_dir) / name
 
 
 def prepare_data(config: RunConfig, paths: RunPaths, resuming: bool) -> tuple[PatientSplit, Path]:
+    """The patient-level split: read back on resume, else made from the seed (every DDP rank
+    computes the same one; only rank 0 writes it)."""
     root = resolve_dataset(config.data.dataset_path)
     if resuming and paths.split.exists():
         return read_split_csv(paths.split), root
     records = [r for r in list_images(root) if r.split in ("train", "val")]
     split = make_patient_split(records, config.data.val_fraction, config.train.seed)
-    write_split_csv(split, paths.split)
+    if _is_rank_zero():
+        write_split_csv(split, paths.split)
     return split, root
+
+
+def _is_rank_zero() -> bool:
+    """False in the processes a DDP launcher (Lightning, srun, torchrun) starts for ranks > 0."""
+    return rank_zero_only.rank == 0
 
 
 def train(
@@ -269,15 +301,17 @@ def train(
         config = RunConfig.load(paths.config)
         for key, value in (epoch_overrides or {}).items():
             setattr(config.train, key, value)
-        if epoch_overrides:
+        if epoch_overrides and _is_rank_zero():
             config.save(paths.config)
     else:
         config = config or RunConfig()
         paths = RunPaths(_new_run_dir(config))
-        if paths.progress.exists() or paths.config.exists():
-            raise RunFolderError(f"{paths.root} already holds a run; use --resume {paths.root}")
-        paths.root.mkdir(parents=True, exist_ok=True)
-        config.save(paths.config)
+        config.train.run_name = paths.root.name
+        if _is_rank_zero():  # ranks > 0 join the run that rank 0 has just created
+            if paths.progress.exists() or paths.config.exists():
+                raise RunFolderError(f"{paths.root} already holds a run; use --resume {paths.root}")
+            paths.root.mkdir(parents=True, exist_ok=True)
+            config.save(paths.config)
     L.seed_everything(config.train.seed, workers=True)
     started = time.perf_counter()
     split, root = prepare_data(config, paths, resuming=resume is not None)
@@ -293,11 +327,12 @@ def train(
     ).to(memory_format=torch.channels_last)
     progress = _read_progress(paths)
     last_trainer = None
-    for stage in (1, 2):
-        last_trainer = (
-            _run_stage(stage, net, datamodule, config, paths, progress, extra_callbacks or [])
-            or last_trainer
-        )
+    with _workers_join(paths):
+        for stage in (1, 2):
+            last_trainer = (
+                _run_stage(stage, net, datamodule, config, paths, progress, extra_callbacks or [])
+                or last_trainer
+            )
     is_zero = last_trainer is None or last_trainer.is_global_zero
     if not is_zero:
         return paths.root
