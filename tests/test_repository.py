@@ -1,0 +1,33 @@
+"""Large-file guard: no weights, no data images, nothing big is ever committed."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MAX_BYTES = 1_000_000
+WEIGHT_SUFFIXES = {".pt", ".pth", ".ckpt", ".onnx", ".safetensors", ".h5", ".bin"}
+IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".dcm", ".dicom"}
+
+
+def _tracked() -> list[Path]:
+    try:
+        out = subprocess.run(
+            ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout")
+    return [ROOT / line for line in out.splitlines()]
+
+
+def test_no_weights_no_data_images_no_large_files() -> None:
+    files = _tracked()
+    assert files
+    assert not [f for f in files if f.suffix.lower() in WEIGHT_SUFFIXES]
+    # Images only as small figures under assets/ (plots, the Grad-CAM grid), never data.
+    images = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
+    assert all(f.parent == ROOT / "assets" for f in images), images
+    assert not [f for f in files if f.is_file() and f.stat().st_size > MAX_BYTES]
