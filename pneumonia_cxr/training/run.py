@@ -170,12 +170,12 @@ def _run_stage(
     paths: RunPaths,
     progress: dict[str, Any],
     extra_callbacks: list,
-) -> L.Trainer | None:
+) -> None:
     """Fit one stage (resuming from its last checkpoint if any); record its best checkpoint."""
     epochs = config.train.stage1_epochs if stage == 1 else config.train.stage2_epochs
     key = f"stage{stage}"
     if epochs <= 0 or progress.get(key, {}).get("done"):
-        return None
+        return
     if stage == 2 and progress.get("stage1", {}).get("best_checkpoint"):
         _load_net_weights(net, progress["stage1"]["best_checkpoint"])
     unfrozen = _configure_stage(net, config, stage)
@@ -210,7 +210,6 @@ def _run_stage(
     }
     if trainer.is_global_zero:
         _write_progress(paths, progress)
-    return trainer
 
 
 def _best_stage(progress: dict[str, Any]) -> dict[str, Any]:
@@ -326,15 +325,10 @@ def train(
         head_dropouts=config.model.head_dropouts,
     ).to(memory_format=torch.channels_last)
     progress = _read_progress(paths)
-    last_trainer = None
     with _workers_join(paths):
         for stage in (1, 2):
-            last_trainer = (
-                _run_stage(stage, net, datamodule, config, paths, progress, extra_callbacks or [])
-                or last_trainer
-            )
-    is_zero = last_trainer is None or last_trainer.is_global_zero
-    if not is_zero:
+            _run_stage(stage, net, datamodule, config, paths, progress, extra_callbacks or [])
+    if not _is_rank_zero():
         return paths.root
     _load_net_weights(net, _best_stage(progress)["best_checkpoint"])
     bundle = finalize_model(net, config, preprocessing, datamodule, split)
