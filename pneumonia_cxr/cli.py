@@ -7,10 +7,12 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 
-from pneumonia_cxr.config import RunConfig
+from pneumonia_cxr.config import AugmentConfig, RunConfig
 from pneumonia_cxr.errors import PneumoniaCxrError
+from pneumonia_cxr.evaluation.threshold import THRESHOLD_RULES
 
 EPOCH_FLAGS = ("stage1_epochs", "stage2_epochs")
 
@@ -58,11 +60,14 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val_fraction", type=float, default=d.data.val_fraction)
     parser.add_argument("--balanced_sampler", action="store_true")
     parser.add_argument("--no_class_weights", action="store_true")
+    parser.add_argument("--weight_decay", type=float, default=d.train.weight_decay)
+    parser.add_argument("--label_smoothing", type=float, default=d.train.label_smoothing)
+    _add_augment_args(parser, d.data.augment)
     parser.add_argument("--patience", type=int, default=d.train.early_stopping_patience)
     parser.add_argument(
         "--threshold_rule",
         default=d.train.threshold_rule,
-        choices=["max_specificity_at_sensitivity", "youden", "fixed_0.5"],
+        choices=THRESHOLD_RULES,
     )
     parser.add_argument("--min_sensitivity", type=float, default=d.train.min_sensitivity)
     parser.add_argument("--calibrate", action="store_true", help="fit a temperature on val")
@@ -76,6 +81,25 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strategy", default=d.train.strategy)
     parser.add_argument("--precision", default=d.train.precision)
     parser.add_argument("--limit_train_batches", type=float, default=None)
+
+
+def _add_augment_args(parser: argparse.ArgumentParser, defaults: AugmentConfig) -> None:
+    """One flag per AugmentConfig field (--aug_<name>), so the two cannot drift apart."""
+    group = parser.add_argument_group("augmentation (training only)")
+    for item in fields(AugmentConfig):
+        default = getattr(defaults, item.name)
+        if isinstance(default, bool):
+            group.add_argument(
+                f"--aug_{item.name}", type=_yes_no, default=default, metavar="{yes,no}"
+            )
+        else:
+            group.add_argument(f"--aug_{item.name}", type=type(default), default=default)
+
+
+def _yes_no(text: str) -> bool:
+    if text.lower() not in ("yes", "no", "true", "false", "1", "0"):
+        raise argparse.ArgumentTypeError(f"expected yes or no, got {text!r}")
+    return text.lower() in ("yes", "true", "1")
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -95,6 +119,9 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
             setattr(train, key, getattr(args, key))
     train.stage1_lr, train.stage2_lr = args.stage1_lr, args.stage2_lr
     train.class_weights = not args.no_class_weights
+    train.weight_decay, train.label_smoothing = args.weight_decay, args.label_smoothing
+    for item in fields(AugmentConfig):
+        setattr(data.augment, item.name, getattr(args, f"aug_{item.name}"))
     train.early_stopping_patience = args.patience
     train.threshold_rule, train.min_sensitivity = args.threshold_rule, args.min_sensitivity
     train.calibrate = args.calibrate

@@ -48,6 +48,18 @@ class AugmentConfig:
     height_shift: float = 0.1
     zoom: float = 0.1
     horizontal_flip: bool = True
+    crop_scale_min: float = 1.0
+    """Random resized crop keeping this share of the area at least; 1.0 = off."""
+    brightness: float = 0.0
+    contrast: float = 0.0
+    gamma: float = 0.0
+    """Random gamma in [1 - gamma, 1 + gamma]; 0 = off."""
+    blur_prob: float = 0.0
+    noise_std: float = 0.0
+    jpeg_quality_min: int = 0
+    """Re-encode as JPEG at a random quality in [this, 100]; 0 = off."""
+    resample_jitter: bool = False
+    """Resize with a random filter (bilinear, nearest, bicubic) instead of always bilinear."""
 
 
 @dataclass
@@ -79,6 +91,9 @@ class TrainConfig:
     stage1_lr: float = 1e-4
     stage2_lr: float = 1e-5
     weight_decay: float = 0.0
+    """Decoupled (AdamW) weight decay."""
+    label_smoothing: float = 0.0
+    """BCE targets become y * (1 - s) + s / 2: less extreme logits, which transfer better."""
     monitor: str = "val_auc"
     early_stopping_patience: int = 3
     lr_patience: int = 1

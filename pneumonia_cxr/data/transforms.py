@@ -4,13 +4,43 @@ from __future__ import annotations
 
 import torch
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
 
 from pneumonia_cxr.config import AugmentConfig, Preprocessing
 
 
-def _augmentations(augment: AugmentConfig) -> list[v2.Transform]:
-    """Keras ImageDataGenerator-style ranges, as the reference uses; no colour jitter on X-rays."""
+class RandomGamma(v2.Transform):
+    """Gamma in [1 - g, 1 + g] on a float image in [0, 1]: the exposure curve differs between
+    X-ray machines and hospitals, which brightness and contrast alone do not model."""
+
+    def __init__(self, gamma: float) -> None:
+        super().__init__()
+        self.low, self.high = 1.0 - gamma, 1.0 + gamma
+
+    def make_params(self, flat_inputs: list) -> dict[str, float]:
+        return {"gamma": float(torch.empty(1).uniform_(self.low, self.high))}
+
+    def transform(self, inpt, params: dict[str, float]):
+        return TF.adjust_gamma(inpt, params["gamma"])
+
+
+def _resize(size: tuple[int, int], augment: AugmentConfig | None) -> v2.Transform:
+    """The evaluation resize (bilinear, antialiased); with `resample_jitter`, one of several
+    filters, so the model does not learn one resampler's fingerprint (originals vs copies)."""
+    exact = v2.Resize(size, antialias=True)
+    if augment is None or not augment.resample_jitter:
+        return exact
+    modes = (v2.InterpolationMode.NEAREST, v2.InterpolationMode.BICUBIC)
+    return v2.RandomChoice([exact, *(v2.Resize(size, mode, antialias=True) for mode in modes)])
+
+
+def _geometric(augment: AugmentConfig, size: tuple[int, int]) -> list[v2.Transform]:
+    """Keras ImageDataGenerator-style ranges, as the reference uses, plus optional crops."""
     steps: list[v2.Transform] = []
+    if augment.crop_scale_min < 1.0:
+        steps.append(
+            v2.RandomResizedCrop(size, scale=(augment.crop_scale_min, 1.0), ratio=(0.85, 1.18))
+        )
     translate = (augment.width_shift, augment.height_shift)
     scale = (1.0 - augment.zoom, 1.0 + augment.zoom)
     if augment.rotation_degrees or any(translate) or augment.zoom:
@@ -27,6 +57,20 @@ def _augmentations(augment: AugmentConfig) -> list[v2.Transform]:
     return steps
 
 
+def _intensity(augment: AugmentConfig) -> list[v2.Transform]:
+    """Exposure and acquisition changes on the float image; no hue/saturation on X-rays."""
+    steps: list[v2.Transform] = []
+    if augment.brightness or augment.contrast:
+        steps.append(v2.ColorJitter(brightness=augment.brightness, contrast=augment.contrast))
+    if augment.gamma:
+        steps.append(RandomGamma(augment.gamma))
+    if augment.blur_prob:
+        steps.append(v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 1.5))], p=augment.blur_prob))
+    if augment.noise_std:
+        steps.append(v2.GaussianNoise(sigma=augment.noise_std, clip=True))
+    return steps
+
+
 def build_transforms(
     preprocessing: Preprocessing, augment: AugmentConfig | None = None
 ) -> v2.Compose:
@@ -36,11 +80,16 @@ def build_transforms(
     `augment=None` gives the deterministic evaluation pipeline.
     """
     size = (preprocessing.image_size, preprocessing.image_size)
-    steps: list[v2.Transform] = [v2.Resize(size, antialias=True)]
+    steps: list[v2.Transform] = [_resize(size, augment)]
+    if augment is not None and augment.jpeg_quality_min:
+        # Re-encode at a random quality: the shared 224-px copies are JPEG q75, originals are not.
+        steps.append(v2.JPEG(quality=(augment.jpeg_quality_min, 100)))
     if augment is not None:
-        steps += _augmentations(augment)
+        steps += _geometric(augment, size)
+    steps.append(v2.ToDtype(torch.float32, scale=True))
+    if augment is not None:
+        steps += _intensity(augment)
     steps += [
-        v2.ToDtype(torch.float32, scale=True),
         v2.RGB() if preprocessing.channels == 3 else v2.Identity(),
         v2.Normalize(mean=list(preprocessing.mean), std=list(preprocessing.std)),
     ]

@@ -12,7 +12,12 @@ from sklearn.metrics import roc_curve
 
 from pneumonia_cxr.evaluation.calibration import check_binary_inputs
 
-THRESHOLD_RULES: tuple[str, ...] = ("max_specificity_at_sensitivity", "youden", "fixed_0.5")
+THRESHOLD_RULES: tuple[str, ...] = (
+    "max_specificity_at_sensitivity",
+    "max_threshold_at_sensitivity",
+    "youden",
+    "fixed_0.5",
+)
 
 
 def _candidate_counts(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -80,5 +85,7 @@ def choose_threshold(
         return _best(thresholds, (youden_scaled, tp, thresholds))
     # The lowest candidate (minimum score) has sensitivity 1, so the feasible set is never empty.
     feasible = tp / n_positive >= min_sensitivity
+    if rule == "max_threshold_at_sensitivity":
+        return float(thresholds[feasible].max())
     # Highest specificity = fewest false positives.
     return _best(thresholds[feasible], (-fp[feasible], tp[feasible], thresholds[feasible]))

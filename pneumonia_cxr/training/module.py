@@ -41,12 +41,14 @@ class PneumoniaLitModule(L.LightningModule):
         lr: float,
         class_weights: tuple[float, float] | None = None,
         weight_decay: float = 0.0,
+        label_smoothing: float = 0.0,
         lr_patience: int = 1,
         lr_factor: float = 0.2,
     ) -> None:
         super().__init__()
         self.net = net
         self.stage, self.lr, self.weight_decay = stage, lr, weight_decay
+        self.label_smoothing = label_smoothing
         self.lr_patience, self.lr_factor = lr_patience, lr_factor
         weights = torch.tensor(class_weights if class_weights else (1.0, 1.0), dtype=torch.float32)
         self.register_buffer("class_weights", weights, persistent=False)
@@ -58,9 +60,12 @@ class PneumoniaLitModule(L.LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images).squeeze(1)
 
-    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def _loss(
+        self, logits: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0
+    ) -> torch.Tensor:
         weight = self.class_weights[labels.long()]
-        return F.binary_cross_entropy_with_logits(logits.float(), labels, weight=weight)
+        targets = labels * (1.0 - smoothing) + smoothing / 2
+        return F.binary_cross_entropy_with_logits(logits.float(), targets, weight=weight)
 
     def _note_skipped(self, batch: dict[str, Any]) -> None:
         self.skipped_files.update(int(i) for i in batch["skipped"])
@@ -70,7 +75,7 @@ class PneumoniaLitModule(L.LightningModule):
         if batch["image"].numel() == 0:
             return None  # every file of the batch was unreadable: skip the step
         images = batch["image"].contiguous(memory_format=torch.channels_last)
-        loss = self._loss(self(images), batch["label"])
+        loss = self._loss(self(images), batch["label"], self.label_smoothing)
         self.log(
             "train_loss",
             loss,
@@ -120,7 +125,7 @@ class PneumoniaLitModule(L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         params = [p for p in self.net.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
+        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
         self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="max", factor=self.lr_factor, patience=self.lr_patience
         )

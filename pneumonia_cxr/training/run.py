@@ -186,6 +186,7 @@ def _run_stage(
         lr=lr,
         class_weights=datamodule.class_weights() if config.train.class_weights else None,
         weight_decay=config.train.weight_decay,
+        label_smoothing=config.train.label_smoothing,
         lr_patience=config.train.lr_patience,
         lr_factor=config.train.lr_factor,
     )
