@@ -8,10 +8,10 @@ thread pools or compiled kernels cannot help the next):
 - jit_freeze     torch.jit.trace + freeze + optimize_for_inference (conv-BN folding, oneDNN).
 - compile        torch.compile (inductor, freezing on); compile time is reported, not timed.
 - ort_basic      ONNX Runtime fp32, basic graph optimizations only.
-- ort_all        ONNX Runtime fp32, all optimizations: `pneumonia_cxr.export.OnnxPredictor`.
+- ort_all        ONNX Runtime fp32, all optimizations: `pneumonia_cxr.inference.engines.OnnxEngine`.
 - ort_int8       ONNX Runtime static int8 (QDQ, per-channel weights, convolutions only),
                  calibrated on training-split images, never on the benchmark images.
-- gradcam        Grad-CAM images/s (`compute_cams` on `cam_target_layer`, batch 16).
+- gradcam        Grad-CAM images/s (`model_cams`: the model's own target layers, batch 16).
 
 The timed batches are real test-split images (load_xray + the model's own transforms), so the
 label check uses the very outputs that were timed. Only the model is timed, not decoding.
@@ -43,9 +43,11 @@ import numpy as np
 import torch
 
 from pneumonia_cxr.config import Preprocessing
-from pneumonia_cxr.data.loader import load_xray
 from pneumonia_cxr.data.transforms import build_transforms
-from pneumonia_cxr.export import available_cpus, export_onnx
+from pneumonia_cxr.export import export_onnx
+from pneumonia_cxr.inference.decision import decide
+from pneumonia_cxr.inference.engines import available_cpus
+from pneumonia_cxr.inference.predictor import load_input
 from pneumonia_cxr.model.classifier import PneumoniaNet
 from pneumonia_cxr.model.model_file import ModelBundle, load_model, save_model
 
@@ -105,10 +107,11 @@ def _compiled(model: torch.nn.Module) -> torch.nn.Module:
 def _ort_runner(path: Path, level: str, threads: int) -> Runner:
     import onnxruntime as ort
 
-    from pneumonia_cxr.export import INPUT_NAME, LOGIT_OUTPUT, OnnxPredictor
+    from pneumonia_cxr.export import INPUT_NAME, LOGIT_OUTPUT
+    from pneumonia_cxr.inference.engines import OnnxEngine
 
     if level == "all":
-        return OnnxPredictor(path, num_threads=threads).logits
+        return OnnxEngine(path, num_threads=threads).logits
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
@@ -165,15 +168,15 @@ def _time_variant(run: Runner, images: torch.Tensor, args: argparse.Namespace) -
 
 
 def _gradcam_rate(work: Path, images: torch.Tensor, repeats: int) -> dict[str, Any]:
-    from pneumonia_cxr.explain.gradcam import compute_cams
+    from pneumonia_cxr.explain.gradcam import model_cams
 
     model = load_model(work / "model.pt").model.eval()
     batch = images[:16]
-    compute_cams(model, model.cam_target_layer, batch[:2], batch_size=16)  # warm-up
+    model_cams(model, batch[:2], batch_size=16)  # warm-up
     rates = []
     for _ in range(repeats):
         started = time.perf_counter()
-        compute_cams(model, model.cam_target_layer, batch, batch_size=16)
+        model_cams(model, batch, batch_size=16)
         rates.append(len(batch) / (time.perf_counter() - started))
     return {"batch16": statistics.median(rates), "batch16_rates": rates}
 
@@ -223,7 +226,8 @@ def _real_images(root: Path, split: str, n: int) -> list[Path]:
 
 def _load_tensor(paths: list[Path], preprocessing: Preprocessing) -> torch.Tensor:
     transform = build_transforms(preprocessing)
-    return torch.stack([transform(load_xray(p)) for p in paths])
+    size = preprocessing.image_size
+    return torch.stack([load_input(p, transform, size, keep_original=True)[0] for p in paths])
 
 
 def _bundle(args: argparse.Namespace) -> ModelBundle:
@@ -352,7 +356,7 @@ def _agreement(results: dict[str, dict[str, Any]], bundle: ModelBundle, stress: 
     base = torch.tensor(results[BASELINE]["logits"])
     base_p = bundle.probabilities(base).numpy()
     threshold = float(np.median(base_p)) if stress else float(bundle.threshold)
-    base_labels = base_p >= threshold
+    base_labels = decide(base_p, threshold)
     margin = float(np.min(np.abs(base_p - threshold)))
     rule = "median baseline probability, untrained model" if stress else bundle.threshold_rule
     print(
@@ -363,7 +367,7 @@ def _agreement(results: dict[str, dict[str, Any]], bundle: ModelBundle, stress: 
     for result in results.values():
         if "logits" in result:
             p = bundle.probabilities(torch.tensor(result["logits"])).numpy()
-            result["agree"] = int(np.sum((p >= threshold) == base_labels))
+            result["agree"] = int(np.sum(decide(p, threshold) == base_labels))
             result["max_dp"] = float(np.max(np.abs(p - base_p)))
     return threshold
 

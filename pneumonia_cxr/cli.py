@@ -10,9 +10,12 @@ from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 
-from pneumonia_cxr.config import AugmentConfig, RunConfig
+from pneumonia_cxr.config import NORMALIZATIONS, AugmentConfig, RunConfig
+from pneumonia_cxr.data.discovery import SPLITS
 from pneumonia_cxr.errors import PneumoniaCxrError
 from pneumonia_cxr.evaluation.threshold import THRESHOLD_RULES
+from pneumonia_cxr.explain.gradcam import CAM_METHODS
+from pneumonia_cxr.inference.engines import ENGINES
 
 EPOCH_FLAGS = ("stage1_epochs", "stage2_epochs")
 
@@ -54,7 +57,7 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
         help="stage 2 unfreezes this many top parameter layers of the backbone (-1: all)",
     )
     parser.add_argument("--image_size", type=int, default=d.data.image_size)
-    parser.add_argument("--normalization", choices=["imagenet", "unit"], default="imagenet")
+    parser.add_argument("--normalization", choices=NORMALIZATIONS, default=d.data.normalization)
     parser.add_argument("--batch_size", type=int, default=d.data.batch_size)
     parser.add_argument("--num_workers", type=int, default=d.data.num_workers)
     parser.add_argument("--val_fraction", type=float, default=d.data.val_fraction)
@@ -159,40 +162,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def demo_config(data_dir: Path, output_dir: str) -> RunConfig:
-    """The embedded default: a few minutes on 2 CPU cores, with offline ImageNet weights."""
-    config = RunConfig()
-    config.data.dataset_path = str(data_dir)
-    config.data.image_size, config.data.batch_size = 128, 32
-    config.model.backbone, config.model.weights = "efficientnet_lite0", "imagenet"
-    config.model.unfreeze_layers = -1
-    config.train.stage1_epochs, config.train.stage2_epochs = 3, 4
-    config.train.stage1_lr, config.train.stage2_lr = 1e-3, 3e-4
-    config.train.output_dir, config.train.run_name = output_dir, "demo"
-    return config
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     """Synthetic data -> training -> evaluation on its test split, report and Grad-CAM grid."""
-    from pneumonia_cxr.data.synthetic import generate_synthetic_dataset
-    from pneumonia_cxr.evaluation.evaluate import evaluate_model, headline
-    from pneumonia_cxr.training.run import train
+    from pneumonia_cxr.demo import run_demo
+    from pneumonia_cxr.evaluation.report import headline
 
-    data_dir = generate_synthetic_dataset(Path(args.output_dir) / "synthetic_cxr_demo")
-    print(f"synthetic demo data (NOT medical images): {data_dir}")
-    run_dir = Path(args.output_dir) / "demo"
-    if run_dir.exists():
-        import shutil
-
-        shutil.rmtree(run_dir)
-    run_dir = train(demo_config(data_dir, args.output_dir))
-    print(f"run folder: {run_dir}")
-    print(f"model file: {run_dir / 'final_pneumonia_model.pt'}")
-    result = evaluate_model(run_dir / "final_pneumonia_model.pt", data_dir, split="test")
-    print(f"test split (synthetic): {headline(result.metrics)}")
-    print(f"report: {result.report}")
-    print(f"Grad-CAM grid: {result.gradcam_grid}")
-    print(f"metrics: {result.files['metrics']}")
+    result = run_demo(args.output_dir, overwrite=args.overwrite)
+    print(f"synthetic demo data (NOT medical images): {result.data_dir}")
+    print(f"run folder: {result.run_dir}")
+    print(f"model file: {result.model_path}")
+    print(f"test split (synthetic): {headline(result.evaluation.metrics)}")
+    print(f"report: {result.evaluation.report}")
+    print(f"Grad-CAM grid: {result.evaluation.gradcam_grid}")
+    print(f"metrics: {result.evaluation.files['metrics']}")
     return 0
 
 
@@ -203,11 +185,6 @@ def _positive_int(text: str) -> int:
     return value
 
 
-CAM_METHOD_CHOICES: tuple[str, ...] = ("gradcam", "gradcam++", "hirescam", "eigencam")
-"""`explain.gradcam.CAM_METHODS`, spelled out so building the parser does not import
-pytorch-grad-cam (seconds); a test keeps the two equal."""
-
-
 def _output_file(text: str) -> str:
     if Path(text).suffix.lower() not in (".csv", ".json"):
         raise argparse.ArgumentTypeError(f"{text}: must end in .csv or .json")
@@ -216,13 +193,17 @@ def _output_file(text: str) -> str:
 
 def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
     """Flags of `evaluate` (also used by scripts/evaluate.py through `main`)."""
-    parser.add_argument("--model_path", required=True, help="a final_pneumonia_model.pt")
+    parser.add_argument(
+        "--model_path",
+        help="a final_pneumonia_model.pt (default: the model shipped with the package)",
+    )
     parser.add_argument(
         "--dataset_path",
         help="dataset folder (default: $PNEUMONIA_CXR_DATA, then the dataset the model was "
         "trained on if still present, then the cache or a download)",
     )
-    parser.add_argument("--split", default="test", choices=["test", "val", "train"])
+    parser.add_argument("--split", default="test", choices=SPLITS)
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: GPU if available)")
     parser.add_argument("--output_dir", help="default: <model file folder>/eval_<split>")
     parser.add_argument("--batch_size", type=_positive_int, default=32)
     parser.add_argument("--num_workers", type=int, default=0, help="image decoding processes")
@@ -230,7 +211,7 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
         "--n_resamples", type=_positive_int, default=2000, help="bootstrap resamples"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and picks")
-    parser.add_argument("--gradcam_method", default="gradcam", choices=CAM_METHOD_CHOICES)
+    parser.add_argument("--gradcam_method", default="gradcam", choices=CAM_METHODS)
     parser.add_argument(
         "--explain_images",
         type=int,
@@ -240,12 +221,15 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from pneumonia_cxr.evaluation.evaluate import evaluate_model, headline
+    from pneumonia_cxr.evaluation.evaluate import evaluate_model
+    from pneumonia_cxr.evaluation.report import headline
 
+    model_path = _model_path_or_shipped(args.model_path)
     result = evaluate_model(
-        args.model_path,
+        model_path,
         args.dataset_path,
         split=args.split,
+        device=args.device,
         output_dir=args.output_dir,
         batch_size=args.batch_size,
         num_workers=args.num_workers,
@@ -265,17 +249,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Exit code 0 when at least one image was read, 1 when none could be."""
-    from pneumonia_cxr.predict import load_for_prediction, predict_paths, rows_to_csv, write_rows
+    from pneumonia_cxr.inference.predictor import Predictor
+    from pneumonia_cxr.predict import predict_paths, rows_to_csv, write_rows
 
-    model = load_for_prediction(
-        args.model_path, engine=args.engine, device=args.device, gradcam=bool(args.gradcam)
+    model_path = _model_path_or_shipped(args.model_path)
+    predictor = Predictor.open(
+        model_path, engine=args.engine, device=args.device, gradcam=bool(args.gradcam)
     )
     rows = predict_paths(
-        model,
+        predictor,
         args.paths,
         batch_size=args.batch_size,
         num_workers=args.num_workers,
-        device=args.device,
         gradcam_dir=args.gradcam,
         gradcam_method=args.gradcam_method,
         progress=not args.no_progress,
@@ -284,6 +269,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
         write_rows(rows, args.output)
     else:
         sys.stdout.write(rows_to_csv(rows))
+    flagged = [row.path for row in rows if row.out_of_distribution]
+    if flagged:
+        print(
+            f"warning: {len(flagged)} image(s) do not look like the chest X-rays the model was "
+            "trained on (out of distribution); their labels are unreliable: " + ", ".join(flagged),
+            file=sys.stderr,
+        )
     n_ok = sum(row.ok for row in rows)
     print(
         f"{n_ok} of {len(rows)} image(s) predicted, {len(rows) - n_ok} unreadable"
@@ -338,6 +330,37 @@ def cmd_explain_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    from pneumonia_cxr.training.ensemble import build_ensemble
+
+    bundle = build_ensemble(
+        args.members,
+        args.output,
+        rule=args.threshold_rule,
+        min_sensitivity=args.min_sensitivity,
+        half=not args.float32,
+        ood_train_images=args.ood_train_images,
+        device=args.device,
+    )
+    print(
+        f"ensemble of {len(args.members)} written to {args.output}: threshold "
+        f"{bundle.threshold:.4f} ({bundle.threshold_rule}, validation), OOD cut-off "
+        f"{bundle.ood.cutoff:.3f} (99% of validation images pass)"
+    )
+    return 0
+
+
+def _model_path_or_shipped(model_path: str | None) -> Path:
+    """The given model file, or the shipped one (checked against its pinned sha256)."""
+    if model_path is not None:
+        return Path(model_path)
+    from pneumonia_cxr.model.shipped import default_model_path
+
+    path = default_model_path()
+    print(f"model: {path} (shipped with pneumonia-cxr)", file=sys.stderr)
+    return path
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pneumonia-cxr", description="Pneumonia detection in pediatric chest X-rays."
@@ -357,6 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="the whole pipeline on synthetic data, in minutes")
     demo.add_argument("--output_dir", default="outputs")
+    demo.add_argument(
+        "--overwrite", action="store_true", help="replace outputs/demo instead of a new folder"
+    )
     demo.set_defaults(func=cmd_demo)
 
     evaluate = sub.add_parser(
@@ -367,24 +393,40 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = sub.add_parser("predict", help="probability and label for new images")
     predict.add_argument("paths", nargs="+", metavar="PATH", help="image files and folders")
-    predict.add_argument("--model_path", required=True)
+    predict.add_argument(
+        "--model_path", help=".pt or .onnx model file (default: the model shipped with the package)"
+    )
     predict.add_argument(
         "--output", type=_output_file, help="results.csv or results.json (default: CSV on stdout)"
     )
     predict.add_argument("--gradcam", metavar="OUT_DIR", help="write one overlay PNG per image")
-    predict.add_argument("--gradcam_method", default="gradcam", choices=CAM_METHOD_CHOICES)
+    predict.add_argument("--gradcam_method", default="gradcam", choices=CAM_METHODS)
     predict.add_argument("--batch_size", type=_positive_int, default=32)
     predict.add_argument("--num_workers", type=int, default=0, help="image decoding processes")
     predict.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: GPU if available)")
     predict.add_argument("--no_progress", action="store_true", help="no progress bar")
     predict.add_argument(
         "--engine",
-        choices=["auto", "torch", "onnx"],
+        choices=ENGINES,
         default="auto",
         help="auto: ONNX Runtime on CPU (cached export, same labels, faster), PyTorch on GPU "
         "or with --gradcam",
     )
     predict.set_defaults(func=cmd_predict)
+
+    ensemble = sub.add_parser(
+        "ensemble", help="several trained runs -> one model file (threshold, OOD on validation)"
+    )
+    ensemble.add_argument("members", nargs="+", help="final_pneumonia_model.pt of each run")
+    ensemble.add_argument("--output", required=True, help="the ensemble's model file (.pt)")
+    ensemble.add_argument(
+        "--threshold_rule", choices=THRESHOLD_RULES, help="default: the members' rule"
+    )
+    ensemble.add_argument("--min_sensitivity", type=float, help="default: the members' value")
+    ensemble.add_argument("--float32", action="store_true", help="store float32, not float16")
+    ensemble.add_argument("--ood_train_images", type=_positive_int, default=1500)
+    ensemble.add_argument("--device", help="cpu, cuda ... (default: GPU if available)")
+    ensemble.set_defaults(func=cmd_ensemble)
 
     export = sub.add_parser("export", help="export a model file for fast inference")
     export.add_argument("--model_path", required=True)
@@ -399,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(check)
     check.add_argument("--n_images", type=_positive_int, default=16)
     check.add_argument("--output_dir", help="default: <model file folder>/explain_check")
-    check.add_argument("--method", default="gradcam", choices=CAM_METHOD_CHOICES)
+    check.add_argument("--method", default="gradcam", choices=CAM_METHODS)
     check.add_argument("--seed", type=int, default=0)
     check.set_defaults(func=cmd_explain_check)
     return parser

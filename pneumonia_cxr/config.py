@@ -12,6 +12,8 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 T = TypeVar("T")
 
+NORMALIZATIONS: tuple[str, ...] = ("imagenet", "unit")
+
 
 @dataclass
 class Preprocessing:
@@ -29,14 +31,19 @@ class Preprocessing:
     resize: str = "squash"
 
     def __post_init__(self) -> None:
-        if self.normalization not in {"imagenet", "unit"}:
+        if self.normalization not in NORMALIZATIONS:
             raise ValueError(
-                f"normalization must be 'imagenet' or 'unit', not {self.normalization!r}"
+                f"normalization must be one of {NORMALIZATIONS}, not {self.normalization!r}"
             )
         if self.normalization == "unit":
             self.mean, self.std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
         self.mean = tuple(float(v) for v in self.mean)
         self.std = tuple(float(v) for v in self.std)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Preprocessing:
+        """From the JSON/model-file form (lists for tuples); unknown keys are an error."""
+        return _build(cls, raw)
 
 
 @dataclass
@@ -133,6 +140,19 @@ class RunConfig:
     @classmethod
     def load(cls, path: str | Path) -> RunConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def demo_config(data_dir: str | Path, output_dir: str, run_name: str = "demo") -> RunConfig:
+    """The `make demo` preset: a few minutes on 2 CPU cores, with offline ImageNet weights."""
+    config = RunConfig()
+    config.data.dataset_path = str(data_dir)
+    config.data.image_size, config.data.batch_size = 128, 32
+    config.model.backbone, config.model.weights = "efficientnet_lite0", "imagenet"
+    config.model.unfreeze_layers = -1
+    config.train.stage1_epochs, config.train.stage2_epochs = 3, 4
+    config.train.stage1_lr, config.train.stage2_lr = 1e-3, 3e-4
+    config.train.output_dir, config.train.run_name = output_dir, run_name
+    return config
 
 
 def _build(cls: type[T], raw: dict[str, Any]) -> T:

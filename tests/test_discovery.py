@@ -12,7 +12,6 @@ import pytest
 
 from pneumonia_cxr.data import discovery
 from pneumonia_cxr.data.discovery import (
-    CACHE_ENV_VAR,
     DATA_ENV_VAR,
     SPLITS,
     find_layout_root,
@@ -20,6 +19,7 @@ from pneumonia_cxr.data.discovery import (
     resolve_dataset,
 )
 from pneumonia_cxr.errors import DatasetLayoutError, DataUnavailableError
+from pneumonia_cxr.storage import CACHE_ENV_VAR
 
 REAL_DATA = os.environ.get(DATA_ENV_VAR)
 """Read at import: the autouse fixture below hides the variable from the other tests."""

@@ -160,7 +160,8 @@ def test_predictions_csv_agrees_with_the_metrics(evaluation: tuple[EvaluationRes
     result = evaluation[0]
     with (result.output_dir / "predictions.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert list(rows[0]) == ["path", "label", "probability", "predicted"]
+    assert list(rows[0])[:4] == ["path", "label", "probability", "predicted"]
+    assert list(rows[0])[4:] == ["ood_score", "out_of_distribution"]
     threshold = result.metrics["threshold"]
     counts = {"tp": 0, "fp": 0, "tn": 0, "fn": 0}
     for row in rows:

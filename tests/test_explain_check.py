@@ -10,7 +10,7 @@ import pytest
 from tiny_runs import train_tiny_model
 
 from pneumonia_cxr import CLASS_NAMES
-from pneumonia_cxr.cli import CAM_METHOD_CHOICES, main
+from pneumonia_cxr.cli import build_parser, main
 from pneumonia_cxr.data.discovery import ImageRecord, list_images
 from pneumonia_cxr.data.synthetic import SYNTHETIC_BOXES_FILE
 from pneumonia_cxr.explain.check import (
@@ -115,5 +115,20 @@ def test_sample_records_is_seeded_and_balanced(tiny_synthetic: Path) -> None:
     assert len(positives) == sum(r.label == 1 for r in records)
 
 
-def test_cli_cam_choices_match_the_gradcam_module() -> None:
-    assert tuple(CAM_METHOD_CHOICES) == tuple(CAM_METHODS)
+def test_cli_cam_choices_come_from_the_gradcam_module_without_importing_the_library() -> None:
+    """Building the parser must not import pytorch-grad-cam (seconds), yet offer its methods."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from pneumonia_cxr.cli import build_parser; build_parser(); "
+        "print('pytorch_grad_cam' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    action = next(
+        a
+        for a in build_parser()._subparsers._group_actions[0].choices["predict"]._actions
+        if a.dest == "gradcam_method"
+    )
+    assert tuple(action.choices) == tuple(CAM_METHODS)

@@ -10,18 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from pneumonia_cxr import export
 from pneumonia_cxr.config import Preprocessing
 from pneumonia_cxr.data.loader import load_xray
 from pneumonia_cxr.data.transforms import build_transforms
 from pneumonia_cxr.errors import ModelFileError
-from pneumonia_cxr.export import (
-    METADATA_KEY,
-    OnnxPredictor,
-    cached_onnx_predictor,
-    export_onnx,
-    load_predictor,
-)
+from pneumonia_cxr.export import METADATA_KEY, export_onnx
+from pneumonia_cxr.inference import engines
+from pneumonia_cxr.inference.engines import OnnxEngine, cached_onnx_engine
+from pneumonia_cxr.inference.predictor import Predictor
 from pneumonia_cxr.model.classifier import PneumoniaNet
 from pneumonia_cxr.model.model_file import ModelBundle, load_model, save_model
 
@@ -68,7 +64,7 @@ def _torch_outputs(bundle: ModelBundle, images: torch.Tensor) -> tuple[np.ndarra
 def test_onnx_runtime_matches_pytorch_for_any_batch_size(exported, batch: int) -> None:
     bundle, path = exported
     images = torch.randn(batch, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(batch))
-    logits, probabilities = OnnxPredictor(path).run(images)
+    logits, probabilities = OnnxEngine(path).run(images)
     expected_logits, expected_probabilities = _torch_outputs(bundle, images)
     assert logits.shape == probabilities.shape == (batch,)
     np.testing.assert_allclose(logits, expected_logits, atol=TOLERANCE, rtol=0)
@@ -78,7 +74,7 @@ def test_onnx_runtime_matches_pytorch_for_any_batch_size(exported, batch: int) -
 
 def test_numpy_and_channels_last_inputs_give_the_same_logits(exported) -> None:
     _, path = exported
-    predictor = OnnxPredictor(path, num_threads=1)
+    predictor = OnnxEngine(path, num_threads=1)
     images = torch.randn(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(7))
     reference = predictor.logits(images)
     np.testing.assert_array_equal(predictor.logits(images.numpy()), reference)
@@ -88,8 +84,8 @@ def test_numpy_and_channels_last_inputs_give_the_same_logits(exported) -> None:
 
 def test_metadata_round_trips(exported) -> None:
     bundle, path = exported
-    predictor = load_predictor(path)
-    assert isinstance(predictor, OnnxPredictor)
+    predictor = Predictor.open(path).engine
+    assert isinstance(predictor, OnnxEngine)
     assert predictor.preprocessing == bundle.preprocessing
     assert predictor.threshold == pytest.approx(bundle.threshold)
     assert predictor.threshold_rule == bundle.threshold_rule
@@ -100,10 +96,10 @@ def test_metadata_round_trips(exported) -> None:
     assert predictor.metadata["data_fingerprint"] == "abc123"
 
 
-def test_load_predictor_opens_a_pt_file_as_a_model_bundle(exported) -> None:
+def test_predictor_opens_a_pt_file_with_the_torch_engine(exported) -> None:
     bundle, path = exported
     pt = save_model(bundle, path.with_name("again.pt"))
-    assert isinstance(load_predictor(pt), ModelBundle)
+    assert isinstance(Predictor.open(pt, engine="torch").bundle, ModelBundle)
 
 
 def test_export_leaves_the_callers_model_untouched(tmp_path: Path) -> None:
@@ -125,7 +121,7 @@ def test_export_refuses_a_name_predict_would_not_recognize(tmp_path: Path) -> No
 def test_wrong_input_shape_is_a_clear_error(exported) -> None:
     _, path = exported
     with pytest.raises(ValueError, match=r"\(N, 3, 64, 64\)"):
-        OnnxPredictor(path).logits(torch.zeros(2, 3, SIZE + 1, SIZE + 1))
+        OnnxEngine(path).logits(torch.zeros(2, 3, SIZE + 1, SIZE + 1))
 
 
 def _foreign_onnx(path: Path) -> None:
@@ -167,7 +163,7 @@ def test_bad_onnx_files_raise_model_file_error_naming_the_file(
     target = tmp_path / f"{kind}.onnx"
     _damage(kind, good, target)
     with pytest.raises(ModelFileError, match=message) as caught:
-        load_predictor(target)
+        Predictor.open(target)
     assert str(target) in str(caught.value)
 
 
@@ -178,7 +174,7 @@ def test_metadata_is_stored_under_one_json_key(exported) -> None:
     proto = onnx.load(str(path), load_external_data=False)
     assert [entry.key for entry in proto.metadata_props] == [METADATA_KEY]
     assert [node.name for node in proto.graph.input] == ["image"]
-    assert [node.name for node in proto.graph.output] == ["logit", "probability"]
+    assert [node.name for node in proto.graph.output] == ["logit", "probability", "ood_score"]
 
 
 def test_missing_onnx_names_the_extra_to_install(
@@ -199,22 +195,22 @@ def test_cached_predictor_exports_once_per_model_and_metadata(
         calls.append(Path(path))
         return export_onnx(b, path, **kwargs)
 
-    monkeypatch.setattr(export, "export_onnx", counting_export)
-    first = cached_onnx_predictor(bundle, tmp_path)
-    again = cached_onnx_predictor(bundle, tmp_path)
+    monkeypatch.setattr(engines, "export_onnx", counting_export)
+    first = cached_onnx_engine(bundle, tmp_path)
+    again = cached_onnx_engine(bundle, tmp_path)
     assert len(calls) == 1 and first.path == again.path
     # Recalibrated: same weights, new threshold; the stale export must not be reused.
-    recalibrated = cached_onnx_predictor(dataclasses.replace(bundle, threshold=0.61), tmp_path)
+    recalibrated = cached_onnx_engine(dataclasses.replace(bundle, threshold=0.61), tmp_path)
     assert len(calls) == 2 and recalibrated.path != first.path
     assert recalibrated.threshold == pytest.approx(0.61)
 
 
 def test_cached_predictor_replaces_a_damaged_cache_entry(exported, tmp_path: Path) -> None:
     bundle, _ = exported
-    path = cached_onnx_predictor(bundle, tmp_path).path
+    path = cached_onnx_engine(bundle, tmp_path).path
     path.write_bytes(b"half a file")
     images = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3))
-    logits = cached_onnx_predictor(bundle, tmp_path).logits(images)
+    logits = cached_onnx_engine(bundle, tmp_path).logits(images)
     np.testing.assert_allclose(logits, _torch_outputs(bundle, images)[0], atol=TOLERANCE, rtol=0)
 
 
@@ -228,7 +224,7 @@ def test_outputs_match_pytorch_on_32_real_images(exported, real_data_root: Path)
     transform = build_transforms(bundle.preprocessing)
     images = torch.stack([transform(load_xray(f)) for f in files[0] + files[1]])
     assert images.shape == (32, 3, SIZE, SIZE)
-    logits, probabilities = OnnxPredictor(path).run(images)
+    logits, probabilities = OnnxEngine(path).run(images)
     expected_logits, expected_probabilities = _torch_outputs(bundle, images)
     np.testing.assert_allclose(logits, expected_logits, atol=TOLERANCE, rtol=0)
     np.testing.assert_allclose(probabilities, expected_probabilities, atol=TOLERANCE, rtol=0)

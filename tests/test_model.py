@@ -127,7 +127,9 @@ def test_model_file_round_trips_in_a_fresh_process(tmp_path) -> None:
     path = save_model(bundle, tmp_path / "final_pneumonia_model.pt")
     # The file is plain data: it loads with weights_only=True.
     payload = torch.load(path, weights_only=True)
-    assert payload["backbone"] == "resnet18" and payload["threshold"] == pytest.approx(0.37)
+    assert payload["members"][0]["backbone"] == "resnet18" and payload[
+        "threshold"
+    ] == pytest.approx(0.37)
     torch.manual_seed(2)
     images = torch.randn(3, 3, 48, 48)
     torch.save(images, tmp_path / "x.pt")

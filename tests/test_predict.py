@@ -19,7 +19,13 @@ from pneumonia_cxr.data.loader import load_xray
 from pneumonia_cxr.data.transforms import build_transforms
 from pneumonia_cxr.errors import ModelFileError
 from pneumonia_cxr.model.model_file import load_model
-from pneumonia_cxr.predict import PredictionRow, expand_paths, predict_paths, rows_to_csv
+from pneumonia_cxr.predict import (
+    ROW_COLUMNS,
+    PredictionRow,
+    expand_paths,
+    predict_paths,
+    rows_to_csv,
+)
 
 BAD_FILES: dict[str, str] = {
     "corrupt.png": "CorruptImageError",  # a truncated PNG
@@ -84,7 +90,7 @@ def test_json_output_holds_the_same_rows_as_csv(
     as_csv = _read_csv(capsys.readouterr().out)  # no --output: CSV on stdout
     assert set(as_json) == set(as_csv)
     for name, row in as_json.items():
-        assert set(row) == {"path", "probability", "label", "error"}
+        assert set(row) == set(ROW_COLUMNS)
         assert row["label"] == as_csv[name]["label"] and row["error"] == as_csv[name]["error"]
         if row["probability"] is None:
             assert as_csv[name]["probability"] == ""
@@ -175,13 +181,12 @@ def test_row_ok_means_no_error(row: PredictionRow, ok: bool) -> None:
 
 
 def test_auto_engine_uses_onnx_runtime_on_cpu_and_torch_for_gradcam(model_file: Path) -> None:
-    from pneumonia_cxr.export import OnnxPredictor
-    from pneumonia_cxr.model.model_file import ModelBundle
-    from pneumonia_cxr.predict import load_for_prediction
+    from pneumonia_cxr.inference.engines import OnnxEngine, TorchEngine
+    from pneumonia_cxr.inference.predictor import Predictor
 
-    assert isinstance(load_for_prediction(model_file, device="cpu"), OnnxPredictor)
-    assert isinstance(load_for_prediction(model_file, gradcam=True), ModelBundle)
-    assert isinstance(load_for_prediction(model_file, engine="torch"), ModelBundle)
+    assert isinstance(Predictor.open(model_file, device="cpu").engine, OnnxEngine)
+    assert isinstance(Predictor.open(model_file, gradcam=True).engine, TorchEngine)
+    assert isinstance(Predictor.open(model_file, engine="torch").engine, TorchEngine)
 
 
 def test_export_then_predict_with_onnx_matches_torch(

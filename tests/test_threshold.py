@@ -86,3 +86,13 @@ def test_one_class_absent_raises(rule, labels):
 def test_min_sensitivity_validated(min_sensitivity):
     with pytest.raises(ValueError, match="min_sensitivity"):
         choose_threshold(Y, P, min_sensitivity=min_sensitivity)
+
+
+def test_max_threshold_at_sensitivity_takes_the_highest_feasible_threshold() -> None:
+    labels = np.array([0, 0, 0, 1, 1, 1, 1])
+    probs = np.array([0.1, 0.2, 0.3, 0.6, 0.7, 0.8, 0.9])
+    # Every threshold in (0.3, 0.6] separates the classes; the old rule takes the lowest
+    # separating score, this one the highest score that keeps sensitivity >= 0.75.
+    assert choose_threshold(labels, probs, "max_threshold_at_sensitivity", 0.75) == 0.7
+    assert choose_threshold(labels, probs, "max_specificity_at_sensitivity", 0.75) == 0.6
+    assert choose_threshold(labels, probs, "max_threshold_at_sensitivity", 1.0) == 0.6

@@ -93,3 +93,34 @@ def test_datamodule_batches(tiny_synthetic: Path) -> None:
     assert batch["skipped"].numel() == 0
     val_labels = torch.cat([b["label"] for b in dm.val_dataloader()])
     assert len(val_labels) == len(split.val)
+
+
+def test_robust_augmentation_changes_intensity_but_keeps_shape_and_range() -> None:
+    augment = AugmentConfig(
+        brightness=0.2,
+        contrast=0.2,
+        gamma=0.25,
+        blur_prob=1.0,
+        noise_std=0.02,
+        crop_scale_min=0.75,
+        jpeg_quality_min=40,
+        resample_jitter=True,
+    )
+    pre = Preprocessing(image_size=64, normalization="unit")
+    train_tf, eval_tf = build_transforms(pre, augment), build_transforms(pre)
+    gray = torch.linspace(0, 255, 200 * 180).reshape(1, 200, 180).to(torch.uint8)
+    torch.manual_seed(0)
+    outputs = [train_tf(gray) for _ in range(4)]
+    assert all(o.shape == (3, 64, 64) and o.min() >= 0.0 and o.max() <= 1.0 for o in outputs)
+    assert not torch.equal(outputs[0], outputs[1])
+    assert torch.equal(eval_tf(gray), eval_tf(gray))  # evaluation stays deterministic
+
+
+def test_label_smoothing_pulls_targets_toward_one_half() -> None:
+    from pneumonia_cxr.model.classifier import PneumoniaNet
+    from pneumonia_cxr.training.module import PneumoniaLitModule
+
+    module = PneumoniaLitModule(PneumoniaNet("resnet18"), stage=1, lr=1e-3, label_smoothing=0.2)
+    logits, labels = torch.tensor([8.0, -8.0]), torch.tensor([1.0, 0.0])
+    plain, smoothed = module._loss(logits, labels), module._loss(logits, labels, 0.2)
+    assert smoothed > plain  # a confident, correct logit is penalized once targets are 0.9/0.1

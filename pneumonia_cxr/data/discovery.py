@@ -17,12 +17,12 @@ from pathlib import Path
 from pneumonia_cxr import CLASS_NAMES
 from pneumonia_cxr.data.loader import is_image_file
 from pneumonia_cxr.errors import DatasetLayoutError, DataUnavailableError
+from pneumonia_cxr.storage import cache_root
 
 logger = logging.getLogger(__name__)
 
 SPLITS: tuple[str, str, str] = ("train", "val", "test")
 DATA_ENV_VAR = "PNEUMONIA_CXR_DATA"
-CACHE_ENV_VAR = "PNEUMONIA_CXR_CACHE"
 KAGGLE_DATASET = "paultimothymooney/chest-xray-pneumonia"
 KAGGLE_URL = f"https://www.kaggle.com/datasets/{KAGGLE_DATASET}"
 
@@ -44,14 +44,6 @@ class ImageRecord:
     @property
     def class_name(self) -> str:
         return CLASS_NAMES[self.label]
-
-
-def default_cache_dir() -> Path:
-    """Where downloads go: ``$PNEUMONIA_CXR_CACHE`` or ``~/.cache/pneumonia_cxr``."""
-    configured = os.environ.get(CACHE_ENV_VAR)
-    if configured:
-        return Path(configured).expanduser()
-    return Path.home() / ".cache" / "pneumonia_cxr"
 
 
 def _ignored(entry: Path) -> bool:
@@ -153,7 +145,7 @@ def resolve_dataset(path: str | Path | None = None, *, download: bool = True) ->
     from_env = os.environ.get(DATA_ENV_VAR)
     if from_env:
         return _existing_root(from_env, f"${DATA_ENV_VAR}")
-    cache_dir = default_cache_dir() / "kermany"
+    cache_dir = cache_root() / "kermany"
     if cache_dir.is_dir():
         try:
             return find_layout_root(cache_dir)
@@ -241,3 +233,20 @@ def list_images(root: str | Path, splits: Sequence[str] = SPLITS) -> list[ImageR
         examples = ", ".join(str(path.relative_to(root)) for path in skipped[:_MAX_EXAMPLES])
         logger.warning("ignored %d non-image file(s) in %s (e.g. %s)", len(skipped), root, examples)
     return records
+
+
+def resolve_dataset_for_model(
+    dataset_path: str | Path | None, model_config: dict | None = None
+) -> Path:
+    """The dataset to evaluate a model on: --dataset_path, then $PNEUMONIA_CXR_DATA, then the
+    dataset the model was trained on (when it is still on disk), then the cache or a download.
+
+    The model's own dataset comes after the environment variable so that CI and users keep one
+    switch, and before the download so a model trained on the synthetic demo set is evaluated
+    on that set's test split without extra flags.
+    """
+    if dataset_path is None and not os.environ.get(DATA_ENV_VAR):
+        trained_on = ((model_config or {}).get("data") or {}).get("dataset_path")
+        if trained_on and Path(trained_on).is_dir():
+            return resolve_dataset(trained_on)
+    return resolve_dataset(dataset_path)

@@ -9,7 +9,8 @@ statistic is undefined is left out of that statistic's interval.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -21,6 +22,7 @@ from pneumonia_cxr.evaluation.calibration import (
     check_labels,
     expected_calibration_error,
 )
+from pneumonia_cxr.inference.decision import decide
 
 RATE_NAMES: tuple[str, ...] = ("accuracy", "sensitivity", "specificity", "precision", "npv", "f1")
 BOOTSTRAP_METHOD = "stratified percentile"
@@ -75,7 +77,7 @@ def threshold_metrics(y_true: ArrayLike, y_prob: ArrayLike, threshold: float) ->
     """
     threshold = _check_threshold(threshold)
     labels, probs = check_binary_inputs(y_true, y_prob)
-    counts = confusion_counts(labels, (probs >= threshold).astype(np.int64))
+    counts = confusion_counts(labels, decide(probs, threshold))
     return {name: float(value) for name, value in _rates(**counts).items()}
 
 
@@ -192,7 +194,7 @@ def _bootstrap_statistics(
             "average_precision": _average_precision_rows(scores, n_positive),
         }
         for key, threshold in thresholds.items():
-            predicted = scores >= threshold
+            predicted = decide(scores, threshold)
             tp = predicted[:, :n_positive].sum(axis=1)
             fp = predicted[:, n_positive:].sum(axis=1)
             rates = _rates(tp=tp, fp=fp, tn=n_negative - fp, fn=n_positive - tp)
@@ -274,4 +276,35 @@ def evaluate_predictions(
         "confidence": float(confidence),
         "method": BOOTSTRAP_METHOD,
     }
+    return result
+
+
+def subgroup_sensitivity(
+    records: Sequence[Any], labels: np.ndarray, decisions: np.ndarray, confidence: float = 0.95
+) -> dict[str, dict[str, Any]]:
+    """Sensitivity per pneumonia type where file names follow Kermany's pattern
+    (`personN_bacteria_M` / `personN_virus_M`), with Wilson score intervals (scipy's
+    `binomtest`); {} when no PNEUMONIA file name carries a type."""
+    from scipy.stats import binomtest
+
+    from pneumonia_cxr.data.patients import pneumonia_type
+
+    groups: dict[str, list[int]] = {}
+    for record, label, decision in zip(records, labels, decisions, strict=True):
+        kind = pneumonia_type(record.path.name) if label == 1 else None
+        if kind:
+            groups.setdefault(kind.lower(), []).append(int(decision))
+    result = {}
+    for kind, hits in sorted(groups.items()):
+        interval = binomtest(sum(hits), len(hits)).proportion_ci(confidence, method="wilson")
+        result[kind] = {
+            "n": len(hits),
+            "detected": sum(hits),
+            "sensitivity": {
+                "value": sum(hits) / len(hits),
+                "ci_low": float(interval.low),
+                "ci_high": float(interval.high),
+                "method": "wilson",
+            },
+        }
     return result

@@ -10,8 +10,10 @@ import html
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from pneumonia_cxr.evaluation.metrics import RATE_NAMES
+from pneumonia_cxr.storage import atomic_write_text
 
 RATE_LABELS: dict[str, str] = {
     "accuracy": "Accuracy",
@@ -91,7 +93,25 @@ def _metric_rows(metrics: Mapping) -> dict[str, tuple[list[str], list[list[str]]
             for key, label in CONFUSION_LABELS.items()
         ],
     )
-    return {"rates": rates, "overall": overall, "confusion": confusion}
+    tables = {"rates": rates, "overall": overall, "confusion": confusion}
+    if metrics.get("subgroups"):
+        tables["subgroups"] = (
+            ["Pneumonia type (from the file name)", "n", f"Sensitivity at stored threshold [{ci}]"],
+            [
+                [name, str(entry["n"]), _with_interval(entry["sensitivity"], percent=True)]
+                for name, entry in metrics["subgroups"].items()
+            ],
+        )
+    if metrics.get("ood"):
+        ood = metrics["ood"]
+        tables["ood"] = (
+            ["Out-of-distribution guard", "Value"],
+            [
+                ["Cut-off (score above it is flagged)", f"{ood['cutoff']:.3f}"],
+                ["Images flagged", f"{ood['n_flagged']} ({100 * ood['share_flagged']:.1f}%)"],
+            ],
+        )
+    return tables
 
 
 def _summary_line(metrics: Mapping) -> str:
@@ -115,7 +135,7 @@ def metrics_markdown(metrics: dict) -> str:
     threshold-free metrics, and confusion counts. Undefined values read "n/a"."""
     tables = _metric_rows(metrics)
     parts = [_summary_line(metrics)]
-    parts += [_markdown_table(*tables[name]) for name in ("rates", "overall", "confusion")]
+    parts += [_markdown_table(*table) for table in tables.values()]
     return "\n\n".join(parts) + "\n"
 
 
@@ -217,7 +237,7 @@ def write_html_report(
         (
             "Metrics",
             f'<p class="summary">{html.escape(_summary_line(metrics))}</p>'
-            + "".join(_html_table(*tables[name]) for name in ("rates", "overall", "confusion")),
+            + "".join(_html_table(*table) for table in tables.values()),
         ),
         ("Plots", f'<div class="plots">{figures}</div>'),
         *((html.escape(heading), snippet) for heading, snippet in extra_sections.items()),
@@ -231,7 +251,124 @@ def write_html_report(
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>"
         f"<body><h1>{html.escape(title)}</h1>{body}</body></html>\n"
     )
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(document, encoding="utf-8")
-    return path
+    return atomic_write_text(path, document)
+
+
+def protocol_text(bundle: Any, split: str, metrics: dict[str, Any]) -> dict[str, str]:
+    """Heading -> plain text of how the figures were obtained (a `ModelBundle`'s provenance)."""
+    data = bundle.config.get("data") or {}
+    train = bundle.config.get("train") or {}
+    rule = bundle.threshold_rule
+    min_sens = bundle.extra.get("min_sensitivity", train.get("min_sensitivity"))
+    if rule == "max_specificity_at_sensitivity":
+        rule = f"{rule} (highest specificity with sensitivity >= {min_sens})"
+    elif rule == "max_threshold_at_sensitivity":
+        rule = f"{rule} (highest threshold with sensitivity >= {min_sens})"
+    val_fraction = data.get("val_fraction")
+    share = f"{val_fraction:.0%} of each class" if isinstance(val_fraction, float) else "a share"
+    protocol = {
+        "Validation split": (
+            f"patient-level: {share} of the official train + val images, whole patients only, "
+            f"seed {train.get('seed', '?')}; no child appears in both training and validation."
+        ),
+        "Model selection": (
+            f"best checkpoint by {train.get('monitor', 'val_auc')} on the validation split "
+            "(early stopping on the same figure)."
+        ),
+        "Threshold": (
+            f"{bundle.threshold:.4f}, rule {rule}, chosen on the validation split at the end "
+            "of training and stored in the model file; this evaluation does not change it."
+        ),
+        "Calibration": (
+            f"temperature {bundle.temperature:.4f} fitted on the validation split"
+            if bundle.temperature != 1.0
+            else "none (temperature 1)"
+        ),
+        "Test split": (
+            "the official test split, untouched until this evaluation: no checkpoint, "
+            "threshold or calibration choice used it."
+            if split == "test"
+            else f"WARNING: this evaluates the {split!r} split, which training used; its "
+            "numbers are optimistic and are not a test result."
+        ),
+        "Statistics": (
+            f"{metrics['bootstrap']['confidence']:.0%} stratified percentile bootstrap, "
+            f"{metrics['bootstrap']['n_resamples']} resamples, seed {metrics['bootstrap']['seed']}."
+        ),
+        "Fingerprints": (
+            f"model {metrics['model_fingerprint']}, evaluated data {metrics['data_fingerprint']}, "
+            f"training data {bundle.data_fingerprint or 'unknown'}."
+        ),
+    }
+    return protocol
+
+
+def _flat_warning(n_flat: int, n: int) -> str:
+    """Say when flat maps (no peak, no rank order) make a figure uninformative."""
+    if not n_flat:
+        return ""
+    return (
+        f" {n_flat} of {n} pairs had a flat map, counted as 0: the figure rests on "
+        f"{n - n_flat} image(s)."
+    )
+
+
+def explain_section_html(result: dict[str, Any]) -> str:
+    """HTML of the two sanity figures (escaped; no external resources)."""
+    rand = result.get("randomization") or {}
+    rows = []
+    spearman = rand.get("mean_spearman")
+    if spearman is not None:
+        rows.append(
+            (
+                "Randomization test: mean Spearman correlation, original vs randomized maps",
+                f"{spearman:.3f} over {rand.get('n_images')} PNEUMONIA images "
+                f"({len(rand.get('randomized_layers', []))} modules re-initialized: the head and "
+                f"the top {rand.get('top_backbone_layers')} backbone layers). Lower is better: "
+                "near 1 means the maps do not depend on the learned weights."
+                + _flat_warning(rand.get("n_constant", 0), rand.get("n_images", 0)),
+            )
+        )
+    game = result.get("pointing_game")
+    if game and game.get("accuracy") is not None:
+        rows.append(
+            (
+                "Pointing game: map peak inside the opacity box",
+                f"{game['hits']}/{game['n']} = {game['accuracy']:.1%} of PNEUMONIA images "
+                f"(a random peak: {game['chance']:.1%}; flat maps: {game['n_flat']}).",
+            )
+        )
+    elif result.get("pointing_game_note"):
+        rows.append(("Pointing game", f"not run: {result['pointing_game_note']}."))
+    body = "".join(
+        f"<tr><td>{html.escape(name)}</td><td>{html.escape(text)}</td></tr>" for name, text in rows
+    )
+    method = html.escape(str(result.get("method", "")))
+    return (
+        f"<p>Sanity checks of the {method} heatmaps (Adebayo et al. 2018; Zhang et al. 2016) "
+        f"on the {html.escape(str(result.get('split', '')))} split.</p>"
+        f"<table><tbody>{body}</tbody></table>"
+    )
+
+
+def headline(metrics: dict[str, Any]) -> str:
+    """One terminal line: AUC, sensitivity and specificity at the stored threshold, with CIs."""
+
+    def fmt(entry: dict[str, Any], percent: bool) -> str:
+        value, low, high = entry.get("value"), entry.get("ci_low"), entry.get("ci_high")
+        if value is None:
+            return "n/a"
+        scale, unit = (100.0, "%") if percent else (1.0, "")
+        digits = 1 if percent else 3
+        text = f"{scale * value:.{digits}f}{unit}"
+        if low is not None and high is not None:
+            text += f" [{scale * low:.{digits}f}, {scale * high:.{digits}f}]"
+        return text
+
+    at = metrics["at_threshold"]
+    confidence = metrics.get("bootstrap", {}).get("confidence", 0.95)
+    return (
+        f"n={metrics['n']}  ROC AUC {fmt(metrics['roc_auc'], False)}  "
+        f"at threshold {metrics['threshold']:.3f}: sensitivity {fmt(at['sensitivity'], True)}, "
+        f"specificity {fmt(at['specificity'], True)}  ({confidence:.0%} CI)"
+    )

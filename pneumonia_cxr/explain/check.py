@@ -27,12 +27,12 @@ import torch
 
 from pneumonia_cxr import CLASS_NAMES
 from pneumonia_cxr.data.discovery import ImageRecord, list_images
-from pneumonia_cxr.data.loader import load_xray
 from pneumonia_cxr.data.synthetic import SYNTHETIC_BOXES_FILE, read_opacity_boxes
 from pneumonia_cxr.data.transforms import build_transforms
 from pneumonia_cxr.errors import ImageLoadError
-from pneumonia_cxr.explain.gradcam import cam_class, compute_cams
+from pneumonia_cxr.explain.gradcam import cam_class, model_cams
 from pneumonia_cxr.explain.sanity import pointing_game, randomization_test
+from pneumonia_cxr.inference.predictor import load_input
 from pneumonia_cxr.model.classifier import parameter_layers
 from pneumonia_cxr.model.model_file import ModelBundle
 
@@ -71,17 +71,17 @@ def load_inputs(
 ) -> tuple[torch.Tensor, list[torch.Tensor], list[ImageRecord]]:
     """Model inputs and original pixels of the readable records; unreadable ones warned, skipped."""
     transform = build_transforms(bundle.preprocessing)
+    size = bundle.preprocessing.image_size
     inputs, originals, kept = [], [], []
     for record in records:
         try:
-            gray = load_xray(record.path)
+            image, gray = load_input(record.path, transform, size, keep_original=True)
         except ImageLoadError as error:
             warnings.warn(f"explain-check skips unreadable image {error}", stacklevel=2)
             continue
-        inputs.append(transform(gray))
+        inputs.append(image)
         originals.append(gray)
         kept.append(record)
-    size = bundle.preprocessing.image_size
     stacked = (
         torch.stack(inputs) if inputs else torch.zeros(0, bundle.preprocessing.channels, size, size)
     )
@@ -133,7 +133,9 @@ def randomization_check(
     images, _, kept = load_inputs(chosen, bundle)
     if not kept:
         return {"n_images": 0, "mean_spearman": None, "note": "no readable image to explain"}
-    model = bundle.model
+    # An ensemble is checked on its first member: re-initializing "the top layers" of an
+    # average of networks has no single meaning.
+    model = bundle.model.members[0]
     result = randomization_test(
         model,
         model.cam_target_layer,
@@ -173,8 +175,7 @@ def pointing_game_check(
     )
     if not kept:
         return {"n": 0, "hits": 0, "accuracy": None, "chance": None, "n_flat": 0}
-    model = bundle.model
-    cams = compute_cams(model, model.cam_target_layer, images, method=method)
+    cams = model_cams(bundle.model, images, method=method)
     height, width = cams.shape[1:]
     scaled = [
         scale_box(
@@ -271,14 +272,14 @@ def explain_check_job(
 
     Default output folder: `<model file folder>/explain_check`.
     """
-    from pneumonia_cxr.evaluation.evaluate import dataset_for_model
+    from pneumonia_cxr.data.discovery import resolve_dataset_for_model
+    from pneumonia_cxr.inference.contract import check_model_contract
     from pneumonia_cxr.model.model_file import load_model
-    from pneumonia_cxr.predict import check_model_contract
 
     model_path = Path(model_path)
     bundle = load_model(model_path)
     check_model_contract(bundle, model_path)
-    root = dataset_for_model(dataset_path, bundle)
+    root = resolve_dataset_for_model(dataset_path, bundle.config)
     result = run_explain_check(
         bundle, root, split=split, n_images=n_images, method=method, seed=seed
     )

@@ -7,25 +7,21 @@ exactly as it was found (training mode, parameter `.grad`, hooks, `requires_grad
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM
-from pytorch_grad_cam.base_cam import BaseCAM
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
+
+if TYPE_CHECKING:
+    from pytorch_grad_cam.base_cam import BaseCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 CAM_METHODS: tuple[str, ...] = ("gradcam", "gradcam++", "hirescam", "eigencam")
 """Method names accepted by `compute_cams`, in the order we recommend trying them."""
 
-_CAM_CLASSES: dict[str, type[BaseCAM]] = {
-    "gradcam": GradCAM,  # Selvaraju et al. 2017
-    "gradcam++": GradCAMPlusPlus,  # Chattopadhay et al. 2018
-    "hirescam": HiResCAM,  # Draelos & Carin 2020: element-wise, faithful to the logit
-    "eigencam": EigenCAM,  # Muhammad & Yeasin 2020: gradient-free, class-agnostic
-}
 
 POSITIVE_LOGIT = 0
 """Index of the PNEUMONIA logit in the (N, 1) model output."""
@@ -33,12 +29,17 @@ POSITIVE_LOGIT = 0
 
 def cam_class(method: str) -> type[BaseCAM]:
     """The pytorch-grad-cam class for a method name; the error lists the valid names."""
-    try:
-        return _CAM_CLASSES[method]
-    except KeyError:
-        raise ValueError(
-            f"unknown CAM method {method!r}; choose one of {', '.join(CAM_METHODS)}"
-        ) from None
+    if method not in CAM_METHODS:
+        raise ValueError(f"unknown CAM method {method!r}; choose one of {', '.join(CAM_METHODS)}")
+    # Imported here: the CLI reads CAM_METHODS for its choices without paying for the library.
+    from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM
+
+    return {
+        "gradcam": GradCAM,  # Selvaraju et al. 2017
+        "gradcam++": GradCAMPlusPlus,  # Chattopadhay et al. 2018
+        "hirescam": HiResCAM,  # Draelos & Carin 2020: element-wise, faithful to the logit
+        "eigencam": EigenCAM,  # Muhammad & Yeasin 2020: gradient-free, class-agnostic
+    }[method]
 
 
 def positive_logit_target() -> ClassifierOutputTarget:
@@ -49,6 +50,8 @@ def positive_logit_target() -> ClassifierOutputTarget:
     would return the whole (1,) vector instead; it happens to work for one logit but silently
     sums every logit of a wider head, so we do not use it.
     """
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
     return ClassifierOutputTarget(POSITIVE_LOGIT)
 
 
@@ -117,7 +120,7 @@ def _check_logits(outputs: torch.Tensor | None) -> None:
 
 def compute_cams(
     model: nn.Module,
-    target_layer: nn.Module,
+    target_layer: nn.Module | Sequence[nn.Module],
     images: torch.Tensor,
     *,
     method: str = "gradcam",
@@ -143,11 +146,13 @@ def compute_cams(
     """
     cam_cls = cam_class(method)
     _check_inputs(images, batch_size)
-    if not any(module is target_layer for module in model.modules()):
-        raise ValueError(
-            f"target layer {type(target_layer).__name__} is not inside {type(model).__name__}: "
-            "take it from the model being explained (the backbone registry names it)"
-        )
+    layers = list(target_layer) if isinstance(target_layer, Sequence) else [target_layer]
+    for layer in layers:
+        if not any(module is layer for module in model.modules()):
+            raise ValueError(
+                f"target layer {type(layer).__name__} is not inside {type(model).__name__}: "
+                "take it from the model being explained (the backbone registry names it)"
+            )
     n, _, height, width = images.shape
     if n == 0:
         return np.zeros((0, height, width), dtype=np.float32)
@@ -159,7 +164,7 @@ def compute_cams(
         _model_state_preserved(model),
         torch.inference_mode(False),
         torch.enable_grad(),
-        cam_cls(model=model, target_layers=[target_layer]) as cam,
+        cam_cls(model=model, target_layers=layers) as cam,
     ):
         try:
             for start in range(0, n, batch_size):
@@ -176,3 +181,13 @@ def compute_cams(
     # Defensive: the library's min-max scaling keeps [0, 1], but a NaN from a degenerate
     # gradient (gradcam++ on a dead layer) must not reach an overlay or a metric.
     return np.clip(np.nan_to_num(maps, nan=0.0), 0.0, 1.0)
+
+
+def model_cams(
+    model: nn.Module, images: torch.Tensor, *, method: str = "gradcam", batch_size: int = 16
+) -> np.ndarray:
+    """`compute_cams` on the model's own target layers: one for a network, one per member of
+    an ensemble (the library averages the members' scaled maps into one)."""
+    return compute_cams(
+        model, model.cam_target_layers, images, method=method, batch_size=batch_size
+    )

@@ -18,6 +18,7 @@ from PIL import Image
 from pytorch_grad_cam.utils.image import show_cam_on_image
 
 from pneumonia_cxr import CLASS_NAMES
+from pneumonia_cxr.inference.decision import decide
 
 GROUPS: tuple[str, ...] = ("TP", "FP", "TN", "FN")
 """Confusion-matrix groups, in the order figures show them."""
@@ -83,7 +84,7 @@ class CamExample:
     @property
     def group(self) -> str:
         """TP/FP/TN/FN; positive prediction when probability >= threshold."""
-        predicted = int(self.probability >= self.threshold)
+        predicted = int(decide(self.probability, self.threshold))
         return ("T" if predicted == int(self.label) else "F") + ("P" if predicted else "N")
 
 
@@ -110,7 +111,7 @@ def pick_examples(
         raise ValueError(f"y_true must hold 0 ({CLASS_NAMES[0]}) or 1 ({CLASS_NAMES[1]})")
     if per_group < 0:
         raise ValueError(f"per_group must be >= 0, got {per_group}")
-    predicted = (prob >= threshold).astype(int)
+    predicted = decide(prob, threshold)
     members = {
         "TP": (truth == 1) & (predicted == 1),
         "FP": (truth == 0) & (predicted == 1),

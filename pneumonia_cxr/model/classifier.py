@@ -35,6 +35,7 @@ class PneumoniaNet(nn.Module):
         super().__init__()
         spec = get_backbone(backbone)
         self.backbone_name = backbone
+        self.head_dims, self.head_dropouts = tuple(head_dims), tuple(head_dropouts)
         self.backbone = spec.build(weights)
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         hidden1, hidden2 = head_dims
@@ -52,6 +53,24 @@ class PneumoniaNet(nn.Module):
     @property
     def cam_target_layer(self) -> nn.Module:
         return self.backbone.get_submodule(get_backbone(self.backbone_name).cam_target_layer)
+
+    @property
+    def cam_target_layers(self) -> list[nn.Module]:
+        """The layers Grad-CAM explains (one here; one per member in an ensemble)."""
+        return [self.cam_target_layer]
+
+    @property
+    def members(self) -> list[PneumoniaNet]:
+        """A single network is an ensemble of one: model files and exports treat both alike."""
+        return [self]
+
+    @property
+    def backbone_names(self) -> tuple[str, ...]:
+        return (self.backbone_name,)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Pooled backbone features (N, F): what the head sees, and what the OOD score models."""
+        return self.pool(self.backbone(images))
 
     def backbone_frozen(self) -> bool:
         return not any(p.requires_grad for p in self.backbone.parameters())

@@ -6,8 +6,6 @@ It is a plain dict of tensors, strings and numbers written with torch.save, so i
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,10 +15,16 @@ import torch
 from pneumonia_cxr import CLASS_NAMES, __version__
 from pneumonia_cxr.config import Preprocessing
 from pneumonia_cxr.errors import ModelFileError
+from pneumonia_cxr.inference.decision import probability
 from pneumonia_cxr.model.classifier import PneumoniaNet
+from pneumonia_cxr.model.ensemble import PneumoniaEnsemble
+from pneumonia_cxr.model.ood import OodScorer, ScoringModel
+from pneumonia_cxr.storage import atomic_torch_save
 
 FORMAT_NAME = "pneumonia-cxr-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: a list of members (an ensemble of one or more networks) and optional OOD statistics;
+version 1 files (one network at the top level) still load."""
 FINAL_MODEL_NAME = "final_pneumonia_model.pt"
 
 
@@ -28,7 +32,7 @@ FINAL_MODEL_NAME = "final_pneumonia_model.pt"
 class ModelBundle:
     """A trained model with its preprocessing, decision threshold and provenance."""
 
-    model: PneumoniaNet
+    model: PneumoniaNet | PneumoniaEnsemble
     preprocessing: Preprocessing
     threshold: float = 0.5
     threshold_rule: str = "fixed_0.5"
@@ -38,14 +42,24 @@ class ModelBundle:
     data_fingerprint: str = ""
     package_version: str = __version__
     extra: dict[str, Any] = field(default_factory=dict)
+    ood: OodScorer | None = None
 
     @property
     def backbone_name(self) -> str:
         return self.model.backbone_name
 
+    @property
+    def backbone_names(self) -> tuple[str, ...]:
+        """One per member (an ensemble may mix backbones that share one preprocessing)."""
+        return self.model.backbone_names
+
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        """P(PNEUMONIA), with the temperature fitted on validation data (1.0 = none)."""
-        return torch.sigmoid(logits.float() / self.temperature)
+        """P(PNEUMONIA) with the stored temperature (`inference.decision.probability`)."""
+        return probability(logits, self.temperature)
+
+    def scoring_model(self) -> ScoringModel:
+        """images -> (logit, OOD score) in one pass: what engines and the ONNX export run."""
+        return ScoringModel(self.model, self.ood)
 
     def fingerprint(self) -> str:
         """A short hash of the weights: which model produced a result."""
@@ -58,31 +72,28 @@ class ModelBundle:
         return digest.hexdigest()[:16]
 
 
-def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """Write to a temp file beside the target, then rename: a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _member_payload(member: PneumoniaNet, dtype: torch.dtype) -> dict[str, Any]:
+    return {
+        "backbone": member.backbone_name,
+        "head_dims": list(member.head_dims),
+        "head_dropouts": list(member.head_dropouts),
+        "state_dict": {
+            k: v.detach().cpu().to(dtype) if v.is_floating_point() else v.detach().cpu()
+            for k, v in member.state_dict().items()
+        },
+    }
 
 
-def save_model(bundle: ModelBundle, path: str | Path) -> Path:
-    model = bundle.model
+def save_model(bundle: ModelBundle, path: str | Path, *, half: bool = False) -> Path:
+    """Write the model file atomically. `half` stores weights as float16 (half the size; the
+    caller should fit the threshold on `round_to_half(model)` so the file is what was measured).
+    """
+    dtype = torch.float16 if half else torch.float32
     payload = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
-        "backbone": model.backbone_name,
-        "head_dims": [model.head[0].out_features, model.head[3].out_features],
-        "head_dropouts": [model.head[2].p, model.head[5].p],
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "members": [_member_payload(m, dtype) for m in bundle.model.members],
+        "ood": bundle.ood.to_payload() if bundle.ood is not None else None,
         "preprocessing": asdict(bundle.preprocessing),
         "threshold": float(bundle.threshold),
         "threshold_rule": bundle.threshold_rule,
@@ -121,25 +132,44 @@ def _read_payload(path: Path) -> dict[str, Any]:
     return payload
 
 
+def round_to_half(model: torch.nn.Module) -> torch.nn.Module:
+    """Round floating weights to float16 and back, in place: what `save_model(half=True)` keeps."""
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            if tensor.is_floating_point():
+                tensor.copy_(tensor.half().float())
+    return model
+
+
+def _build_member(entry: dict[str, Any]) -> PneumoniaNet:
+    member = PneumoniaNet(
+        entry["backbone"],
+        weights="none",
+        head_dims=tuple(entry["head_dims"]),
+        head_dropouts=tuple(entry["head_dropouts"]),
+    )
+    member.load_state_dict(
+        {k: v.float() if v.is_floating_point() else v for k, v in entry["state_dict"].items()}
+    )
+    return member
+
+
+def _build_model(payload: dict[str, Any]) -> PneumoniaNet | PneumoniaEnsemble:
+    """Version 1: one network at the top level; version 2: a list of members."""
+    entries = payload.get("members", [payload])
+    members = [_build_member(entry) for entry in entries]
+    return members[0] if len(members) == 1 else PneumoniaEnsemble(members)
+
+
 def load_model(path: str | Path) -> ModelBundle:
     """Rebuild the model and its preprocessing; the weights are never downloaded again."""
     path = Path(path)
     payload = _read_payload(path)
     try:
-        model = PneumoniaNet(
-            payload["backbone"],
-            weights="none",
-            head_dims=tuple(payload["head_dims"]),
-            head_dropouts=tuple(payload["head_dropouts"]),
-        )
-        model.load_state_dict(payload["state_dict"])
-        preprocessing = Preprocessing(
-            **{
-                k: tuple(v) if isinstance(v, list) else v
-                for k, v in payload["preprocessing"].items()
-            }
-        )
-    except (KeyError, ValueError, RuntimeError, TypeError) as error:
+        model = _build_model(payload)
+        preprocessing = Preprocessing.from_dict(payload["preprocessing"])
+        ood = OodScorer.from_payload(payload["ood"]) if payload.get("ood") else None
+    except (KeyError, ValueError, RuntimeError, TypeError, AttributeError) as error:
         raise ModelFileError(
             f"{path}: model file is incomplete or inconsistent ({error})"
         ) from error
@@ -155,4 +185,5 @@ def load_model(path: str | Path) -> ModelBundle:
         data_fingerprint=payload.get("data_fingerprint", ""),
         package_version=payload.get("package_version", "unknown"),
         extra=payload.get("extra", {}),
+        ood=ood,
     )

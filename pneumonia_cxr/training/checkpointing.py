@@ -7,7 +7,7 @@ from typing import Any
 
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from pneumonia_cxr.model.model_file import atomic_torch_save
+from pneumonia_cxr.storage import atomic_torch_save
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -8,13 +8,11 @@ import logging
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
@@ -32,48 +30,18 @@ from pneumonia_cxr.data.split import (
     write_split_csv,
 )
 from pneumonia_cxr.errors import RunFolderError
-from pneumonia_cxr.evaluation.calibration import fit_temperature
 from pneumonia_cxr.evaluation.plots import plot_learning_curves
-from pneumonia_cxr.evaluation.threshold import choose_threshold
+from pneumonia_cxr.evaluation.threshold import fit_operating_point
 from pneumonia_cxr.model.backbones import get_backbone
 from pneumonia_cxr.model.classifier import PneumoniaNet
-from pneumonia_cxr.model.model_file import FINAL_MODEL_NAME, ModelBundle, save_model
+from pneumonia_cxr.model.model_file import ModelBundle, save_model
+from pneumonia_cxr.storage import atomic_write_text
 from pneumonia_cxr.training.callbacks import EpochMetricsCSV, drop_rows_from
 from pneumonia_cxr.training.checkpointing import AtomicCheckpointIO
+from pneumonia_cxr.training.files import CONFIG_FILE, SUMMARY_FILE, RunPaths
 from pneumonia_cxr.training.module import PneumoniaLitModule
 
 log = logging.getLogger(__name__)
-
-CONFIG_FILE, SPLIT_FILE, PROGRESS_FILE = "config.json", "split.csv", "progress.json"
-METRICS_FILE, SUMMARY_FILE = "metrics.csv", "run_summary.json"
-
-
-@dataclass
-class RunPaths:
-    root: Path
-
-    @property
-    def config(self) -> Path:
-        return self.root / CONFIG_FILE
-
-    @property
-    def split(self) -> Path:
-        return self.root / SPLIT_FILE
-
-    @property
-    def progress(self) -> Path:
-        return self.root / PROGRESS_FILE
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / METRICS_FILE
-
-    def stage_checkpoints(self, stage: int) -> Path:
-        return self.root / "checkpoints" / f"stage{stage}"
-
-    @property
-    def final_model(self) -> Path:
-        return self.root / FINAL_MODEL_NAME
 
 
 def preprocessing_for(config: RunConfig) -> Preprocessing:
@@ -101,9 +69,7 @@ def _read_progress(paths: RunPaths) -> dict[str, Any]:
 
 
 def _write_progress(paths: RunPaths, progress: dict[str, Any]) -> None:
-    tmp = paths.progress.with_suffix(".tmp")
-    tmp.write_text(json.dumps(progress, indent=2))
-    tmp.replace(paths.progress)
+    atomic_write_text(paths.progress, json.dumps(progress, indent=2))
 
 
 def _load_net_weights(net: PneumoniaNet, checkpoint_path: str | Path) -> None:
@@ -219,24 +185,6 @@ def _best_stage(progress: dict[str, Any]) -> dict[str, Any]:
     return max(scored, key=lambda s: s["best_score"]) if scored else stages[-1]
 
 
-@torch.inference_mode()
-def predict_logits(net: PneumoniaNet, loader) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """Logits and labels over a loader, on the net's device; also the indices of skipped files."""
-    net.eval()
-    device = next(net.parameters()).device
-    logits, labels, skipped = [], [], []
-    for batch in loader:
-        skipped.extend(int(i) for i in batch["skipped"])
-        if batch["image"].numel():
-            images = batch["image"].to(device, non_blocking=True)
-            images = images.contiguous(memory_format=torch.channels_last)
-            logits.append(net(images).squeeze(1).float().cpu())
-            labels.append(batch["label"])
-    if not logits:
-        raise ValueError("no image of this split could be read")
-    return torch.cat(logits).numpy(), torch.cat(labels).numpy().astype(int), skipped
-
-
 RUN_NAME_ENV = "PNEUMONIA_CXR_RUN_NAME"
 
 
@@ -348,25 +296,24 @@ def finalize_model(
     split: PatientSplit,
 ) -> ModelBundle:
     """Threshold (and optional temperature) from the validation split, never from test."""
-    net = net.to("cuda" if torch.cuda.is_available() else "cpu")
-    logits, labels, _ = predict_logits(net, datamodule.val_dataloader())
-    net = net.cpu()
-    temperature = fit_temperature(logits, labels) if config.train.calibrate else 1.0
-    probs = 1.0 / (1.0 + np.exp(-logits / temperature))
-    threshold = choose_threshold(
-        labels, probs, config.train.threshold_rule, config.train.min_sensitivity
-    )
-    return ModelBundle(
+    bundle = ModelBundle(
         model=net,
         preprocessing=preprocessing,
-        threshold=threshold,
-        threshold_rule=config.train.threshold_rule,
-        temperature=temperature,
         config=config.to_dict(),
         data_fingerprint=records_fingerprint([*split.train, *split.val], "trainval"),
         package_version=__version__,
-        extra={"val_n": len(labels), "min_sensitivity": config.train.min_sensitivity},
     )
+    fit_operating_point(
+        bundle,
+        datamodule.val_records,
+        rule=config.train.threshold_rule,
+        min_sensitivity=config.train.min_sensitivity,
+        calibrate=config.train.calibrate,
+        batch_size=config.data.batch_size,
+        num_workers=config.data.num_workers,
+    )
+    bundle.model.cpu()
+    return bundle
 
 
 def _write_summary(paths, config, progress, bundle, datamodule, seconds, root) -> None:
@@ -389,4 +336,4 @@ def _write_summary(paths, config, progress, bundle, datamodule, seconds, root) -
         "wall_seconds_this_invocation": round(seconds, 1),
         "package_version": __version__,
     }
-    (paths.root / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(paths.root / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")

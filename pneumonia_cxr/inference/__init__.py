@@ -1,0 +1,1 @@
+"""One path from a model file (.pt or .onnx) to probabilities, decisions and OOD flags."""

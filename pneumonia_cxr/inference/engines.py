@@ -1,0 +1,284 @@
+"""The two engines behind one small protocol: PyTorch (CPU or GPU, Grad-CAM) and ONNX Runtime
+(CPU, fast). Both take normalized image batches and return logits and OOD scores; everything
+after that (probability, decision, flag) happens once, in `inference.predictor`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+import torch
+
+from pneumonia_cxr.config import Preprocessing
+from pneumonia_cxr.errors import ModelFileError
+from pneumonia_cxr.export import (
+    INPUT_NAME,
+    LOGIT_OUTPUT,
+    METADATA_KEY,
+    ONNX_FORMAT_NAME,
+    ONNX_FORMAT_VERSION,
+    OOD_OUTPUT,
+    PROBABILITY_OUTPUT,
+    _metadata,
+    _require,
+    export_onnx,
+)
+from pneumonia_cxr.model.model_file import ModelBundle
+from pneumonia_cxr.storage import cache_root
+
+if TYPE_CHECKING:
+    import onnxruntime
+
+log = logging.getLogger(__name__)
+
+ENGINES: tuple[str, ...] = ("auto", "torch", "onnx")
+
+
+@dataclass
+class EngineOutput:
+    """Raw outputs of one batch: logits and OOD scores (NaN without statistics), shape (N,)."""
+
+    logits: np.ndarray
+    ood_scores: np.ndarray
+
+
+class Engine(Protocol):
+    """What a `Predictor` needs from a model, whichever runtime holds it."""
+
+    preprocessing: Preprocessing
+    threshold: float
+    threshold_rule: str
+    temperature: float
+    class_names: tuple[str, ...]
+    backbone_name: str
+    ood_cutoff: float | None
+
+    @property
+    def backbone_names(self) -> tuple[str, ...]: ...
+
+    def score(self, images: torch.Tensor) -> EngineOutput: ...
+
+    def fingerprint(self) -> str: ...
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """The one device policy: the device asked for, else the GPU when there is one, else CPU."""
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class TorchEngine:
+    """A loaded `.pt` model file in eval mode on one device, channels_last (the fast layout)."""
+
+    def __init__(self, bundle: ModelBundle, device: str | torch.device | None = None) -> None:
+        self.bundle = bundle
+        self.device = resolve_device(device)
+        self.preprocessing, self.threshold = bundle.preprocessing, float(bundle.threshold)
+        self.threshold_rule, self.temperature = bundle.threshold_rule, float(bundle.temperature)
+        self.class_names, self.backbone_name = tuple(bundle.class_names), bundle.backbone_name
+        self.ood_cutoff = bundle.ood.cutoff if bundle.ood is not None else None
+        self.scoring = bundle.scoring_model().to(
+            device=self.device, memory_format=torch.channels_last
+        )
+        self.scoring.eval()
+
+    @property
+    def backbone_names(self) -> tuple[str, ...]:
+        return self.bundle.backbone_names
+
+    def score(self, images: torch.Tensor) -> EngineOutput:
+        images = images.to(self.device, non_blocking=True)
+        images = images.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            logits, ood = self.scoring(images)
+        return EngineOutput(
+            logits[:, 0].float().cpu().numpy(), ood.float().cpu().numpy().reshape(-1)
+        )
+
+    def fingerprint(self) -> str:
+        return self.bundle.fingerprint()
+
+
+def available_cpus() -> int:
+    """Cores this process may run on (respects taskset/cgroup affinity, unlike os.cpu_count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+def _session(path: Path, num_threads: int | None) -> onnxruntime.InferenceSession:
+    """A CPU session with every graph optimization (conv+BN fusion, NCHWc layouts)."""
+    ort = _require("onnxruntime")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = num_threads or available_cpus()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only: ORT's warnings are not actionable here
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # ORT raises its own pybind types for every kind of bad file
+        first_line = (str(error).splitlines() or [""])[0][:200]
+        raise ModelFileError(
+            f"{path}: not a readable ONNX model ({type(error).__name__}: {first_line}). It may "
+            "be truncated or corrupt; export it again with "
+            "`pneumonia-cxr export --model_path M --format onnx`."
+        ) from error
+
+
+def _read_metadata(path: Path, session: onnxruntime.InferenceSession) -> dict[str, Any]:
+    raw = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+    try:
+        meta = json.loads(raw) if raw is not None else None
+    except json.JSONDecodeError:
+        meta = None
+    if not isinstance(meta, dict) or meta.get("format") != ONNX_FORMAT_NAME:
+        raise ModelFileError(
+            f"{path}: an ONNX model without pneumonia-cxr metadata (exported by another "
+            "program?); its preprocessing and threshold are unknown. Export it with "
+            "`pneumonia-cxr export --model_path M --format onnx`."
+        )
+    if meta.get("format_version", 0) > ONNX_FORMAT_VERSION:
+        raise ModelFileError(
+            f"{path}: written by a newer pneumonia-cxr (ONNX format {meta['format_version']}); "
+            "upgrade the package"
+        )
+    inputs = [node.name for node in session.get_inputs()]
+    outputs = {node.name for node in session.get_outputs()}
+    if inputs != [INPUT_NAME] or not {LOGIT_OUTPUT, PROBABILITY_OUTPUT} <= outputs:
+        raise ModelFileError(
+            f"{path}: graph inputs {inputs} / outputs {sorted(outputs)} differ from "
+            f"['{INPUT_NAME}'] / ['{LOGIT_OUTPUT}', '{PROBABILITY_OUTPUT}']; export it again"
+        )
+    return meta
+
+
+class OnnxEngine:
+    """An exported model run by ONNX Runtime on CPU, with the same fields as a `ModelBundle`.
+
+    Attributes:
+        path: The .onnx file.
+        preprocessing, threshold, threshold_rule, temperature, class_names: as stored by
+            `export_onnx`, so `build_transforms(predictor.preprocessing)` gives its input.
+        backbone_name: The backbone the file was exported from.
+        metadata: The whole metadata document.
+    """
+
+    def __init__(self, path: str | Path, *, num_threads: int | None = None) -> None:
+        """Open the file; `num_threads` defaults to every core this process may use."""
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ModelFileError(
+                f"{self.path}: ONNX model file not found; write one with "
+                "`pneumonia-cxr export --model_path M --format onnx`"
+            )
+        self._session = _session(self.path, num_threads)
+        meta = _read_metadata(self.path, self._session)
+        try:
+            self.preprocessing = Preprocessing.from_dict(meta["preprocessing"])
+            self.threshold = float(meta["threshold"])
+            self.threshold_rule = str(meta["threshold_rule"])
+            self.temperature = float(meta["temperature"])
+            self.class_names = tuple(str(name) for name in meta["class_names"])
+            self.backbone_name = str(meta["backbone"])
+            self.backbone_names = tuple(meta.get("backbones") or [self.backbone_name])
+            ood = meta.get("ood")
+            self.ood_cutoff = float(ood["cutoff"]) if ood else None
+        except (KeyError, TypeError, ValueError) as error:
+            raise ModelFileError(
+                f"{self.path}: pneumonia-cxr metadata is incomplete ({error}); export it again"
+            ) from error
+        self.metadata = meta
+        self._has_ood_output = OOD_OUTPUT in {node.name for node in self._session.get_outputs()}
+
+    def fingerprint(self) -> str:
+        """The weights hash of the model file it was exported from (same as its `fingerprint()`)."""
+        return str(self.metadata.get("fingerprint", ""))
+
+    def _as_input(self, images: torch.Tensor | np.ndarray) -> np.ndarray:
+        if isinstance(images, torch.Tensor):
+            images = images.detach().to("cpu", torch.float32).contiguous().numpy()
+        array = np.ascontiguousarray(images, dtype=np.float32)
+        size = int(self.preprocessing.image_size)
+        expected = (int(self.preprocessing.channels), size, size)
+        if array.ndim != 4 or tuple(array.shape[1:]) != expected:
+            raise ValueError(
+                f"{self.path.name} takes normalized images of shape (N, {expected[0]}, {size}, "
+                f"{size}); got {tuple(array.shape)}. Build them with "
+                "build_transforms(predictor.preprocessing)."
+            )
+        return array
+
+    def run(self, images: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Logits and probabilities, both shape (N,), from one pass."""
+        array = self._as_input(images)
+        if len(array) == 0:
+            empty = np.zeros(0, dtype=np.float32)
+            return empty, empty.copy()
+        logit, probability = self._session.run(
+            [LOGIT_OUTPUT, PROBABILITY_OUTPUT], {INPUT_NAME: array}
+        )
+        return logit.reshape(-1), probability.reshape(-1)
+
+    def score(self, images: torch.Tensor) -> EngineOutput:
+        """Logits and OOD scores (NaN when the export has no statistics), shape (N,) each."""
+        array = self._as_input(images)
+        if len(array) == 0:
+            return EngineOutput(np.zeros(0, np.float32), np.zeros(0, np.float32))
+        outputs = [LOGIT_OUTPUT]
+        if self._has_ood_output:
+            outputs.append(OOD_OUTPUT)
+        values = self._session.run(outputs, {INPUT_NAME: array})
+        logits = values[0].reshape(-1)
+        ood = values[1].reshape(-1) if self._has_ood_output else np.full_like(logits, np.nan)
+        return EngineOutput(logits, ood)
+
+    def logits(self, images: torch.Tensor | np.ndarray) -> np.ndarray:
+        """Raw PNEUMONIA logits, shape (N,)."""
+        return self.run(images)[0]
+
+    def probabilities(self, images: torch.Tensor | np.ndarray) -> np.ndarray:
+        """P(PNEUMONIA) with the stored temperature applied, shape (N,).
+
+        Unlike `ModelBundle.probabilities`, which takes logits, this takes images: the
+        temperature is applied inside the graph.
+        """
+        return self.run(images)[1]
+
+
+def cached_onnx_engine(
+    bundle: ModelBundle, cache_dir: str | Path | None = None, *, num_threads: int | None = None
+) -> OnnxEngine:
+    """The fast CPU path for a `.pt` model: export it once, then run it with ONNX Runtime.
+
+    Why: on CPU, ONNX Runtime runs these networks several times faster than PyTorch eager with
+    the same labels (benchmarks/inference_throughput.py), but users hold `.pt` files. The
+    export costs seconds, so it is cached under a key of the weights and every metadata field
+    (threshold, temperature, preprocessing, OOD cut-off, package version): a recalibrated or
+    retrained model never reuses a stale export. A cached file that no longer opens is exported
+    again.
+
+    Args:
+        bundle: A loaded model file.
+        cache_dir: Folder for the exports; default `<storage.cache_root()>/onnx`.
+        num_threads: ONNX Runtime intra-op threads; default every usable core.
+
+    Raises:
+        ImportError: onnx or onnxruntime is missing (names the extra to install).
+    """
+    _require("onnxruntime")
+    key = hashlib.sha256(json.dumps(_metadata(bundle), sort_keys=True).encode()).hexdigest()
+    path = Path(cache_dir or cache_root() / "onnx") / f"model-{key[:16]}.onnx"
+    if path.is_file():
+        try:
+            return OnnxEngine(path, num_threads=num_threads)
+        except ModelFileError:
+            pass  # a damaged cache entry (disk full, killed copy): export it again below
+    export_onnx(bundle, path)
+    return OnnxEngine(path, num_threads=num_threads)

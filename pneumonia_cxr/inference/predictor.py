@@ -1,0 +1,280 @@
+"""The one inference path: a model file -> images -> logits -> probabilities -> decisions.
+
+`Predictor.open` opens a `.pt` or `.onnx` model file, checks its input contract once and picks
+the engine and device by one policy; `score_files` turns paths into scores batch by batch
+(labelled records for `evaluate`, unlabelled paths for `predict`, the validation split for the
+threshold fit), `load_input` serves single images (Grad-CAM, the service). The probability
+formula and the threshold decision are `inference.decision`'s, applied in `scores` only.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from pneumonia_cxr.data.loader import load_xray
+from pneumonia_cxr.data.transforms import build_transforms
+from pneumonia_cxr.errors import ImageLoadError, ModelFileError
+from pneumonia_cxr.inference.contract import check_model_contract
+from pneumonia_cxr.inference.decision import decide, label_name, probability
+from pneumonia_cxr.inference.engines import (
+    ENGINES,
+    Engine,
+    OnnxEngine,
+    TorchEngine,
+    cached_onnx_engine,
+    resolve_device,
+)
+from pneumonia_cxr.model.model_file import ModelBundle, load_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Scores:
+    """Per-image results of one or more batches, all shape (N,)."""
+
+    logits: np.ndarray
+    probabilities: np.ndarray
+    decisions: np.ndarray
+    """1 = PNEUMONIA (probability >= the model's threshold), 0 = NORMAL."""
+    ood_scores: np.ndarray
+    """NaN when the model carries no OOD statistics."""
+    ood_flags: np.ndarray
+    """True where the image is out of distribution (score above the model's cut-off)."""
+
+    @classmethod
+    def concat(cls, parts: Sequence[Scores]) -> Scores:
+        names = ("logits", "probabilities", "decisions", "ood_scores", "ood_flags")
+        if not parts:
+            empty = np.zeros(0)
+            return cls(empty, empty, empty.astype(np.int64), empty, empty.astype(bool))
+        return cls(*(np.concatenate([getattr(p, name) for p in parts]) for name in names))
+
+
+@dataclass
+class ScoredBatch:
+    """One batch of files: which indices were scored, their scores, and which failed why."""
+
+    indices: list[int]
+    scores: Scores
+    inputs: torch.Tensor | None
+    originals: list[torch.Tensor | None]
+    errors: list[tuple[int, str]]
+
+
+@dataclass
+class FileScores:
+    """Every file of a `score_files` call: scores of the readable ones (in file order)."""
+
+    indices: list[int]
+    scores: Scores
+    errors: dict[int, str] = field(default_factory=dict)
+
+
+def one_line(error: BaseException) -> str:
+    """The error's kind and reason on one line, without the path (the caller has it)."""
+    if isinstance(error, ImageLoadError):
+        reason = error.reason
+    elif isinstance(error, OSError) and error.strerror:
+        reason = error.strerror
+    else:
+        reason = str(error)
+    return f"{type(error).__name__}: {' '.join(reason.split())}"
+
+
+def load_input(
+    path: str | Path, transform, image_size: int, keep_original: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The one loader, then the model's transforms: (model input, decoded gray image)."""
+    gray = load_xray(path, min_side=None if keep_original else image_size)
+    return transform(gray), gray
+
+
+class _FileInputs(Dataset):
+    """Path -> model input, or the error text; keeps the original pixels when asked (overlays).
+
+    Decoding uses JPEG draft mode (a speed hint) unless the originals are kept: overlays want
+    the full-resolution film.
+    """
+
+    def __init__(self, paths: Sequence[Path], transform, image_size: int, keep_original: bool):
+        # The transform and size only, not the engine: worker processes receive a pickled copy.
+        self.paths, self.transform = list(paths), transform
+        self.image_size, self.keep_original = image_size, keep_original
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        try:
+            image, gray = load_input(
+                self.paths[index], self.transform, self.image_size, self.keep_original
+            )
+        except (ImageLoadError, OSError) as error:
+            return {"index": index, "error": one_line(error)}
+        return {"index": index, "image": image, "original": gray if self.keep_original else None}
+
+
+def _collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    good = [s for s in samples if "image" in s]
+    return {
+        "image": torch.stack([s["image"] for s in good]) if good else None,
+        "index": [s["index"] for s in good],
+        "original": [s["original"] for s in good],
+        "errors": [(s["index"], s["error"]) for s in samples if "error" in s],
+    }
+
+
+class Predictor:
+    """A model ready to score images: engine, contract, transforms, threshold and OOD cut-off."""
+
+    def __init__(self, engine: Engine, source: str | Path = "model file") -> None:
+        check_model_contract(engine, source)
+        self.engine, self.source = engine, str(source)
+        self.transform = build_transforms(engine.preprocessing)
+
+    @classmethod
+    def open(
+        cls,
+        model_path: str | Path,
+        *,
+        engine: str = "auto",
+        device: str | torch.device | None = None,
+        gradcam: bool = False,
+    ) -> Predictor:
+        """Open a model file with the fastest engine that gives the model's own labels.
+
+        "auto": an `.onnx` file runs on ONNX Runtime; a `.pt` file runs on ONNX Runtime too
+        when it would run on the CPU (a cached export, several times PyTorch eager here,
+        identical labels: benchmarks/inference_throughput.py) unless Grad-CAM is asked for or
+        onnxruntime is missing; otherwise PyTorch on `resolve_device(device)`.
+        """
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
+        path = Path(model_path)
+        if path.suffix.lower() == ".onnx":
+            if engine == "torch" or gradcam:
+                raise ModelFileError(f"{path}: an ONNX export runs without PyTorch or Grad-CAM")
+            return cls(OnnxEngine(path), path)
+        bundle = load_model(path)
+        on_cpu = resolve_device(device).type == "cpu"
+        if engine == "torch" or gradcam or (engine == "auto" and not on_cpu):
+            return cls(TorchEngine(bundle, device), path)
+        try:
+            return cls(cached_onnx_engine(bundle), path)
+        except ImportError:
+            if engine == "onnx":
+                raise
+            log.info("onnxruntime not installed: predicting with PyTorch")
+            return cls(TorchEngine(bundle, device), path)
+
+    @classmethod
+    def from_bundle(
+        cls, bundle: ModelBundle, device: str | torch.device | None = None, source: str = "model"
+    ) -> Predictor:
+        """A model in memory (the end of training, tests) on the PyTorch engine."""
+        return cls(TorchEngine(bundle, device), source)
+
+    @property
+    def bundle(self) -> ModelBundle | None:
+        """The PyTorch model file (Grad-CAM needs it); None on ONNX Runtime."""
+        return getattr(self.engine, "bundle", None)
+
+    @property
+    def device(self) -> torch.device:
+        return getattr(self.engine, "device", torch.device("cpu"))
+
+    @property
+    def image_size(self) -> int:
+        return int(self.engine.preprocessing.image_size)
+
+    @property
+    def threshold(self) -> float:
+        return float(self.engine.threshold)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(self.engine.class_names)
+
+    def label(self, decision: int) -> str:
+        return label_name(decision, self.class_names)
+
+    def load_input(
+        self, path: str | Path, keep_original: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The one loader and the model's transforms: (model input, decoded gray image)."""
+        return load_input(path, self.transform, self.image_size, keep_original)
+
+    def scores_from_outputs(self, logits: np.ndarray, ood_scores: np.ndarray) -> Scores:
+        """Probability, decision and OOD flag from raw outputs: the only place they are made."""
+        logits = np.asarray(logits, dtype=np.float64)
+        probabilities = probability(logits, self.engine.temperature)
+        ood_scores = np.asarray(ood_scores, dtype=np.float64)
+        cutoff = self.engine.ood_cutoff
+        flags = ood_scores > cutoff if cutoff is not None else np.zeros(len(logits), bool)
+        return Scores(
+            logits, probabilities, decide(probabilities, self.threshold), ood_scores, flags
+        )
+
+    def scores(self, images: torch.Tensor) -> Scores:
+        """Scores of a batch of model inputs (from `load_input` or `transform`)."""
+        output = self.engine.score(images)
+        return self.scores_from_outputs(output.logits, output.ood_scores)
+
+    def iter_inputs(
+        self,
+        paths: Sequence[str | Path],
+        *,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        keep_original: bool = False,
+    ) -> Iterator[dict[str, Any]]:
+        """Decoded, transformed batches in file order: {"image" (or None), "index", "original",
+        "errors"}; an unreadable file is an error entry, never a default image."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        yield from DataLoader(
+            _FileInputs([Path(p) for p in paths], self.transform, self.image_size, keep_original),
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=num_workers,
+            collate_fn=_collate,
+            pin_memory=self.device.type == "cuda",
+        )
+
+    def iter_files(
+        self,
+        paths: Sequence[str | Path],
+        *,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        keep_original: bool = False,
+    ) -> Iterator[ScoredBatch]:
+        """`iter_inputs`, scored."""
+        for batch in self.iter_inputs(
+            paths, batch_size=batch_size, num_workers=num_workers, keep_original=keep_original
+        ):
+            images = batch["image"]
+            scores = self.scores(images) if images is not None else Scores.concat([])
+            yield ScoredBatch(batch["index"], scores, images, batch["original"], batch["errors"])
+
+    def score_files(
+        self, paths: Sequence[str | Path], *, batch_size: int = 32, num_workers: int = 0
+    ) -> FileScores:
+        """All files at once: scores of the readable ones in file order, errors by index."""
+        indices: list[int] = []
+        parts: list[Scores] = []
+        errors: dict[int, str] = {}
+        for batch in self.iter_files(paths, batch_size=batch_size, num_workers=num_workers):
+            indices += batch.indices
+            parts.append(batch.scores)
+            errors.update(batch.errors)
+        return FileScores(indices, Scores.concat(parts), errors)

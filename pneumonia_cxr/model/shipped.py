@@ -1,0 +1,54 @@
+"""The detector that ships inside the package, pinned by its sha256 (as torchxrayvision pins its
+weight files): `predict` and `evaluate` use it when no --model_path is given."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from pneumonia_cxr.errors import ModelFileError
+
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+SHIPPED_MODEL_FILE = "pneumonia_cxr_effnet_lite0_ensemble.pt"
+SHIPPED_MODEL_SHA256: str | None = None
+"""None until a model is committed: then every load checks the file against this digest."""
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def is_shipped_model(path: str | Path) -> bool:
+    return Path(path).resolve() == (WEIGHTS_DIR / SHIPPED_MODEL_FILE)
+
+
+def default_model_path() -> Path:
+    """The shipped model file, after checking it is the one this version of the code pins.
+
+    Raises:
+        ModelFileError: the package ships no model, the file is missing, or its sha256 differs
+            (a damaged install or a replaced file): never a silent fallback to another model.
+    """
+    path = WEIGHTS_DIR / SHIPPED_MODEL_FILE
+    if SHIPPED_MODEL_SHA256 is None:
+        raise ModelFileError(
+            "this version of pneumonia-cxr ships no trained model yet; pass --model_path "
+            "(a final_pneumonia_model.pt from `pneumonia-cxr train`)"
+        )
+    if not path.is_file():
+        raise ModelFileError(
+            f"{path}: the shipped model file is missing; reinstall the package "
+            "(`pip install --force-reinstall pneumonia-cxr`) or pass --model_path"
+        )
+    actual = sha256_of(path)
+    if actual != SHIPPED_MODEL_SHA256:
+        raise ModelFileError(
+            f"{path}: sha256 {actual[:16]}... differs from the pinned "
+            f"{SHIPPED_MODEL_SHA256[:16]}...; the file is damaged or was replaced. "
+            "Reinstall the package or pass --model_path"
+        )
+    return path
