@@ -61,6 +61,12 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch_size", type=int, default=d.data.batch_size)
     parser.add_argument("--num_workers", type=int, default=d.data.num_workers)
     parser.add_argument("--val_fraction", type=float, default=d.data.val_fraction)
+    parser.add_argument(
+        "--split_seed",
+        type=int,
+        help="seed of the patient-level split (default: --seed); share it across runs that "
+        "will form one ensemble",
+    )
     parser.add_argument("--balanced_sampler", action="store_true")
     parser.add_argument("--no_class_weights", action="store_true")
     parser.add_argument("--weight_decay", type=float, default=d.train.weight_decay)
@@ -112,6 +118,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     data.image_size, data.normalization = args.image_size, args.normalization
     data.batch_size, data.num_workers = args.batch_size, args.num_workers
     data.val_fraction, data.balanced_sampler = args.val_fraction, args.balanced_sampler
+    data.split_seed = args.split_seed
     model.backbone, model.weights, model.unfreeze_layers = (
         args.backbone,
         args.weights,

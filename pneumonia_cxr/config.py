@@ -75,6 +75,9 @@ class DataConfig:
     image_size: int = 224
     normalization: str = "imagenet"
     val_fraction: float = 0.15
+    split_seed: int | None = None
+    """Seed of the patient-level split; None = the training seed. Runs meant for one ensemble
+    share it (their threshold is fitted on validation images no member trained on)."""
     batch_size: int = 32
     num_workers: int = 2
     balanced_sampler: bool = False

@@ -119,3 +119,23 @@ def test_ddp_with_two_cpu_processes(tiny_synthetic: Path, tmp_path: Path) -> Non
     assert (run_dir / "final_pneumonia_model.pt").exists()
     progress = json.loads((run_dir / "progress.json").read_text())
     assert progress["stage1"]["done"]
+
+
+def test_reference_command_sequence_finds_the_latest_model_and_output_is_quiet(
+    tiny_synthetic: Path, tmp_path: Path, capfd: pytest.CaptureFixture
+) -> None:
+    from pneumonia_cxr.cli import main
+    from pneumonia_cxr.model.model_file import FINAL_MODEL_NAME
+
+    for name in ("first", "second"):
+        config = tiny_config(tiny_synthetic, tmp_path, name, stage1_epochs=1, stage2_epochs=0)
+        latest_run = train(config)
+    output = capfd.readouterr()
+    text = output.out + output.err
+    assert "Trainer.fit` stopped" not in text and "Tip" not in text
+    assert "Validation DataLoader" not in text and "DeprecationWarning" not in text
+    latest = tmp_path / FINAL_MODEL_NAME  # scripts/evaluate.py --model_path outputs/final_...
+    assert latest.is_symlink() and latest.resolve() == (latest_run / FINAL_MODEL_NAME).resolve()
+    args = ["evaluate", "--model_path", str(latest), "--dataset_path", str(tiny_synthetic)]
+    assert main([*args, "--explain_images", "0", "--n_resamples", "50"]) == 0
+    assert (latest_run / "eval_test" / "metrics.json").is_file()

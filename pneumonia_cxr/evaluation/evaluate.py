@@ -329,6 +329,7 @@ def evaluate_model(
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     cam_class(gradcam_method)  # an unknown method fails now, not after the inference
     model_path = Path(model_path) if model_path is not None else default_model_path()
+    run_dir = model_path.resolve().parent  # outputs/final_pneumonia_model.pt links into a run
     predictor = Predictor.open(model_path, engine="torch", device=device)
     bundle = predictor.bundle
     root = resolve_dataset_for_model(dataset_path, bundle.config)
@@ -374,7 +375,7 @@ def evaluate_model(
             probs,
             raw_probs,
             bundle.threshold,
-            model_path.parent / METRICS_FILE,
+            run_dir / METRICS_FILE,
         )
     )
     files["gradcam"] = _gradcam_grid(
@@ -397,7 +398,7 @@ def evaluate_model(
         files,
         bundle,
         explain,
-        _data_counts(split, evaluated, skipped, model_path.parent),
+        _data_counts(split, evaluated, skipped, run_dir),
     )
     return EvaluationResult(output_dir=out, metrics=metrics, files=files)
 
@@ -408,4 +409,4 @@ def _default_output_dir(model_path: Path, split: str) -> Path:
 
     if is_shipped_model(model_path):
         return Path("outputs") / f"shipped_model_eval_{split}"
-    return model_path.parent / f"eval_{split}"
+    return model_path.resolve().parent / f"eval_{split}"

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.callbacks import TQDMProgressBar
 
 METRIC_COLUMNS = ["stage", "epoch", "train_loss", "val_loss", "val_auc", "lr", "seconds"]
 
@@ -56,3 +57,13 @@ def drop_rows_from(path: Path, stage: int, epoch: int) -> None:
         writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS)
         writer.writeheader()
         writer.writerows(kept)
+
+
+class TrainingProgressBar(TQDMProgressBar):
+    """One bar: the epoch's training bar, with the validation figures in its postfix; the
+    separate validation bar that Lightning nests under it is not drawn."""
+
+    def init_validation_tqdm(self):
+        bar = super().init_validation_tqdm()
+        bar.disable = True
+        return bar

@@ -47,10 +47,25 @@ def _members(model_paths: Sequence[Path]) -> list[ModelBundle]:
 
 
 def _split(model_paths: Sequence[Path]) -> PatientSplit:
-    path = model_paths[0].parent / SPLIT_FILE
-    if not path.is_file():
-        raise ModelFileError(f"{path}: missing; the members' run folder must hold its split.csv")
-    return read_split_csv(path)
+    """The members' common patient-level split. Members trained on different splits are
+    refused: each one's validation images would be another's training images, and the
+    ensemble's threshold and OOD cut-off would be fitted on seen data."""
+    splits = []
+    for model_path in model_paths:
+        path = model_path.parent / SPLIT_FILE
+        if not path.is_file():
+            raise ModelFileError(
+                f"{path}: missing; each member's run folder must hold its split.csv"
+            )
+        splits.append(read_split_csv(path))
+    reference = {str(r.path) for r in splits[0].val}
+    for model_path, split in zip(model_paths[1:], splits[1:], strict=True):
+        if {str(r.path) for r in split.val} != reference:
+            raise ModelFileError(
+                f"{model_path}: trained on another patient-level split than {model_paths[0]}; "
+                "train ensemble members with the same --split_seed"
+            )
+    return splits[0]
 
 
 def _train_features(

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -36,9 +37,9 @@ from pneumonia_cxr.model.backbones import get_backbone
 from pneumonia_cxr.model.classifier import PneumoniaNet
 from pneumonia_cxr.model.model_file import ModelBundle, save_model
 from pneumonia_cxr.storage import atomic_write_text
-from pneumonia_cxr.training.callbacks import EpochMetricsCSV, drop_rows_from
+from pneumonia_cxr.training.callbacks import EpochMetricsCSV, TrainingProgressBar, drop_rows_from
 from pneumonia_cxr.training.checkpointing import AtomicCheckpointIO
-from pneumonia_cxr.training.files import CONFIG_FILE, SUMMARY_FILE, RunPaths
+from pneumonia_cxr.training.files import CONFIG_FILE, FINAL_MODEL_NAME, SUMMARY_FILE, RunPaths
 from pneumonia_cxr.training.module import PneumoniaLitModule
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,7 @@ def _make_trainer(
         strategy=train.strategy,
         precision=_precision(config),
         callbacks=[
+            TrainingProgressBar(),
             checkpoint,
             early_stopping,
             EpochMetricsCSV(paths.metrics, stage),
@@ -219,7 +221,12 @@ def prepare_data(config: RunConfig, paths: RunPaths, resuming: bool) -> tuple[Pa
     if resuming and paths.split.exists():
         return read_split_csv(paths.split), root
     records = [r for r in list_images(root) if r.split in ("train", "val")]
-    split = make_patient_split(records, config.data.val_fraction, config.train.seed)
+    split_seed = config.data.split_seed
+    split = make_patient_split(
+        records,
+        config.data.val_fraction,
+        config.train.seed if split_seed is None else split_seed,
+    )
     if _is_rank_zero():
         write_split_csv(split, paths.split)
     return split, root
@@ -274,7 +281,7 @@ def train(
         head_dropouts=config.model.head_dropouts,
     ).to(memory_format=torch.channels_last)
     progress = _read_progress(paths)
-    with _workers_join(paths):
+    with _workers_join(paths), _quiet_libraries():
         for stage in (1, 2):
             _run_stage(stage, net, datamodule, config, paths, progress, extra_callbacks or [])
     if not _is_rank_zero():
@@ -285,7 +292,47 @@ def train(
     if paths.metrics.exists():
         plot_learning_curves(paths.metrics, paths.root / "learning_curves.png")
     _write_summary(paths, config, progress, bundle, datamodule, time.perf_counter() - started, root)
+    _link_latest(paths)
     return paths.root
+
+
+def _link_latest(paths: RunPaths) -> None:
+    """`<output_dir>/final_pneumonia_model.pt` -> the latest run's model file, so the reference's
+    command sequence (`scripts/evaluate.py --model_path outputs/final_pneumonia_model.pt`) works.
+    A relative symlink, swapped in atomically."""
+    latest = paths.root.parent / FINAL_MODEL_NAME
+    tmp = latest.with_name(f".{FINAL_MODEL_NAME}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(Path(paths.root.name) / FINAL_MODEL_NAME)
+    os.replace(tmp, latest)
+
+
+_LIBRARY_NOISE = (
+    r"Found \d+ module\(s\) in eval mode",  # frozen BatchNorm stays in eval mode on purpose
+    r".*is smaller than the logging interval",
+    r".*treespec.*deprecated",
+    r".*LeafSpec.*deprecated",
+)
+
+
+@contextlib.contextmanager
+def _quiet_libraries() -> Iterator[None]:
+    """Training output a user can read: Lightning's tips, start-up banners and warnings about
+    choices made on purpose are dropped (errors and our own messages still show), and its
+    logger stops repeating each line through the root handler."""
+    lightning_log = logging.getLogger("lightning.pytorch")
+    saved = lightning_log.level, lightning_log.propagate
+    lightning_log.setLevel(logging.WARNING)
+    lightning_log.propagate = False
+    with warnings.catch_warnings():
+        for pattern in _LIBRARY_NOISE:
+            warnings.filterwarnings("ignore", message=pattern)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        try:
+            yield
+        finally:
+            lightning_log.setLevel(saved[0])
+            lightning_log.propagate = saved[1]
 
 
 def finalize_model(

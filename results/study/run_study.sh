@@ -9,7 +9,8 @@ OUT=${STUDY_OUTPUT_DIR:-outputs/study}
 BIN=${BIN:-.venv/bin}
 COMMON=(--dataset_path "$DATA" --output_dir "$OUT" --backbone efficientnet_lite0 --weights imagenet
   --image_size 224 --stage1_epochs 1 --stage1_lr 1e-3 --stage2_epochs 2 --stage2_lr 1e-4
-  --unfreeze_layers -1 --threshold_rule max_threshold_at_sensitivity --min_sensitivity 0.97)
+  --unfreeze_layers -1 --threshold_rule max_threshold_at_sensitivity --min_sensitivity 0.97
+  --split_seed 1)
 ROBUST=(--aug_brightness 0.2 --aug_contrast 0.2 --aug_gamma 0.25 --aug_blur_prob 0.2
   --aug_noise_std 0.02 --aug_crop_scale_min 0.75 --aug_jpeg_quality_min 40
   --aug_resample_jitter yes --weight_decay 0.01 --label_smoothing 0.1)
