@@ -11,11 +11,11 @@ from dataclasses import fields
 from pathlib import Path
 
 from pneumonia_cxr.config import NORMALIZATIONS, AugmentConfig, RunConfig
-from pneumonia_cxr.data.discovery import SPLITS
+from pneumonia_cxr.data import SPLITS
 from pneumonia_cxr.errors import PneumoniaCxrError
-from pneumonia_cxr.evaluation.threshold import THRESHOLD_RULES
-from pneumonia_cxr.explain.gradcam import CAM_METHODS
-from pneumonia_cxr.inference.engines import ENGINES
+from pneumonia_cxr.evaluation import THRESHOLD_RULES
+from pneumonia_cxr.explain import CAM_METHODS
+from pneumonia_cxr.inference import ENGINES
 
 EPOCH_FLAGS = ("stage1_epochs", "stage2_epochs")
 
@@ -357,6 +357,21 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from pneumonia_cxr.serve.app import serve
+    from pneumonia_cxr.serve.service import ServeConfig
+
+    config = ServeConfig(
+        model_path=Path(args.model_path) if args.model_path else None,
+        max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+        max_in_flight=args.max_in_flight,
+        device=args.device,
+    )
+    print(f"serving on http://{args.host}:{args.port}/ (API docs: /docs)", file=sys.stderr)
+    serve(config, host=args.host, port=args.port)
+    return 0
+
+
 def _model_path_or_shipped(model_path: str | None) -> Path:
     """The given model file, or the shipped one (checked against its pinned sha256)."""
     if model_path is not None:
@@ -440,6 +455,15 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=["onnx"], default="onnx")
     export.add_argument("--output", help="default: the model path with .onnx")
     export.set_defaults(func=cmd_export)
+
+    web = sub.add_parser("serve", help="a web page and HTTP API: drop an X-ray, get the answer")
+    web.add_argument("--model_path", help="default: the model shipped with the package")
+    web.add_argument("--host", default="127.0.0.1", help="default loopback only")
+    web.add_argument("--port", type=int, default=8000)
+    web.add_argument("--max_upload_mb", type=float, default=32.0, help="per request")
+    web.add_argument("--max_in_flight", type=_positive_int, default=64)
+    web.add_argument("--device", help="cpu, cuda ... (default: GPU if available)")
+    web.set_defaults(func=cmd_serve)
 
     check = sub.add_parser(
         "explain-check", help="do the heatmaps mean something? randomization + pointing game"

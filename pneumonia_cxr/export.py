@@ -94,7 +94,13 @@ def _metadata(bundle: ModelBundle) -> dict[str, Any]:
         "backbone": bundle.model.backbone_name,
         "backbones": list(bundle.backbone_names),
         "ood": (
-            {"cutoff": bundle.ood.cutoff, "quantile": bundle.ood.quantile} if bundle.ood else None
+            {
+                "cutoff": bundle.ood.cutoff,
+                "quantile": bundle.ood.quantile,
+                "fingerprint": bundle.ood.fingerprint(),
+            }
+            if bundle.ood
+            else None
         ),
         "fingerprint": bundle.fingerprint(),
         "data_fingerprint": bundle.data_fingerprint,

@@ -32,14 +32,17 @@ from pneumonia_cxr.training.ensemble import build_ensemble
 from pneumonia_cxr.training.run import train
 
 
+def _member_run(data: Path, out: Path, seed: int, split_seed: int | None = 7) -> Path:
+    config = tiny_config(data, out, f"m{seed}-split{split_seed}", stage2_epochs=0, seed=seed)
+    config.data.split_seed = split_seed
+    return train(config) / FINAL_MODEL_NAME
+
+
 @pytest.fixture(scope="module")
 def two_runs(tiny_synthetic: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Two seeds, one shared patient-level split, as ensemble members must be trained."""
     out = tmp_path_factory.mktemp("runs")
-    return [
-        train(tiny_config(tiny_synthetic, out, f"m{seed}", stage2_epochs=0, seed=seed))
-        / FINAL_MODEL_NAME
-        for seed in (1, 2)
-    ]
+    return [_member_run(tiny_synthetic, out, seed) for seed in (1, 2)]
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +134,14 @@ def test_members_that_disagree_on_preprocessing_are_refused(
     torch.save(payload, tmp_path / "other.pt")
     with pytest.raises(ModelFileError, match="share one preprocessing"):
         build_ensemble([two_runs[0], tmp_path / "other.pt"], tmp_path / "e.pt")
+
+
+def test_members_trained_on_different_splits_are_refused(
+    two_runs: list[Path], tiny_synthetic: Path, tmp_path: Path
+) -> None:
+    other = _member_run(tiny_synthetic, tmp_path, seed=3, split_seed=None)  # split from seed 3
+    with pytest.raises(ModelFileError, match="another patient-level split"):
+        build_ensemble([two_runs[0], other], tmp_path / "e.pt")
 
 
 def test_ensemble_command(two_runs: list[Path], tmp_path: Path, capsys) -> None:

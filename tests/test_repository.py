@@ -23,10 +23,22 @@ def _tracked() -> list[Path]:
     return [ROOT / line for line in out.splitlines()]
 
 
+SHIPPED_MAX_BYTES = 50_000_000
+
+
 def test_no_weights_no_data_images_no_large_files() -> None:
+    """The one exception: the shipped model, at most 50 MB and pinned by its sha256."""
+    from pneumonia_cxr.model import shipped
+
     files = _tracked()
     assert files
-    assert not [f for f in files if f.suffix.lower() in WEIGHT_SUFFIXES]
+    model = shipped.WEIGHTS_DIR / shipped.SHIPPED_MODEL_FILE
+    weights = [f for f in files if f.suffix.lower() in WEIGHT_SUFFIXES]
+    assert weights in ([], [model])
+    if weights:
+        assert model.stat().st_size <= SHIPPED_MAX_BYTES
+        assert shipped.sha256_of(model) == shipped.SHIPPED_MODEL_SHA256
+    files = [f for f in files if f != model]
     # Images only as small figures under assets/ (plots, the Grad-CAM grid), never data.
     images = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
     assert all(f.parent == ROOT / "assets" for f in images), images

@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pneumonia_cxr import CLASS_NAMES
+from pneumonia_cxr.data import SPLITS
 from pneumonia_cxr.data.loader import is_image_file
 from pneumonia_cxr.errors import DatasetLayoutError, DataUnavailableError
 from pneumonia_cxr.storage import cache_root
 
 logger = logging.getLogger(__name__)
 
-SPLITS: tuple[str, str, str] = ("train", "val", "test")
 DATA_ENV_VAR = "PNEUMONIA_CXR_DATA"
 KAGGLE_DATASET = "paultimothymooney/chest-xray-pneumonia"
 KAGGLE_URL = f"https://www.kaggle.com/datasets/{KAGGLE_DATASET}"

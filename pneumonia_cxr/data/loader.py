@@ -108,7 +108,26 @@ def load_xray(
     if max_pixels < 1:
         raise ValueError(f"max_pixels must be positive, not {max_pixels}")
     path = Path(path)
-    data = _read_bytes(path)
+    return decode_xray(_read_bytes(path), path, min_side=min_side, max_pixels=max_pixels)
+
+
+def decode_xray(
+    data: bytes,
+    name: str | Path,
+    *,
+    min_side: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> torch.Tensor:
+    """`load_xray` for bytes already in memory (an upload that is never written to disk).
+
+    `name` is what error messages call the image (a file name); its suffix only matters for a
+    preamble-less DICOM (.dcm/.dicom). Same result and same errors as `load_xray`.
+    """
+    if min_side is not None and min_side < 1:
+        raise ValueError(f"min_side must be a positive number of pixels or None, not {min_side}")
+    path = Path(name)
+    if not data:
+        raise EmptyFileError(path, "the file is empty (0 bytes); re-copy or re-export it")
     kind = _sniff_format(path, data)
     if kind in ("png", "jpeg"):
         gray = _decode_pil(path, data, kind, min_side=min_side, max_pixels=max_pixels)
@@ -128,8 +147,6 @@ def _read_bytes(path: Path) -> bytes:
             "image file not found; check the path and that the disk is mounted",
             str(path),
         ) from None
-    if not data:
-        raise EmptyFileError(path, "the file is empty (0 bytes); re-copy or re-export it")
     return data
 
 

@@ -13,19 +13,13 @@ import numpy as np
 from numpy.typing import ArrayLike
 from sklearn.metrics import roc_curve
 
+from pneumonia_cxr.evaluation import THRESHOLD_RULES
 from pneumonia_cxr.evaluation.calibration import check_binary_inputs
 
 if TYPE_CHECKING:
     from pneumonia_cxr.data.discovery import ImageRecord
     from pneumonia_cxr.inference.predictor import FileScores
     from pneumonia_cxr.model.model_file import ModelBundle
-
-THRESHOLD_RULES: tuple[str, ...] = (
-    "max_specificity_at_sensitivity",
-    "max_threshold_at_sensitivity",
-    "youden",
-    "fixed_0.5",
-)
 
 
 def _candidate_counts(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, ...]:

@@ -1,0 +1,7 @@
+"""Grad-CAM heatmaps, overlays and their sanity checks.
+
+Only constants live here, so the CLI can offer them as choices without importing torch.
+"""
+
+CAM_METHODS: tuple[str, ...] = ("gradcam", "gradcam++", "hirescam", "eigencam")
+"""Method names accepted by `gradcam.compute_cams`, in the order we recommend trying them."""

@@ -15,12 +15,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from pneumonia_cxr.explain import CAM_METHODS
+
 if TYPE_CHECKING:
     from pytorch_grad_cam.base_cam import BaseCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
-CAM_METHODS: tuple[str, ...] = ("gradcam", "gradcam++", "hirescam", "eigencam")
-"""Method names accepted by `compute_cams`, in the order we recommend trying them."""
 
 
 POSITIVE_LOGIT = 0

@@ -38,8 +38,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ENGINES: tuple[str, ...] = ("auto", "torch", "onnx")
-
 
 @dataclass
 class EngineOutput:
@@ -97,7 +95,9 @@ class TorchEngine:
     def score(self, images: torch.Tensor) -> EngineOutput:
         images = images.to(self.device, non_blocking=True)
         images = images.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
+        # Full float32 on GPU too (no TF32): a probability next to the threshold must get the
+        # label it gets on the CPU, where the threshold may have been fitted.
+        with torch.inference_mode(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
             logits, ood = self.scoring(images)
         return EngineOutput(
             logits[:, 0].float().cpu().numpy(), ood.float().cpu().numpy().reshape(-1)

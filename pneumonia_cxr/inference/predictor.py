@@ -19,13 +19,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from pneumonia_cxr.data.loader import load_xray
+from pneumonia_cxr.data.loader import decode_xray, load_xray
 from pneumonia_cxr.data.transforms import build_transforms
 from pneumonia_cxr.errors import ImageLoadError, ModelFileError
+from pneumonia_cxr.inference import ENGINES
 from pneumonia_cxr.inference.contract import check_model_contract
 from pneumonia_cxr.inference.decision import decide, label_name, probability
 from pneumonia_cxr.inference.engines import (
-    ENGINES,
     Engine,
     OnnxEngine,
     TorchEngine,
@@ -93,9 +93,14 @@ def one_line(error: BaseException) -> str:
 def load_input(
     path: str | Path, transform, image_size: int, keep_original: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The one loader, then the model's transforms: (model input, decoded gray image)."""
-    gray = load_xray(path, min_side=None if keep_original else image_size)
-    return transform(gray), gray
+    """The one loader, then the model's transforms: (model input, decoded gray image).
+
+    The input always comes from the same decode (JPEG draft decoding down to `image_size`), so
+    asking for the full-resolution original (overlays) never changes a probability.
+    """
+    gray = load_xray(path, min_side=image_size)
+    original = load_xray(path) if keep_original else gray
+    return transform(gray), original
 
 
 class _FileInputs(Dataset):
@@ -170,10 +175,11 @@ class Predictor:
             return cls(TorchEngine(bundle, device), path)
         try:
             return cls(cached_onnx_engine(bundle), path)
-        except ImportError:
+        except (ImportError, OSError, RuntimeError, ValueError) as error:
             if engine == "onnx":
                 raise
-            log.info("onnxruntime not installed: predicting with PyTorch")
+            # Same labels either way, only slower: never fail a prediction over the fast path.
+            log.warning("ONNX Runtime path unavailable (%s); predicting with PyTorch", error)
             return cls(TorchEngine(bundle, device), path)
 
     @classmethod
@@ -212,6 +218,14 @@ class Predictor:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The one loader and the model's transforms: (model input, decoded gray image)."""
         return load_input(path, self.transform, self.image_size, keep_original)
+
+    def input_from_bytes(
+        self, data: bytes, name: str, keep_original: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`load_input` for an upload held in memory (never written to disk)."""
+        gray = decode_xray(data, name, min_side=self.image_size)
+        original = decode_xray(data, name) if keep_original else gray
+        return self.transform(gray), original
 
     def scores_from_outputs(self, logits: np.ndarray, ood_scores: np.ndarray) -> Scores:
         """Probability, decision and OOD flag from raw outputs: the only place they are made."""

@@ -37,6 +37,7 @@ class PneumoniaNet(nn.Module):
         self.backbone_name = backbone
         self.head_dims, self.head_dropouts = tuple(head_dims), tuple(head_dropouts)
         self.backbone = spec.build(weights)
+        self.num_features = spec.num_features
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         hidden1, hidden2 = head_dims
         drop1, drop2 = head_dropouts

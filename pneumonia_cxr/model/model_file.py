@@ -157,6 +157,8 @@ def _build_member(entry: dict[str, Any]) -> PneumoniaNet:
 def _build_model(payload: dict[str, Any]) -> PneumoniaNet | PneumoniaEnsemble:
     """Version 1: one network at the top level; version 2: a list of members."""
     entries = payload.get("members", [payload])
+    if not entries:
+        raise ValueError("the file lists no member network")
     members = [_build_member(entry) for entry in entries]
     return members[0] if len(members) == 1 else PneumoniaEnsemble(members)
 
@@ -169,6 +171,8 @@ def load_model(path: str | Path) -> ModelBundle:
         model = _build_model(payload)
         preprocessing = Preprocessing.from_dict(payload["preprocessing"])
         ood = OodScorer.from_payload(payload["ood"]) if payload.get("ood") else None
+        if ood is not None:
+            ood.check_matches(model)
     except (KeyError, ValueError, RuntimeError, TypeError, AttributeError) as error:
         raise ModelFileError(
             f"{path}: model file is incomplete or inconsistent ({error})"

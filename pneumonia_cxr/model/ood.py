@@ -46,18 +46,22 @@ class FeatureDensity(nn.Module):
         features = np.asarray(features, dtype=np.float64)
         n_components = min(n_components, features.shape[0] - 1, features.shape[1] - 1)
         pca = PCA(n_components=n_components, svd_solver="full").fit(features)
+        # Floor relative to the spectrum: with few images the residual variance is ~0 and
+        # float32 round-off would dominate the score.
+        floor = 1e-6 * float(np.mean(pca.explained_variance_))
         return cls(
             torch.from_numpy(pca.mean_),
             torch.from_numpy(pca.components_),
             torch.from_numpy(pca.explained_variance_),
-            torch.tensor(max(float(pca.noise_variance_), 1e-12)),
+            torch.tensor(max(float(pca.noise_variance_), floor, 1e-12)),
         )
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         centred = features.float() - self.mean
         z = centred @ self.components.T
-        residual = (centred * centred).sum(dim=1) - (z * z).sum(dim=1)
-        distance = (z * z / self.variances).sum(dim=1) + residual.clamp_min(0) / self.noise_variance
+        off_plane = centred - z @ self.components
+        residual = (off_plane * off_plane).sum(dim=1)
+        distance = (z * z / self.variances).sum(dim=1) + residual / self.noise_variance
         return distance / self.mean.numel()
 
     def state(self) -> dict[str, torch.Tensor]:
@@ -72,9 +76,33 @@ class OodScorer(nn.Module):
         self.densities = nn.ModuleList(densities)
         self.cutoff, self.quantile = float(cutoff), float(quantile)
 
+    def check_matches(self, classifier: nn.Module) -> None:
+        """One density per member, of that member's feature size; else a ValueError."""
+        members = classifier.members
+        if len(members) != len(self.densities):
+            raise ValueError(
+                f"{len(self.densities)} OOD densities for {len(members)} member network(s)"
+            )
+        for member, density in zip(members, self.densities, strict=True):
+            expected = member.num_features
+            if density.mean.numel() != expected:
+                raise ValueError(
+                    f"OOD density of {density.mean.numel()} features for a member with {expected}"
+                )
+
     def forward(self, member_features: Sequence[torch.Tensor]) -> torch.Tensor:
         scores = [density(f) for density, f in zip(self.densities, member_features, strict=True)]
         return torch.stack(scores).mean(dim=0)
+
+    def fingerprint(self) -> str:
+        """A short hash of the statistics (part of the ONNX export's cache key)."""
+        import hashlib
+
+        digest = hashlib.sha256(f"{self.cutoff}:{self.quantile}".encode())
+        for density in self.densities:
+            for tensor in density.state().values():
+                digest.update(tensor.contiguous().numpy().tobytes())
+        return digest.hexdigest()[:16]
 
     def to_payload(self) -> dict[str, Any]:
         return {

@@ -10,6 +10,8 @@ from pneumonia_cxr.errors import ModelFileError
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 SHIPPED_MODEL_FILE = "pneumonia_cxr_effnet_lite0_ensemble.pt"
+SHIPPED_METRICS_FILE = "pneumonia_cxr_effnet_lite0_ensemble.test_metrics.json"
+"""Its evaluation on the official test split (a copy of results/kermany_test/metrics.json)."""
 SHIPPED_MODEL_SHA256: str | None = None
 """None until a model is committed: then every load checks the file against this digest."""
 

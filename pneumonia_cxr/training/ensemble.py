@@ -16,6 +16,7 @@ from pneumonia_cxr import __version__
 from pneumonia_cxr.data.split import PatientSplit, read_split_csv
 from pneumonia_cxr.errors import ModelFileError
 from pneumonia_cxr.evaluation.threshold import fit_operating_point
+from pneumonia_cxr.inference.contract import check_model_contract
 from pneumonia_cxr.inference.predictor import Predictor
 from pneumonia_cxr.model.ensemble import PneumoniaEnsemble
 from pneumonia_cxr.model.model_file import ModelBundle, load_model, round_to_half, save_model
@@ -29,7 +30,11 @@ DEFAULT_OOD_TRAIN_IMAGES = 1500
 
 
 def _members(model_paths: Sequence[Path]) -> list[ModelBundle]:
+    if not model_paths:
+        raise ValueError("an ensemble needs at least one member model file")
     bundles = [load_model(path) for path in model_paths]
+    for path, bundle in zip(model_paths, bundles, strict=True):
+        check_model_contract(bundle, path)
     first = bundles[0]
     for path, bundle in zip(model_paths[1:], bundles[1:], strict=True):
         if bundle.preprocessing != first.preprocessing:
@@ -81,6 +86,8 @@ def _train_features(
         per_member = per_member or [[] for _ in features]
         for store, f in zip(per_member, features, strict=True):
             store.append(f)
+    if not per_member:
+        raise ValueError("no training image could be read: cannot fit the OOD statistics")
     return [torch.cat(store).numpy() for store in per_member]
 
 
@@ -131,11 +138,12 @@ def build_ensemble(
             if min_sensitivity is not None
             else train_config.get("min_sensitivity", 0.95)
         ),
+        calibrate=bool(train_config.get("calibrate", False)),
         batch_size=batch_size,
         device=device,
     )
     bundle.ood.cutoff = float(np.quantile(val.scores.ood_scores, bundle.ood.quantile))
     bundle.extra["ood_train_images"] = len(chosen)
-    bundle.model.cpu()
+    bundle.scoring_model().cpu()  # the classifier and the OOD statistics
     save_model(bundle, output, half=half)
     return bundle

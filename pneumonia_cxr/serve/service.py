@@ -1,0 +1,213 @@
+"""The model behind the HTTP service: loaded once in the background, fed one batch at a time.
+
+One worker thread runs every model call, so Grad-CAM hooks and PyTorch's thread pool are never
+shared between requests; requests wait their turn in a bounded queue (`max_in_flight`), and a
+request beyond it is refused at once (503) rather than piling up memory. `/health` never touches
+this queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from pneumonia_cxr.errors import ImageLoadError, ImageTooLargeError, NotAnImageError
+from pneumonia_cxr.inference.predictor import Predictor, one_line
+
+log = logging.getLogger(__name__)
+
+OVERLAY_MAX_SIDE = 768
+"""Heatmap overlays are sent at most this wide/high: enough to read, small enough to send."""
+
+
+@dataclass
+class ServeConfig:
+    model_path: Path | None = None
+    """None: the model shipped with the package."""
+    max_upload_bytes: int = 32 * 1024 * 1024
+    max_files: int = 16
+    max_in_flight: int = 64
+    """Requests being scored or waiting; beyond it a request gets 503 at once."""
+    device: str | None = None
+
+
+class BusyError(Exception):
+    """Too many requests in flight."""
+
+
+def upload_status(error: BaseException) -> int:
+    """HTTP status of an unreadable upload: 415 not an image, 413 too many pixels, else 422."""
+    if isinstance(error, NotAnImageError):
+        return 415
+    if isinstance(error, ImageTooLargeError):
+        return 413
+    return 422
+
+
+class ModelService:
+    """Holds the Predictor; `predict` is awaited by the endpoints."""
+
+    def __init__(self, config: ServeConfig) -> None:
+        self.config = config
+        self.predictor: Predictor | None = None
+        self.model_path: Path | None = None
+        self.load_error: str | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        self._in_flight = 0
+        self._lock = threading.Lock()
+
+    @property
+    def ready(self) -> bool:
+        return self.predictor is not None
+
+    def start(self) -> None:
+        """Load the model on the worker thread; the server answers /health meanwhile."""
+        self._executor.submit(self._load)
+
+    def _load(self) -> None:
+        from pneumonia_cxr.model.shipped import default_model_path
+
+        try:
+            path = self.config.model_path or default_model_path()
+            # PyTorch engine: Grad-CAM needs it, and its probabilities equal the ONNX path's
+            # to 1e-4 (tests/test_export.py), so the page agrees with `predict`.
+            self.predictor = Predictor.open(path, engine="torch", device=self.config.device)
+            self.model_path = Path(path)
+            log.info("model ready: %s", path)
+        except Exception as error:  # reported by /ready and /v1/model, never a crash
+            self.load_error = f"{type(error).__name__}: {error}"
+            log.error("model failed to load: %s", self.load_error)
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def info(self) -> dict[str, Any]:
+        """What /v1/model shows: enough to know which model answers and how it decides."""
+        predictor = self.predictor
+        assert predictor is not None and self.model_path is not None
+        bundle = predictor.bundle
+        extra = bundle.extra if bundle is not None else {}
+        return {
+            "model_path": str(self.model_path),
+            "shipped": _is_shipped(self.model_path),
+            "backbone": predictor.engine.backbone_name,
+            "members": list(predictor.engine.backbone_names),
+            "preprocessing": json.loads(json.dumps(predictor.engine.preprocessing.__dict__)),
+            "threshold": predictor.threshold,
+            "threshold_rule": predictor.engine.threshold_rule,
+            "min_sensitivity": extra.get("min_sensitivity"),
+            "temperature": predictor.engine.temperature,
+            "classes": list(predictor.class_names),
+            "ood_cutoff": predictor.engine.ood_cutoff,
+            "training_data_fingerprint": bundle.data_fingerprint if bundle else None,
+            "model_fingerprint": predictor.engine.fingerprint(),
+            "test_metrics": _test_metrics(self.model_path),
+        }
+
+    async def predict(self, files: list[tuple[str, bytes]], gradcam: bool) -> list[dict[str, Any]]:
+        """Score uploads on the worker thread, after any request already queued."""
+        with self._lock:
+            if self._in_flight >= self.config.max_in_flight:
+                raise BusyError(f"{self._in_flight} requests in flight")
+            self._in_flight += 1
+        try:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._executor, self._score, files, gradcam)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+    def _score(self, files: list[tuple[str, bytes]], gradcam: bool) -> list[dict[str, Any]]:
+        predictor = self.predictor
+        assert predictor is not None
+        results: list[dict[str, Any]] = [{"name": name} for name, _ in files]
+        inputs, originals, kept = [], [], []
+        for index, (name, data) in enumerate(files):
+            try:
+                image, gray = predictor.input_from_bytes(data, name, keep_original=gradcam)
+            except (ImageLoadError, ValueError) as error:
+                results[index].update(
+                    error=one_line(error),
+                    status=upload_status(error),
+                )
+                continue
+            inputs.append(image)
+            originals.append(gray)
+            kept.append(index)
+        if not kept:
+            return results
+        batch = torch.stack(inputs)
+        scores = predictor.scores(batch)
+        for position, index in enumerate(kept):
+            ood = float(scores.ood_scores[position])
+            results[index].update(
+                probability=float(scores.probabilities[position]),
+                label=predictor.label(int(scores.decisions[position])),
+                threshold=predictor.threshold,
+                ood_score=ood if np.isfinite(ood) else None,
+                out_of_distribution=bool(scores.ood_flags[position]) if np.isfinite(ood) else None,
+            )
+        if gradcam:
+            for index, png in zip(kept, _overlays(predictor, batch, originals), strict=True):
+                results[index]["gradcam_png_base64"] = png
+        return results
+
+
+def _overlays(
+    predictor: Predictor, batch: torch.Tensor, originals: list[torch.Tensor]
+) -> list[str]:
+    from pneumonia_cxr.explain.gradcam import model_cams
+    from pneumonia_cxr.explain.overlay import overlay_heatmap
+
+    images = batch.to(predictor.device).contiguous(memory_format=torch.channels_last)
+    cams = model_cams(predictor.bundle.model, images, batch_size=len(images))
+    encoded = []
+    for original, cam in zip(originals, cams, strict=True):
+        overlay = Image.fromarray(overlay_heatmap(original, cam))
+        overlay.thumbnail((OVERLAY_MAX_SIDE, OVERLAY_MAX_SIDE))
+        buffer = io.BytesIO()
+        overlay.save(buffer, format="PNG")
+        encoded.append(base64.b64encode(buffer.getvalue()).decode("ascii"))
+    return encoded
+
+
+def _is_shipped(path: Path) -> bool:
+    from pneumonia_cxr.model.shipped import is_shipped_model
+
+    return is_shipped_model(path)
+
+
+def _test_metrics(model_path: Path) -> dict[str, Any] | None:
+    """The headline test figures of this model, when an evaluation of it is on disk: the
+    shipped model's card figures, or `eval_test/metrics.json` beside a run's model file."""
+    from pneumonia_cxr.model.shipped import SHIPPED_METRICS_FILE, WEIGHTS_DIR
+
+    candidates = [model_path.resolve().parent / "eval_test" / "metrics.json"]
+    if _is_shipped(model_path):
+        candidates.insert(0, WEIGHTS_DIR / SHIPPED_METRICS_FILE)
+    for path in candidates:
+        if path.is_file():
+            metrics = json.loads(path.read_text())
+            at = metrics.get("at_threshold", {})
+            return {
+                "split": metrics.get("split"),
+                "n": metrics.get("n"),
+                "roc_auc": metrics.get("roc_auc", {}).get("value"),
+                **{
+                    name: at.get(name, {}).get("value")
+                    for name in ("accuracy", "sensitivity", "specificity", "precision", "f1")
+                },
+            }
+    return None

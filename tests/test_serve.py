@@ -1,0 +1,197 @@
+"""The HTTP service: every endpoint and error, real images, in-memory uploads, concurrency."""
+
+from __future__ import annotations
+
+import base64
+import io
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from test_loader import dicom_bytes, png_bomb
+from tiny_runs import train_tiny_model
+
+from pneumonia_cxr.data.discovery import list_images
+from pneumonia_cxr.inference.predictor import Predictor
+from pneumonia_cxr.predict import predict_paths
+from pneumonia_cxr.serve.app import create_app
+from pneumonia_cxr.serve.service import ServeConfig
+
+LIMIT = 2 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def model_file(tiny_synthetic: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_tiny_model(tiny_synthetic, tmp_path_factory.mktemp("serve_run"))
+
+
+@pytest.fixture(scope="module")
+def xray(tiny_synthetic: Path) -> Path:
+    """A real Kermany JPEG where the shared data is present, else a synthetic PNG."""
+    import os
+
+    real = os.environ.get("PNEUMONIA_CXR_DATA")
+    if real and Path(real).is_dir():
+        return sorted((Path(real) / "test" / "PNEUMONIA").glob("*.jpeg"))[0]
+    return list_images(tiny_synthetic, ["test"])[0].path
+
+
+def _wait_ready(client: TestClient) -> None:
+    deadline = time.monotonic() + 60
+    while client.get("/ready").status_code != 200:
+        assert time.monotonic() < deadline, client.get("/ready").json()
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def client(model_file: Path):
+    app = create_app(ServeConfig(model_path=model_file, max_upload_bytes=LIMIT, device="cpu"))
+    with TestClient(app) as client:
+        _wait_ready(client)
+        yield client
+
+
+def _upload(client: TestClient, *files: tuple[str, bytes], query: str = ""):
+    return client.post(f"/v1/predict{query}", files=[("file", f) for f in files])
+
+
+def test_health_ready_model_and_docs(client: TestClient, model_file: Path) -> None:
+    assert client.get("/health").json() == {"status": "ok"}
+    assert client.get("/ready").json()["ready"] is True
+    info = client.get("/v1/model").json()
+    assert info["model_path"] == str(model_file) and info["classes"] == ["NORMAL", "PNEUMONIA"]
+    assert 0 < info["threshold"] < 1 and info["preprocessing"]["image_size"] == 48
+    assert client.get("/docs").status_code == 200
+    assert "/v1/predict" in client.get("/openapi.json").json()["paths"]
+
+
+def test_probability_equals_the_predict_command(
+    client: TestClient, model_file: Path, xray: Path
+) -> None:
+    response = _upload(client, (xray.name, xray.read_bytes()))
+    assert response.status_code == 200
+    [result] = response.json()["results"]
+    [row] = predict_paths(Predictor.open(model_file, device="cpu"), [xray])  # predict's default
+    assert result["probability"] == pytest.approx(row.probability, abs=1e-4)
+    assert result["label"] == row.label and result["threshold"] == pytest.approx(0.5, abs=0.5)
+
+
+def test_several_files_with_one_bad_and_gradcam(client: TestClient, xray: Path) -> None:
+    files = [(xray.name, xray.read_bytes()), ("notes.txt", b"hello"), ("b.png", xray.read_bytes())]
+    response = _upload(client, *files, query="?gradcam=true")
+    assert response.status_code == 200
+    good, bad, third = response.json()["results"]
+    assert bad["name"] == "notes.txt" and bad["error"].startswith("NotAnImageError")
+    overlay = Image.open(io.BytesIO(base64.b64decode(good["gradcam_png_base64"])))
+    assert overlay.mode == "RGB" and max(overlay.size) <= 768
+    assert third["probability"] == pytest.approx(good["probability"])
+
+
+def _truncated_jpeg(xray: Path) -> bytes:
+    buffer = io.BytesIO()
+    Image.open(xray).convert("L").save(buffer, format="JPEG")
+    return buffer.getvalue()[:-600]
+
+
+BAD_UPLOADS = {
+    "text": (("notes.jpeg", b"this is not an image"), 415, "NotAnImageError"),
+    "empty": (("empty.png", b""), 422, "EmptyFileError"),
+    "bomb": (("bomb.png", png_bomb()), 413, "ImageTooLargeError"),
+    "dicom without pixels": (
+        ("x.dcm", dicom_bytes(np.zeros((4, 4), np.uint16), with_pixels=False)),
+        422,
+        "UnsupportedDicomError",
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_UPLOADS))
+def test_bad_uploads_get_a_json_4xx_and_the_server_stays_up(client: TestClient, kind: str) -> None:
+    upload, status, error = BAD_UPLOADS[kind]
+    started = time.monotonic()
+    response = _upload(client, upload)
+    assert time.monotonic() - started < 10
+    assert response.status_code == status
+    body = response.json()
+    assert body["error"] == "unreadable image" and upload[0] in body["detail"]
+    assert error in body["detail"]
+    assert client.get("/health").status_code == 200
+
+
+def test_truncated_jpeg_is_refused(client: TestClient, xray: Path) -> None:
+    response = _upload(client, ("cut.jpeg", _truncated_jpeg(xray)))
+    assert response.status_code == 422 and "CorruptImageError" in response.json()["detail"]
+
+
+def test_request_errors_no_file_not_multipart_too_large(client: TestClient) -> None:
+    no_file = client.post("/v1/predict", data={"other": "x"})
+    assert no_file.status_code == 400 and no_file.json()["error"] == "no file"
+    not_multipart = client.post(
+        "/v1/predict", content=b"raw", headers={"content-type": "image/png"}
+    )
+    assert not_multipart.status_code == 400
+    too_large = _upload(client, ("big.png", b"\0" * (LIMIT + 1)))
+    assert too_large.status_code == 413 and "limit" in too_large.json()["detail"]
+    assert client.get("/health").status_code == 200
+
+
+def test_uploads_never_touch_the_disk(
+    client: TestClient, xray: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_disk(self) -> None:
+        raise AssertionError("an upload was spooled to a temporary file")
+
+    monkeypatch.setattr(tempfile.SpooledTemporaryFile, "rollover", no_disk)
+    gray = np.asarray(Image.open(xray).convert("L").resize((1200, 1200)), dtype=np.int16)
+    noise = np.random.default_rng(0).integers(-20, 21, gray.shape)
+    buffer = io.BytesIO()  # noisy, so about 1.4 MB: above Starlette's 1 MB spool default
+    Image.fromarray(np.clip(gray + noise, 0, 255).astype(np.uint8)).save(buffer, format="PNG")
+    assert 1024 * 1024 < len(buffer.getvalue()) < LIMIT
+    assert _upload(client, ("large.png", buffer.getvalue())).status_code == 200
+
+
+def test_32_concurrent_uploads_all_succeed(client: TestClient, xray: Path) -> None:
+    data = xray.read_bytes()
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        statuses = list(
+            pool.map(lambda i: _upload(client, (f"{i}.jpeg", data)).status_code, range(32))
+        )
+    assert statuses == [200] * 32
+
+
+def test_busy_and_not_ready(client: TestClient, tmp_path: Path) -> None:
+    service = client.app.state.service
+    service._in_flight = service.config.max_in_flight
+    try:
+        busy = _upload(client, ("a.png", b"x"))
+    finally:
+        service._in_flight = 0
+    assert busy.status_code == 503 and busy.json()["error"] == "busy"
+    app = create_app(ServeConfig(model_path=tmp_path / "missing.pt"))
+    with TestClient(app) as broken:
+        deadline = time.monotonic() + 30
+        while not app.state.service.load_error and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert broken.get("/health").status_code == 200
+        ready = broken.get("/ready")
+        assert ready.status_code == 503 and "missing.pt" in ready.json()["detail"]
+        assert broken.post("/v1/predict", files=[("file", ("a.png", b"x"))]).status_code == 503
+
+
+def test_the_page_is_self_contained(client: TestClient) -> None:
+    page = client.get("/")
+    assert page.status_code == 200 and '<input id="file" type="file"' in page.text
+    assert "not a medical device" in page.text
+    for asset in ("/static/app.js", "/static/style.css"):
+        assert client.get(asset).status_code == 200
+    for text in (
+        page.text,
+        client.get("/static/app.js").text,
+        client.get("/static/style.css").text,
+    ):
+        assert "http://" not in text and "https://" not in text and "//cdn" not in text
