@@ -8,6 +8,7 @@ from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 
 METRIC_COLUMNS = ["stage", "epoch", "train_loss", "val_loss", "val_auc", "lr", "seconds"]
 
@@ -63,7 +64,5 @@ class TrainingProgressBar(TQDMProgressBar):
     """One bar: the epoch's training bar, with the validation figures in its postfix; the
     separate validation bar that Lightning nests under it is not drawn."""
 
-    def init_validation_tqdm(self):
-        bar = super().init_validation_tqdm()
-        bar.disable = True
-        return bar
+    def init_validation_tqdm(self) -> Tqdm:
+        return Tqdm(disable=True)

@@ -249,6 +249,16 @@ def train(
     `epoch_overrides` ({"stage1_epochs": n, "stage2_epochs": m}) lengthens or shortens a
     resumed run; the change is saved in config.json so the run folder stays truthful.
     """
+    with _quiet_libraries():
+        return _train(config, resume, epoch_overrides, extra_callbacks)
+
+
+def _train(
+    config: RunConfig | None,
+    resume: str | Path | None,
+    epoch_overrides: dict[str, int] | None,
+    extra_callbacks: list | None,
+) -> Path:
     if resume is not None:
         paths = RunPaths(Path(resume))
         if not paths.config.is_file():
@@ -281,7 +291,7 @@ def train(
         head_dropouts=config.model.head_dropouts,
     ).to(memory_format=torch.channels_last)
     progress = _read_progress(paths)
-    with _workers_join(paths), _quiet_libraries():
+    with _workers_join(paths):
         for stage in (1, 2):
             _run_stage(stage, net, datamodule, config, paths, progress, extra_callbacks or [])
     if not _is_rank_zero():
@@ -320,7 +330,7 @@ def _quiet_libraries() -> Iterator[None]:
     """Training output a user can read: Lightning's tips, start-up banners and warnings about
     choices made on purpose are dropped (errors and our own messages still show), and its
     logger stops repeating each line through the root handler."""
-    lightning_log = logging.getLogger("lightning.pytorch")
+    lightning_log = logging.getLogger("lightning")
     saved = lightning_log.level, lightning_log.propagate
     lightning_log.setLevel(logging.WARNING)
     lightning_log.propagate = False

@@ -1,0 +1,111 @@
+"""The page in a real browser: Debian's Chromium driven by Playwright against `pneumonia-cxr serve`.
+
+`.ci/run` installs Chromium (apt-get) when it is missing, so this runs in CI; elsewhere it is
+skipped only when no Chromium binary exists, with the command that installs one.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from test_serve import model_file, xray  # noqa: F401  (shared fixtures)
+
+from pneumonia_cxr.inference.predictor import Predictor
+from pneumonia_cxr.predict import predict_paths
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# Flags for a closed network: no background services that would try to reach Google.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def server(model_file: Path, tmp_path: Path):  # noqa: F811
+    port = _free_port()
+    command = [sys.executable, "-m", "pneumonia_cxr.cli", "serve", "--model_path", str(model_file)]
+    log = (tmp_path / "server.log").open("w")
+    process = subprocess.Popen(
+        [*command, "--port", str(port), "--device", "cpu"], stdout=log, stderr=subprocess.STDOUT
+    )
+    base = f"http://127.0.0.1:{port}"
+    started = time.monotonic()
+    try:
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/ready", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert process.poll() is None, (tmp_path / "server.log").read_text()
+            assert time.monotonic() - started < 60, "server not ready within 60 s"
+            time.sleep(0.2)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+        log.close()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium: `apt-get install chromium`")
+def test_page_shows_predicts_probability_and_errors_in_words(
+    server: str,
+    model_file: Path,  # noqa: F811
+    xray: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    from playwright.sync_api import sync_playwright
+
+    [expected] = predict_paths(Predictor.open(model_file, device="cpu"), [xray])
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            requested: list[str] = []
+            page.on("request", lambda request: requested.append(request.url))
+            page.goto(server)
+            assert page.locator("input#file[type=file]").count() == 1
+            page.locator("#model").filter(has_text="chosen on validation").wait_for(timeout=30_000)
+
+            page.set_input_files("#file", str(xray))
+            shown = page.locator("[data-testid=probability]").first
+            shown.wait_for(timeout=60_000)
+            assert float(shown.text_content()) == pytest.approx(expected.probability, abs=1e-4)
+            label = page.locator("[data-testid=label]").first.text_content()
+            assert label == expected.label
+            page.wait_for_timeout(300)  # let the overlay image paint
+            page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+            assert (tmp_path / "page.png").stat().st_size > 10_000
+
+            page.set_input_files(
+                "#file",
+                files=[{"name": "notes.jpeg", "mimeType": "image/jpeg", "buffer": b"not an image"}],
+            )
+            error = page.locator("[data-testid=error]").first
+            error.wait_for(timeout=30_000)
+            assert "not JPEG, PNG or DICOM" in error.text_content()
+            page.screenshot(path=str(tmp_path / "page_error.png"), full_page=True)
+        finally:
+            browser.close()
+    external = [url for url in requested if not url.startswith((server, "data:", "blob:"))]
+    assert not external, external
