@@ -17,14 +17,14 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import torch
-from PIL import Image
+from typing import TYPE_CHECKING, Any
 
 from pneumonia_cxr.errors import ImageLoadError, ImageTooLargeError, NotAnImageError
-from pneumonia_cxr.inference.predictor import Predictor, one_line
+
+if TYPE_CHECKING:  # torch & co. load on the worker thread: the server answers /health first
+    import torch
+
+    from pneumonia_cxr.inference.predictor import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,7 @@ class ModelService:
         self._executor.submit(self._load)
 
     def _load(self) -> None:
+        from pneumonia_cxr.inference.predictor import Predictor
         from pneumonia_cxr.model.shipped import default_model_path
 
         try:
@@ -130,6 +131,11 @@ class ModelService:
                 self._in_flight -= 1
 
     def _score(self, files: list[tuple[str, bytes]], gradcam: bool) -> list[dict[str, Any]]:
+        import numpy as np
+        import torch
+
+        from pneumonia_cxr.inference.predictor import one_line
+
         predictor = self.predictor
         assert predictor is not None
         results: list[dict[str, Any]] = [{"name": name} for name, _ in files]
@@ -168,6 +174,9 @@ class ModelService:
 def _overlays(
     predictor: Predictor, batch: torch.Tensor, originals: list[torch.Tensor]
 ) -> list[str]:
+    import torch
+    from PIL import Image
+
     from pneumonia_cxr.explain.gradcam import model_cams
     from pneumonia_cxr.explain.overlay import overlay_heatmap
 
