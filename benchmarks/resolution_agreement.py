@@ -7,7 +7,9 @@ q75 copies sit in `kermany_224/`. For each pair this prints P(PNEUMONIA) of:
 - original  the original through the one loader (JPEG draft decoding, then antialiased resize);
 - full      the original decoded at full size, then the same resize (draft decoding's share);
 - remade    the original resized to 224 with PIL bilinear and re-encoded as JPEG q75, as the
-            copies were made (the copies' resampling and compression share).
+            copies were made (the copies' resampling and compression share);
+- pil       the same PIL resize without the JPEG step (the resampling filter's share);
+- ours_q75  the loader's own 224-px image re-encoded as JPEG q75 (the compression's share).
 
 Then label agreement and mean/max |dp| of each variant against the copy.
 Run: `.venv/bin/python benchmarks/resolution_agreement.py [--model_path M]`
@@ -29,14 +31,20 @@ from pneumonia_cxr.inference.predictor import Predictor
 from pneumonia_cxr.model.shipped import default_model_path
 
 
-def _remade_copy(original: Path) -> torch.Tensor:
-    """Resize with PIL bilinear to 224 x 224 (squashed) and re-encode as RGB JPEG q75."""
+def _pil_resized(original: Path) -> Image.Image:
     with Image.open(original) as image:
-        small = image.convert("RGB").resize((224, 224), Image.BILINEAR)
+        return image.convert("RGB").resize((224, 224), Image.BILINEAR)
+
+
+def _jpeg_q75(image: Image.Image) -> torch.Tensor:
     buffer = io.BytesIO()
-    small.save(buffer, format="JPEG", quality=75)
+    image.save(buffer, format="JPEG", quality=75)
     gray = np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("L"))
     return torch.from_numpy(gray.copy())[None]
+
+
+def _gray(image: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(image.convert("L")).copy())[None]
 
 
 def main() -> None:
@@ -48,7 +56,9 @@ def main() -> None:
     size = predictor.image_size
     with open(args.data / "kermany_fullres_sample" / "MANIFEST.tsv", newline="") as handle:
         entries = list(csv.DictReader(handle, delimiter="\t"))
-    variants: dict[str, list[torch.Tensor]] = {"copy": [], "original": [], "full": [], "remade": []}
+    variants: dict[str, list[torch.Tensor]] = {
+        name: [] for name in ("copy", "original", "full", "remade", "pil", "ours_q75")
+    }
     names = []
     for entry in entries:
         original = args.data / "kermany_fullres_sample" / entry["split"] / entry["class"]
@@ -58,7 +68,18 @@ def main() -> None:
         variants["copy"].append(load_xray(copy, min_side=size))
         variants["original"].append(load_xray(original, min_side=size))
         variants["full"].append(load_xray(original))
-        variants["remade"].append(_remade_copy(original))
+        variants["remade"].append(_jpeg_q75(_pil_resized(original)))
+        variants["pil"].append(_gray(_pil_resized(original)))
+        ours = load_xray(original, min_side=size)
+        ours = (
+            torch.nn.functional.interpolate(
+                ours[None].float(), size=(size, size), mode="bilinear", antialias=True
+            )[0]
+            .round()
+            .clamp(0, 255)
+            .to(torch.uint8)
+        )
+        variants["ours_q75"].append(_jpeg_q75(Image.fromarray(ours[0].numpy()).convert("RGB")))
     scores = {
         name: predictor.scores(torch.stack([predictor.transform(g) for g in grays]))
         for name, grays in variants.items()
@@ -70,7 +91,7 @@ def main() -> None:
     for i, name in enumerate(names):
         print(f"| {name} | " + " | ".join(f"{probs[v][i]:.3f}" for v in variants) + " |")
     print()
-    for name in ("original", "full", "remade"):
+    for name in ("original", "full", "remade", "pil", "ours_q75"):
         dp = np.abs(probs[name] - probs["copy"])
         agree = int(np.sum(labels[name] == labels["copy"]))
         print(

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from pneumonia_cxr.faults import kill_if
+
 CACHE_ENV_VAR = "PNEUMONIA_CXR_CACHE"
 
 
@@ -36,6 +38,7 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        kill_if(f"write:{path.name}")  # resume tests: die with the file written, not renamed
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

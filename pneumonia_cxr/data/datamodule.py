@@ -6,11 +6,12 @@ from collections.abc import Sequence
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, WeightedRandomSampler
+from torch.utils.data import DataLoader
 
 from pneumonia_cxr.config import DataConfig, Preprocessing
 from pneumonia_cxr.data.dataset import XrayDataset, collate_skipping_bad
 from pneumonia_cxr.data.discovery import ImageRecord
+from pneumonia_cxr.data.epoch_seeding import EpochClock, EpochSampler
 from pneumonia_cxr.data.transforms import build_transforms
 
 
@@ -25,7 +26,10 @@ def balanced_class_weights(labels: Sequence[int]) -> tuple[float, float]:
 
 
 def records_dataset(
-    records: Sequence[ImageRecord], preprocessing: Preprocessing, augment=None
+    records: Sequence[ImageRecord],
+    preprocessing: Preprocessing,
+    augment=None,
+    clock: EpochClock | None = None,
 ) -> XrayDataset:
     """Dataset over ImageRecords with transforms from the model's preprocessing."""
     return XrayDataset(
@@ -33,6 +37,7 @@ def records_dataset(
         [r.label for r in records],
         build_transforms(preprocessing, augment),
         min_side=preprocessing.image_size,
+        clock=clock,
     )
 
 
@@ -51,7 +56,11 @@ class XrayDataModule(L.LightningDataModule):
         super().__init__()
         self.train_records, self.val_records, self.test_records = list(train), list(val), list(test)
         self.config, self.preprocessing, self.seed = config, preprocessing, seed
-        self.train_set = records_dataset(self.train_records, preprocessing, config.augment)
+        self.clock = EpochClock(seed)
+        """(stage, epoch) of the training loader: order and augmentation derive from it."""
+        self.train_set = records_dataset(
+            self.train_records, preprocessing, config.augment, self.clock
+        )
         self.val_set = records_dataset(self.val_records, preprocessing)
         self.test_set = records_dataset(self.test_records, preprocessing)
 
@@ -70,18 +79,22 @@ class XrayDataModule(L.LightningDataModule):
             persistent_workers=False,
             prefetch_factor=4 if workers > 0 else None,
             collate_fn=collate_skipping_bad,
+            # Its own generator: creating an iterator never draws from the global RNG, which
+            # drives dropout in the main process (reseeded per epoch by EpochSeeding).
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
-    def _balanced_sampler(self) -> WeightedRandomSampler:
-        labels = [r.label for r in self.train_records]
-        counts = {c: labels.count(c) for c in (0, 1)}
-        weights = [1.0 / counts[y] for y in labels]
-        generator = torch.Generator().manual_seed(self.seed)
-        return WeightedRandomSampler(weights, len(labels), replacement=True, generator=generator)
+    def _sampler(self) -> EpochSampler:
+        """A shuffle per epoch, or a class-balanced draw, both seeded by the epoch clock."""
+        weights = None
+        if self.config.balanced_sampler:
+            labels = [r.label for r in self.train_records]
+            counts = {c: labels.count(c) for c in (0, 1)}
+            weights = [1.0 / counts[y] for y in labels]
+        return EpochSampler(self.clock, len(self.train_records), weights)
 
     def train_dataloader(self) -> DataLoader:
-        sampler = self._balanced_sampler() if self.config.balanced_sampler else None
-        return self._loader(self.train_set, shuffle=True, sampler=sampler)
+        return self._loader(self.train_set, shuffle=False, sampler=self._sampler())
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, shuffle=False)

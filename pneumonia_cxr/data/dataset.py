@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, default_collate
 
+from pneumonia_cxr.data.epoch_seeding import EpochClock, seeded_transform
 from pneumonia_cxr.data.loader import load_xray
 from pneumonia_cxr.errors import ImageLoadError
 
@@ -23,13 +24,16 @@ class XrayDataset(Dataset):
         labels: Sequence[int] | None,
         transform: Callable[[torch.Tensor], torch.Tensor],
         min_side: int | None = None,
+        clock: EpochClock | None = None,
     ) -> None:
+        """`clock` (training only): seed each sample's augmentation per (epoch, index)."""
         self.paths = [Path(p) for p in paths]
         self.labels = list(labels) if labels is not None else [-1] * len(self.paths)
         if len(self.labels) != len(self.paths):
             raise ValueError("paths and labels differ in length")
         self.transform = transform
         self.min_side = min_side
+        self.clock = clock
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -40,8 +44,12 @@ class XrayDataset(Dataset):
         except ImageLoadError as error:
             warnings.warn(f"skipping unreadable image {error}", stacklevel=2)
             return {"index": index, "error": str(error)}
+        if self.clock is not None:
+            image = seeded_transform(self.clock, index, self.transform, image)
+        else:
+            image = self.transform(image)
         return {
-            "image": self.transform(image),
+            "image": image,
             "label": torch.tensor(float(self.labels[index])),
             "index": index,
         }

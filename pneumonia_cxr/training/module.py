@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from typing import Any
 
 import lightning as L
@@ -12,22 +11,6 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
 from pneumonia_cxr.model.classifier import PneumoniaNet
-
-
-def _rng_state() -> dict[str, Any]:
-    return {
-        "torch": torch.get_rng_state(),
-        "numpy": [
-            torch.from_numpy(v) if isinstance(v, np.ndarray) else v for v in np.random.get_state()
-        ],
-        "python": random.getstate(),
-    }
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(tuple(v.numpy() if torch.is_tensor(v) else v for v in state["numpy"]))
-    random.setstate(state["python"])
 
 
 class PneumoniaLitModule(L.LightningModule):
@@ -54,7 +37,6 @@ class PneumoniaLitModule(L.LightningModule):
         self.register_buffer("class_weights", weights, persistent=False)
         self.skipped_files: set[int] = set()
         self._val_outputs: list[torch.Tensor] = []
-        self._pending_rng: dict[str, Any] | None = None
         self._pending_plateau: dict[str, Any] | None = None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -134,20 +116,14 @@ class PneumoniaLitModule(L.LightningModule):
         return optimizer
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # No RNG state: every random stream of an epoch derives from (seed, stage, epoch).
         checkpoint["pneumonia_cxr"] = {
             "stage": self.stage,
             "plateau": self.plateau.state_dict(),
-            "rng": _rng_state(),
             "skipped_files": sorted(self.skipped_files),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         extra = checkpoint["pneumonia_cxr"]
         self._pending_plateau = extra["plateau"]
-        self._pending_rng = extra["rng"]
         self.skipped_files.update(extra["skipped_files"])
-
-    def on_train_start(self) -> None:
-        if self._pending_rng is not None:
-            _set_rng_state(self._pending_rng)
-            self._pending_rng = None

@@ -23,6 +23,7 @@ from pneumonia_cxr import __version__
 from pneumonia_cxr.config import Preprocessing, RunConfig
 from pneumonia_cxr.data.datamodule import XrayDataModule
 from pneumonia_cxr.data.discovery import list_images, resolve_dataset
+from pneumonia_cxr.data.epoch_seeding import EpochClock
 from pneumonia_cxr.data.fingerprint import records_fingerprint
 from pneumonia_cxr.data.split import (
     PatientSplit,
@@ -33,11 +34,18 @@ from pneumonia_cxr.data.split import (
 from pneumonia_cxr.errors import RunFolderError
 from pneumonia_cxr.evaluation.plots import plot_learning_curves
 from pneumonia_cxr.evaluation.threshold import fit_operating_point
+from pneumonia_cxr.faults import FAULT_ENV, kill_if
 from pneumonia_cxr.model.backbones import get_backbone
 from pneumonia_cxr.model.classifier import PneumoniaNet
 from pneumonia_cxr.model.model_file import ModelBundle, save_model
 from pneumonia_cxr.storage import atomic_write_text
-from pneumonia_cxr.training.callbacks import EpochMetricsCSV, TrainingProgressBar, drop_rows_from
+from pneumonia_cxr.training.callbacks import (
+    EpochMetricsCSV,
+    EpochSeeding,
+    KillAtBatch,
+    TrainingProgressBar,
+    drop_rows_from,
+)
 from pneumonia_cxr.training.checkpointing import AtomicCheckpointIO
 from pneumonia_cxr.training.files import CONFIG_FILE, FINAL_MODEL_NAME, SUMMARY_FILE, RunPaths
 from pneumonia_cxr.training.module import PneumoniaLitModule
@@ -79,7 +87,12 @@ def _load_net_weights(net: PneumoniaNet, checkpoint_path: str | Path) -> None:
 
 
 def _make_trainer(
-    config: RunConfig, paths: RunPaths, stage: int, epochs: int, extra_callbacks: list
+    config: RunConfig,
+    paths: RunPaths,
+    stage: int,
+    epochs: int,
+    extra_callbacks: list,
+    clock: EpochClock,
 ) -> L.Trainer:
     train = config.train
     checkpoint = ModelCheckpoint(
@@ -90,14 +103,19 @@ def _make_trainer(
         save_top_k=1,
         save_last=True,
         enable_version_counter=False,
+        # Written once the epoch (validation included) is over: "epoch done" and "its
+        # checkpoint written" are one fact, so a resume never runs an epoch twice.
+        save_on_train_epoch_end=True,
     )
     early_stopping = EarlyStopping(
         monitor=train.monitor, mode="max", patience=train.early_stopping_patience
     )
-    loggers = [
-        CSVLogger(paths.root / "logs", name=f"stage{stage}", version=""),
+    loggers = [  # a new CSV folder per invocation: a resume never deletes earlier logs
+        CSVLogger(paths.root / "logs", name=f"stage{stage}", version=_attempt(paths, stage)),
         TensorBoardLogger(paths.root / "logs", name="tensorboard", version=f"stage{stage}"),
     ]
+    if os.environ.get(FAULT_ENV):
+        extra_callbacks = [*extra_callbacks, KillAtBatch(stage)]
     return L.Trainer(
         max_epochs=epochs,
         accelerator=train.accelerator,
@@ -107,6 +125,7 @@ def _make_trainer(
         precision=_precision(config),
         callbacks=[
             TrainingProgressBar(),
+            EpochSeeding(clock),
             checkpoint,
             early_stopping,
             EpochMetricsCSV(paths.metrics, stage),
@@ -158,15 +177,16 @@ def _run_stage(
         lr_patience=config.train.lr_patience,
         lr_factor=config.train.lr_factor,
     )
-    trainer = _make_trainer(config, paths, stage, epochs, extra_callbacks)
-    last = paths.stage_checkpoints(stage) / "last.ckpt"
-    resume_from = last if last.exists() else None
+    trainer = _make_trainer(config, paths, stage, epochs, extra_callbacks, datamodule.clock)
+    resume_from, finished_epoch = intact_checkpoint(paths, stage)
     if resume_from is not None:
-        epoch = torch.load(last, map_location="cpu", weights_only=True)["epoch"]
-        drop_rows_from(paths.metrics, stage, epoch + 1)
+        drop_rows_from(paths.metrics, stage, finished_epoch + 1)
+    # The first epoch's loader is built before any epoch hook runs: set its epoch now.
+    datamodule.clock.stage, datamodule.clock.epoch = stage, finished_epoch + 1
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
     if trainer.interrupted:
         raise KeyboardInterrupt(f"stage {stage} interrupted; resume with --resume {paths.root}")
+    last = paths.stage_checkpoints(stage) / "last.ckpt"
     best = trainer.checkpoint_callback.best_model_path or str(last)
     best_score = trainer.checkpoint_callback.best_model_score
     progress[key] = {
@@ -179,6 +199,56 @@ def _run_stage(
     }
     if trainer.is_global_zero:
         _write_progress(paths, progress)
+    kill_if(f"after_stage{stage}")
+
+
+def _attempt(paths: RunPaths, stage: int) -> str:
+    folder = paths.root / "logs" / f"stage{stage}"
+    return f"attempt{len(list(folder.glob('attempt*'))) if folder.is_dir() else 0}"
+
+
+def _checkpoint_epoch(path: Path) -> int:
+    """The finished epoch a checkpoint holds; ValueError when the file is damaged."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        epoch = int(checkpoint["epoch"])
+        if "state_dict" not in checkpoint or "pneumonia_cxr" not in checkpoint:
+            raise KeyError("state_dict or pneumonia_cxr")
+    except Exception as error:  # truncated zip, random bytes, a foreign file
+        raise ValueError(f"{type(error).__name__}: {str(error)[:120]}") from error
+    return epoch
+
+
+def intact_checkpoint(paths: RunPaths, stage: int) -> tuple[Path | None, int]:
+    """Where a stage resumes: last.ckpt, else (damaged) best.ckpt, with the finished epoch.
+
+    (None, -1) when the stage never wrote a checkpoint (it starts from its beginning). Every
+    epoch's random streams derive from (seed, stage, epoch), so resuming from an older intact
+    checkpoint re-runs the later epochs identically.
+
+    Raises:
+        RunFolderError: checkpoints exist but none can be read: never a silent restart.
+    """
+    folder = paths.stage_checkpoints(stage)
+    present = [folder / name for name in ("last.ckpt", "best.ckpt") if (folder / name).exists()]
+    problems = []
+    for path in present:
+        try:
+            epoch = _checkpoint_epoch(path)
+        except ValueError as error:
+            log.warning("%s is damaged (%s); trying the next checkpoint", path, error)
+            problems.append(f"{path.name}: {error}")
+            continue
+        if problems:
+            log.warning("resuming stage %d from %s (epoch %d)", stage, path, epoch)
+        return path, epoch
+    if present:
+        raise RunFolderError(
+            f"every checkpoint of stage {stage} in {folder} is damaged ({'; '.join(problems)}). "
+            f"To redo stage {stage} from its start: rm -r {folder} && pneumonia-cxr train "
+            f"--resume {paths.root}"
+        )
+    return None, -1
 
 
 def _best_stage(progress: dict[str, Any]) -> dict[str, Any]:
@@ -322,6 +392,7 @@ _LIBRARY_NOISE = (
     r".*is smaller than the logging interval",
     r".*treespec.*deprecated",
     r".*LeafSpec.*deprecated",
+    r"Checkpoint directory .* exists and is not empty",  # a resume writes there on purpose
 )
 
 

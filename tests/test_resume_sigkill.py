@@ -1,0 +1,139 @@
+"""A run killed with SIGKILL at any moment and resumed ends bit-identical to an unbroken run.
+
+Each run is `pneumonia-cxr train` in a subprocess with the CLI's defaults (2 loader workers,
+augmentation, shuffling, class weights, early stopping, plateau LR, both stages, the threshold
+fit), on tiny images and 3 batches per epoch. The process kills itself with SIGKILL at a named
+point (`pneumonia_cxr.faults`), or the test kills it from outside; then `--resume` finishes it.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from pneumonia_cxr.faults import FAULT_ENV
+
+FINAL = "final_pneumonia_model.pt"
+TRAIN_FLAGS = [
+    "--backbone", "resnet18", "--weights", "none", "--image_size", "48", "--batch_size", "8",
+    "--val_fraction", "0.25", "--stage1_epochs", "2", "--stage2_epochs", "2",
+    "--limit_train_batches", "3", "--seed", "7", "--patience", "5",
+]  # fmt: skip
+ROW_KEYS = ("stage", "epoch", "train_loss", "val_loss", "val_auc", "lr")
+
+
+def _train(args: list[str], fault: str | None = None) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != FAULT_ENV}
+    if fault:
+        env[FAULT_ENV] = fault
+    command = [sys.executable, "-m", "pneumonia_cxr.cli", "train", *args]
+    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _run(args: list[str], fault: str | None = None) -> int:
+    process = _train(args, fault)
+    _, err = process.communicate(timeout=600)
+    if process.returncode not in (0, -signal.SIGKILL):
+        raise AssertionError(err.decode()[-3000:])
+    return process.returncode
+
+
+def _new_run(data: Path, out: Path, name: str) -> list[str]:
+    return ["--dataset_path", str(data), *TRAIN_FLAGS, "--output_dir", str(out), "--run_name", name]
+
+
+def _state(run: Path) -> dict[str, torch.Tensor]:
+    payload = torch.load(run / FINAL, map_location="cpu", weights_only=True)
+    return {
+        f"{i}.{k}": v for i, m in enumerate(payload["members"]) for k, v in m["state_dict"].items()
+    } | {"threshold": torch.tensor(payload["threshold"])}
+
+
+def _rows(run: Path) -> list[tuple[str, ...]]:
+    with (run / "metrics.csv").open(newline="") as handle:
+        return [tuple(row[k] for k in ROW_KEYS) for row in csv.DictReader(handle)]
+
+
+@pytest.fixture(scope="module")
+def unbroken(tiny_synthetic: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("unbroken")
+    assert _run(_new_run(tiny_synthetic, out, "run")) == 0
+    return out / "run"
+
+
+def _assert_identical(run: Path, unbroken: Path) -> None:
+    expected, got = _state(unbroken), _state(run)
+    assert expected.keys() == got.keys()
+    different = [k for k in expected if not torch.equal(expected[k], got[k])]
+    assert not different, f"{len(different)} of {len(expected)} tensors differ: {different[:5]}"
+    assert _rows(run) == _rows(unbroken)  # no duplicated or missing epoch, same numbers
+    assert len(_rows(run)) == 4
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        "stage1:epoch1:batch1",  # in the middle of a stage-1 epoch
+        "after_stage1",  # between the two stages
+        "stage2:epoch1:batch1",  # in the middle of a stage-2 epoch
+        "checkpoint:stage2:epoch0",  # right after a checkpoint lands
+        "checkpoint:stage2:epoch1",  # right after the last stage-2 checkpoint lands
+        f"write:{FINAL}",  # while the final model file is being written
+    ],
+)
+def test_sigkill_then_resume_is_bit_identical(
+    fault: str, unbroken: Path, tiny_synthetic: Path, tmp_path: Path
+) -> None:
+    assert _run(_new_run(tiny_synthetic, tmp_path, "run"), fault) == -signal.SIGKILL
+    run = tmp_path / "run"
+    assert not (run / FINAL).exists()
+    assert _run(["--resume", str(run)]) == 0
+    _assert_identical(run, unbroken)
+    assert any((run / "logs" / "stage1").glob("attempt*/metrics.csv"))  # earlier logs kept
+
+
+def test_external_sigkill_then_resume_is_bit_identical(
+    unbroken: Path, tiny_synthetic: Path, tmp_path: Path
+) -> None:
+    process = _train(_new_run(tiny_synthetic, tmp_path, "run"))
+    landed = tmp_path / "run" / "checkpoints" / "stage1" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    while not landed.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # somewhere in the next epoch
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    assert _run(["--resume", str(tmp_path / "run")]) == 0
+    _assert_identical(tmp_path / "run", unbroken)
+
+
+def test_damaged_last_checkpoint_falls_back_then_refuses_clearly(
+    unbroken: Path, tiny_synthetic: Path, tmp_path: Path
+) -> None:
+    assert _run(_new_run(tiny_synthetic, tmp_path, "run"), "stage2:epoch1:batch1") != 0
+    run = tmp_path / "run"
+    stage2 = run / "checkpoints" / "stage2"
+    last = stage2 / "last.ckpt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # truncated
+    process = _train(["--resume", str(run)])
+    _, err = process.communicate(timeout=600)
+    assert process.returncode == 0 and b"last.ckpt is damaged" in err
+    _assert_identical(run, unbroken)
+
+    for name in ("last.ckpt", "best.ckpt"):
+        (stage2 / name).write_bytes(b"garbage")
+    (run / FINAL).unlink()
+    progress = (run / "progress.json").read_text().replace('"done": true', '"done": false')
+    (run / "progress.json").write_text(progress)
+    process = _train(["--resume", str(run)])
+    _, err = process.communicate(timeout=600)
+    assert process.returncode == 2
+    assert f"rm -r {stage2}" in err.decode() and not (run / FINAL).exists()
