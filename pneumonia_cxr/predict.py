@@ -27,7 +27,7 @@ from tqdm import tqdm
 from pneumonia_cxr.data.loader import is_image_file
 from pneumonia_cxr.inference.predictor import Predictor, ScoredBatch
 from pneumonia_cxr.model.model_file import ModelBundle
-from pneumonia_cxr.storage import atomic_write_text
+from pneumonia_cxr.storage import atomic_write, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,8 @@ class _OverlayWriter:
         )
         for index, original, cam in zip(batch.indices, batch.originals, cams, strict=True):
             target = self.out_dir / self._name(Path(rows[index].path))
-            Image.fromarray(overlay_heatmap(original, cam)).save(target, format="PNG")
+            overlay = Image.fromarray(overlay_heatmap(original, cam))
+            atomic_write(target, lambda handle, image=overlay: image.save(handle, format="PNG"))
             rows[index].heatmap = str(target)
 
 

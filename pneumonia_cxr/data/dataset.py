@@ -38,14 +38,16 @@ class XrayDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, key: int) -> dict[str, Any]:
+        """`key` is an index, or an `EpochSampler` key (index + n * k) for repeated draws."""
+        index = key % len(self.paths)
         try:
             image = load_xray(self.paths[index], min_side=self.min_side)
         except ImageLoadError as error:
             warnings.warn(f"skipping unreadable image {error}", stacklevel=2)
             return {"index": index, "error": str(error)}
         if self.clock is not None:
-            image = seeded_transform(self.clock, index, self.transform, image)
+            image = seeded_transform(self.clock, key, self.transform, image)
         else:
             image = self.transform(image)
         return {

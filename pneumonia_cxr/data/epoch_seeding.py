@@ -42,7 +42,12 @@ class EpochClock:
 
 
 class EpochSampler(Sampler[int]):
-    """A shuffled order per epoch, or, with `weights`, a class-balanced draw with replacement."""
+    """A shuffled order per epoch, or, with `weights`, a class-balanced draw with replacement.
+
+    A draw is a key `index + n * k` for the k-th draw of `index` in the epoch (k = 0 without
+    replacement), so an image drawn twice gets two different augmentations; `XrayDataset`
+    reads the image at `key % n` and seeds its augmentation with the key.
+    """
 
     def __init__(self, clock: EpochClock, n: int, weights: Sequence[float] | None = None) -> None:
         self.clock, self.n = clock, n
@@ -55,9 +60,14 @@ class EpochSampler(Sampler[int]):
         generator = self.clock.generator("order")
         if self.weights is None:
             order = torch.randperm(self.n, generator=generator)
-        else:
-            order = torch.multinomial(self.weights, self.n, replacement=True, generator=generator)
-        return iter(order.tolist())
+            return iter(order.tolist())
+        order = torch.multinomial(self.weights, self.n, replacement=True, generator=generator)
+        seen: dict[int, int] = {}
+        keys = []
+        for index in order.tolist():
+            keys.append(index + self.n * seen.get(index, 0))
+            seen[index] = seen.get(index, 0) + 1
+        return iter(keys)
 
 
 def seeded_transform(clock: EpochClock, index: int, transform, image: torch.Tensor):

@@ -29,6 +29,7 @@ from pneumonia_cxr.evaluation.calibration import (
     reliability_curve,
 )
 from pneumonia_cxr.evaluation.metrics import threshold_metrics
+from pneumonia_cxr.storage import atomic_write
 
 DPI = 120
 CLASS_COLORS: dict[str, str] = {CLASS_NAMES[0]: "tab:blue", CLASS_NAMES[1]: "tab:red"}
@@ -36,13 +37,12 @@ CLASS_COLORS: dict[str, str] = {CLASS_NAMES[0]: "tab:blue", CLASS_NAMES[1]: "tab
 
 def _save(figure: Figure, path: str | Path) -> Path:
     """Write the figure as PNG (creating the folder) and release its artists."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        figure.savefig(path, dpi=DPI, bbox_inches="tight", format="png")
+    try:  # whole or not at all: a killed evaluation leaves no half-written figure
+        return atomic_write(
+            path, lambda handle: figure.savefig(handle, dpi=DPI, bbox_inches="tight", format="png")
+        )
     finally:
         figure.clear()
-    return path
 
 
 def _percent(value: float) -> str:

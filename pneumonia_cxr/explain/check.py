@@ -35,6 +35,7 @@ from pneumonia_cxr.explain.sanity import pointing_game, randomization_test
 from pneumonia_cxr.inference.predictor import load_input
 from pneumonia_cxr.model.classifier import parameter_layers
 from pneumonia_cxr.model.model_file import ModelBundle
+from pneumonia_cxr.storage import atomic_write_text
 
 EXPLAIN_CHECK_FILE = "explain_check.json"
 DEFAULT_TOP_LAYERS = 4
@@ -253,9 +254,7 @@ def _json_safe(value: Any) -> Any:
 def write_explain_check(result: dict[str, Any], output_dir: str | Path) -> Path:
     """Write `explain_check.json` into `output_dir` (created)."""
     path = Path(output_dir) / EXPLAIN_CHECK_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    return path
+    return atomic_write_text(path, json.dumps(result, indent=2, allow_nan=False) + "\n")
 
 
 def explain_check_job(

@@ -19,6 +19,7 @@ from pytorch_grad_cam.utils.image import show_cam_on_image
 
 from pneumonia_cxr import CLASS_NAMES
 from pneumonia_cxr.inference.decision import decide
+from pneumonia_cxr.storage import atomic_write
 
 GROUPS: tuple[str, ...] = ("TP", "FP", "TN", "FN")
 """Confusion-matrix groups, in the order figures show them."""
@@ -163,6 +164,4 @@ def save_gradcam_grid(
         overlay.imshow(overlay_heatmap(gray, example.cam))
         original.set_title(_cell_title(example), fontsize=8, loc="left")
         overlay.set_title("overlay", fontsize=8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, format="png", dpi=100)
-    return path
+    return atomic_write(path, lambda handle: figure.savefig(handle, format="png", dpi=100))

@@ -11,7 +11,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 
 from pneumonia_cxr.data.epoch_seeding import EpochClock, stream_seed
@@ -82,6 +82,20 @@ class TrainingProgressBar(TQDMProgressBar):
         return Tqdm(disable=True)
 
 
+class EpochEndCheckpoint(ModelCheckpoint):
+    """best.ckpt when the monitor improves, and last.ckpt after every epoch.
+
+    Lightning 2.6 writes last.ckpt only together with a top-k save; written after every epoch,
+    a resume re-runs at most the epoch that was in progress. Uses Lightning's own (private)
+    `_save_last_checkpoint`, the method its `on_train_epoch_end` calls.
+    """
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, module)
+        if self._last_global_step_saved != trainer.global_step and not trainer.sanity_checking:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
 class EpochSeeding(L.Callback):
     """Reseeds the main process at each epoch start and moves the clock to the next epoch."""
 
@@ -96,7 +110,9 @@ class EpochSeeding(L.Callback):
                 f"epoch clock at {self.clock.epoch}, trainer at {trainer.current_epoch}: the "
                 "loader of this epoch was built for another epoch"
             )
-        seed = stream_seed(self.clock.seed, "main", self.clock.stage, self.clock.epoch)
+        seed = stream_seed(
+            self.clock.seed, "main", self.clock.stage, self.clock.epoch, trainer.global_rank
+        )
         torch.manual_seed(seed)
         np.random.seed(seed % 2**32)
         random.seed(seed)

@@ -38,6 +38,7 @@ class PneumoniaLitModule(L.LightningModule):
         self.skipped_files: set[int] = set()
         self._val_outputs: list[torch.Tensor] = []
         self._pending_plateau: dict[str, Any] | None = None
+        self._pending_should_stop = False
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images).squeeze(1)
@@ -119,6 +120,8 @@ class PneumoniaLitModule(L.LightningModule):
         # No RNG state: every random stream of an epoch derives from (seed, stage, epoch).
         checkpoint["pneumonia_cxr"] = {
             "stage": self.stage,
+            # Early stopping decided at this epoch's end: a resume must not run another epoch.
+            "should_stop": bool(self.trainer.should_stop),
             "plateau": self.plateau.state_dict(),
             "skipped_files": sorted(self.skipped_files),
         }
@@ -126,4 +129,9 @@ class PneumoniaLitModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         extra = checkpoint["pneumonia_cxr"]
         self._pending_plateau = extra["plateau"]
+        self._pending_should_stop = bool(extra.get("should_stop", False))
         self.skipped_files.update(extra["skipped_files"])
+
+    def on_train_start(self) -> None:
+        if self._pending_should_stop:
+            self.trainer.should_stop = True

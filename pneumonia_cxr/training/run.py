@@ -15,7 +15,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -40,6 +40,7 @@ from pneumonia_cxr.model.classifier import PneumoniaNet
 from pneumonia_cxr.model.model_file import ModelBundle, save_model
 from pneumonia_cxr.storage import atomic_write_text
 from pneumonia_cxr.training.callbacks import (
+    EpochEndCheckpoint,
     EpochMetricsCSV,
     EpochSeeding,
     KillAtBatch,
@@ -95,7 +96,7 @@ def _make_trainer(
     clock: EpochClock,
 ) -> L.Trainer:
     train = config.train
-    checkpoint = ModelCheckpoint(
+    checkpoint = EpochEndCheckpoint(
         dirpath=paths.stage_checkpoints(stage),
         filename="best",
         monitor=train.monitor,
@@ -132,7 +133,7 @@ def _make_trainer(
             *extra_callbacks,
         ],
         logger=loggers,
-        plugins=[AtomicCheckpointIO()],
+        plugins=[AtomicCheckpointIO(), *_slurm_plugins()],
         default_root_dir=paths.root,
         num_sanity_val_steps=0,
         log_every_n_steps=10,
@@ -179,7 +180,7 @@ def _run_stage(
     )
     trainer = _make_trainer(config, paths, stage, epochs, extra_callbacks, datamodule.clock)
     resume_from, finished_epoch = intact_checkpoint(paths, stage)
-    if resume_from is not None:
+    if _is_rank_zero():  # rows of epochs no checkpoint holds (all of them without one)
         drop_rows_from(paths.metrics, stage, finished_epoch + 1)
     # The first epoch's loader is built before any epoch hook runs: set its epoch now.
     datamodule.clock.stage, datamodule.clock.epoch = stage, finished_epoch + 1
@@ -200,6 +201,14 @@ def _run_stage(
     if trainer.is_global_zero:
         _write_progress(paths, progress)
     kill_if(f"after_stage{stage}")
+
+
+def _slurm_plugins() -> list:
+    """Under Slurm, no mid-epoch `hpc_ckpt` on SIGUSR1 and no automatic resume from one: a
+    requeued job resumes from its epoch-end checkpoints (`--resume`), as everywhere else."""
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
 
 
 def _attempt(paths: RunPaths, stage: int) -> str:
@@ -230,6 +239,8 @@ def intact_checkpoint(paths: RunPaths, stage: int) -> tuple[Path | None, int]:
         RunFolderError: checkpoints exist but none can be read: never a silent restart.
     """
     folder = paths.stage_checkpoints(stage)
+    for stale in [*folder.glob(".*.tmp"), *paths.root.glob(".*.tmp")]:
+        stale.unlink(missing_ok=True)  # half-written files of a killed run (never renamed)
     present = [folder / name for name in ("last.ckpt", "best.ckpt") if (folder / name).exists()]
     problems = []
     for path in present:
@@ -319,6 +330,8 @@ def train(
     `epoch_overrides` ({"stage1_epochs": n, "stage2_epochs": m}) lengthens or shortens a
     resumed run; the change is saved in config.json so the run folder stays truthful.
     """
+    if os.environ.get(FAULT_ENV):
+        log.warning("%s is set: this run will kill itself at %s", FAULT_ENV, os.environ[FAULT_ENV])
     with _quiet_libraries():
         return _train(config, resume, epoch_overrides, extra_callbacks)
 
