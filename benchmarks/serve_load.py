@@ -87,13 +87,13 @@ def main() -> None:
     command += ["--max_upload_mb", str(args.max_upload_mb), "--max_in_flight", "256"]
     if args.model_path:
         command += ["--model_path", args.model_path]
-    started = time.monotonic()
+    started, health_at = time.monotonic(), None
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         with httpx.Client(timeout=60) as probe:
             while True:
                 try:
-                    if probe.get(f"{base}/health").status_code == 200:
+                    if health_at is None and probe.get(f"{base}/health").status_code == 200:
                         health_at = time.monotonic() - started
                     if probe.get(f"{base}/ready").status_code == 200:
                         break

@@ -64,3 +64,35 @@ def test_demo_never_deletes_a_previous_run_unless_asked(tmp_path: Path) -> None:
     assert _run_name(tmp_path, overwrite=False).startswith("demo-")
     assert (tmp_path / "demo" / "model.pt").exists()
     assert _run_name(tmp_path, overwrite=True) == "demo" and not (tmp_path / "demo").exists()
+
+
+def test_predict_uses_the_shipped_model_by_default(
+    tiny_synthetic: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from pneumonia_cxr.cli import main
+
+    image = next((tiny_synthetic / "test" / "PNEUMONIA").iterdir())
+    assert main(["predict", str(image), "--engine", "torch", "--no_progress"]) == 0
+    out, err = capsys.readouterr()
+    assert "shipped with pneumonia-cxr" in err and shipped.SHIPPED_MODEL_FILE in err
+    assert out.splitlines()[0].startswith("path,probability,label,ood_score")
+
+
+@pytest.mark.realdata
+def test_shipped_model_reproduces_the_committed_test_confusion(
+    real_data_root: Path, tmp_path: Path
+) -> None:
+    """`pneumonia-cxr evaluate --dataset_path ...` on a fresh clone: the same counts."""
+    import json
+
+    from pneumonia_cxr.evaluation.evaluate import evaluate_model
+
+    committed = json.loads(
+        (Path(__file__).parents[1] / "results/kermany_test/metrics.json").read_text()
+    )
+    result = evaluate_model(
+        None, real_data_root, output_dir=tmp_path, n_resamples=50, explain_images=0
+    )
+    at = result.metrics["at_threshold"]
+    assert at["confusion"] == committed["at_threshold"]["confusion"]
+    assert result.metrics["ood"]["n_flagged"] == committed["ood"]["n_flagged"]
