@@ -12,7 +12,9 @@ WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 SHIPPED_MODEL_FILE = "pneumonia_cxr_effnet_lite0_ensemble.pt"
 SHIPPED_METRICS_FILE = "pneumonia_cxr_effnet_lite0_ensemble.test_metrics.json"
 """Its evaluation on the official test split (a copy of results/kermany_test/metrics.json)."""
-SHIPPED_MODEL_SHA256: str | None = "23cd2d42830ff038a9d9dc775b2e68b3cf99a86e7ea22398a28bf1876e0558cb"
+SHIPPED_MODEL_SHA256: str | None = (
+    "23cd2d42830ff038a9d9dc775b2e68b3cf99a86e7ea22398a28bf1876e0558cb"
+)
 """None until a model is committed: then every load checks the file against this digest."""
 
 
