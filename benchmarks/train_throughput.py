@@ -23,9 +23,9 @@ from torch.utils.data import DataLoader, Dataset
 from pneumonia_cxr.config import RunConfig
 from pneumonia_cxr.data.datamodule import XrayDataModule
 from pneumonia_cxr.data.discovery import list_images
+from pneumonia_cxr.model.backbones import preprocessing_for
 from pneumonia_cxr.model.classifier import PneumoniaNet
 from pneumonia_cxr.training.module import PneumoniaLitModule
-from pneumonia_cxr.training.run import preprocessing_for
 
 
 class RandomImages(Dataset):
@@ -123,7 +123,14 @@ def main() -> None:
                 RandomImages(n, 224), batch_size=args.batch_size, collate_fn=_collate
             )
             step_rate = _fit(_net(backbone, stage, args.unfreeze_layers), memory, args.batches)
-            dm = XrayDataModule(records, records[:1], config.data, preprocessing_for(config))
+            dm = XrayDataModule(
+                records,
+                records[:1],
+                config.data,
+                preprocessing_for(
+                    config.model.backbone, config.data.image_size, config.data.normalization
+                ),
+            )
             real_loader = dm.train_dataloader()
             epoch_rate = _fit(
                 _net(backbone, stage, args.unfreeze_layers), real_loader, args.batches

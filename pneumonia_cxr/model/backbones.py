@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torchvision import models
 
-from pneumonia_cxr.config import IMAGENET_MEAN, IMAGENET_STD
+from pneumonia_cxr.config import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from pneumonia_cxr.errors import WeightsUnavailableError
 
 
@@ -188,3 +188,12 @@ register(
         std=(0.5, 0.5, 0.5),
     )
 )
+
+
+def preprocessing_for(backbone: str, image_size: int, normalization: str) -> Preprocessing:
+    """A new model's input contract: the backbone's pretrained mean/std unless 1/255 ("unit")
+    is asked. The one place a Preprocessing is made; afterwards it travels in the model file."""
+    if normalization == "unit":
+        return Preprocessing(image_size=image_size, normalization="unit")
+    spec = get_backbone(backbone)
+    return Preprocessing(image_size=image_size, mean=spec.mean, std=spec.std)

@@ -81,6 +81,11 @@ class TrainingProgressBar(TQDMProgressBar):
     def init_validation_tqdm(self) -> Tqdm:
         return Tqdm(disable=True)
 
+    def get_metrics(self, trainer: L.Trainer, module: L.LightningModule) -> dict:
+        metrics = super().get_metrics(trainer, module)
+        metrics.pop("v_num", None)  # the logger's folder name, not a figure
+        return metrics
+
 
 class EpochEndCheckpoint(ModelCheckpoint):
     """best.ckpt when the monitor improves, and last.ckpt after every epoch.

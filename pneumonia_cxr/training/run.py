@@ -35,7 +35,7 @@ from pneumonia_cxr.errors import RunFolderError
 from pneumonia_cxr.evaluation.plots import plot_learning_curves
 from pneumonia_cxr.evaluation.threshold import fit_operating_point
 from pneumonia_cxr.faults import FAULT_ENV, kill_if
-from pneumonia_cxr.model.backbones import get_backbone
+from pneumonia_cxr.model.backbones import preprocessing_for
 from pneumonia_cxr.model.classifier import PneumoniaNet
 from pneumonia_cxr.model.model_file import ModelBundle, save_model
 from pneumonia_cxr.storage import atomic_write_text
@@ -52,14 +52,6 @@ from pneumonia_cxr.training.files import CONFIG_FILE, FINAL_MODEL_NAME, SUMMARY_
 from pneumonia_cxr.training.module import PneumoniaLitModule
 
 log = logging.getLogger(__name__)
-
-
-def preprocessing_for(config: RunConfig) -> Preprocessing:
-    """Input contract of the model: the backbone's pretrained mean/std unless 1/255 is asked."""
-    spec = get_backbone(config.model.backbone)
-    if config.data.normalization == "unit":
-        return Preprocessing(image_size=config.data.image_size, normalization="unit")
-    return Preprocessing(image_size=config.data.image_size, mean=spec.mean, std=spec.std)
 
 
 def _precision(config: RunConfig) -> str:
@@ -363,7 +355,9 @@ def _train(
     L.seed_everything(config.train.seed, workers=True)
     started = time.perf_counter()
     split, root = prepare_data(config, paths, resuming=resume is not None)
-    preprocessing = preprocessing_for(config)
+    preprocessing = preprocessing_for(
+        config.model.backbone, config.data.image_size, config.data.normalization
+    )
     datamodule = XrayDataModule(
         split.train, split.val, config.data, preprocessing, seed=config.train.seed
     )
