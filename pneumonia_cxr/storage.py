@@ -7,6 +7,7 @@ the previous file or none, never half of one.
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from collections.abc import Callable
@@ -47,7 +48,9 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
     return path
 
 
+@functools.cache
 def _umask() -> int:
+    """Read once: os.umask can only be read by setting it."""
     mask = os.umask(0)
     os.umask(mask)
     return mask

@@ -28,6 +28,7 @@ SHIPPED_MAX_BYTES = 50_000_000
 
 def test_no_weights_no_data_images_no_large_files() -> None:
     """The one exception: the shipped model, at most 50 MB and pinned by its sha256."""
+    from pneumonia_cxr.data.split import file_sha256
     from pneumonia_cxr.model import shipped
 
     files = _tracked()
@@ -37,7 +38,7 @@ def test_no_weights_no_data_images_no_large_files() -> None:
     assert weights in ([], [model])
     if weights:
         assert model.stat().st_size <= SHIPPED_MAX_BYTES
-        assert shipped.sha256_of(model) == shipped.SHIPPED_MODEL_SHA256
+        assert file_sha256(model) == shipped.SHIPPED_MODEL_SHA256
     files = [f for f in files if f != model]
     # Images only as small figures under assets/ (plots, the Grad-CAM grid), never data.
     images = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from pneumonia_cxr.data.discovery import ImageRecord
+from pneumonia_cxr.data.split import file_sha256
 from pneumonia_cxr.demo import _run_name
 from pneumonia_cxr.errors import ModelFileError
 from pneumonia_cxr.evaluation.metrics import subgroup_sensitivity
@@ -21,7 +22,7 @@ def test_shipped_model_is_checked_against_its_pinned_sha256(
     model = tmp_path / shipped.SHIPPED_MODEL_FILE
     model.write_bytes(b"weights")
     monkeypatch.setattr(shipped, "WEIGHTS_DIR", tmp_path)
-    monkeypatch.setattr(shipped, "SHIPPED_MODEL_SHA256", shipped.sha256_of(model))
+    monkeypatch.setattr(shipped, "SHIPPED_MODEL_SHA256", file_sha256(model))
     assert shipped.default_model_path() == model
     model.write_bytes(b"weights, replaced")
     with pytest.raises(ModelFileError, match="sha256"):

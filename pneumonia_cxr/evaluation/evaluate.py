@@ -47,7 +47,7 @@ from pneumonia_cxr.explain.overlay import CamExample, pick_examples, save_gradca
 from pneumonia_cxr.inference.decision import label_name, probability
 from pneumonia_cxr.inference.predictor import Predictor, Scores
 from pneumonia_cxr.model.model_file import ModelBundle
-from pneumonia_cxr.model.shipped import default_model_path
+from pneumonia_cxr.model.shipped import default_model_path, is_shipped_model
 from pneumonia_cxr.storage import atomic_write_text
 from pneumonia_cxr.training.files import METRICS_FILE, SPLIT_FILE
 
@@ -90,14 +90,10 @@ def _predict(
     predictor: Predictor, records: list[ImageRecord], batch_size: int, workers: int
 ) -> tuple[Scores, np.ndarray, list[ImageRecord], list[ImageRecord]]:
     """Scores and labels of the readable records (file order), and the unreadable records."""
-    result = predictor.score_files(
-        [r.path for r in records], batch_size=batch_size, num_workers=workers
-    )
+    result = predictor.score_records(records, batch_size=batch_size, num_workers=workers)
     for index, message in sorted(result.errors.items()):
         warnings.warn(f"skipping unreadable image {records[index].path}: {message}", stacklevel=2)
-    kept = [records[i] for i in result.indices]
-    labels = np.array([r.label for r in kept], dtype=np.int64)
-    return result.scores, labels, kept, [records[i] for i in sorted(result.errors)]
+    return result.scores, result.labels, result.kept, [records[i] for i in sorted(result.errors)]
 
 
 def _metrics(
@@ -405,8 +401,6 @@ def evaluate_model(
 
 def _default_output_dir(model_path: Path, split: str) -> Path:
     """Beside the model file; for the shipped model (inside the package) under ./outputs."""
-    from pneumonia_cxr.model.shipped import is_shipped_model
-
     if is_shipped_model(model_path):
         return Path("outputs") / f"shipped_model_eval_{split}"
     return model_path.resolve().parent / f"eval_{split}"

@@ -18,7 +18,7 @@ from pneumonia_cxr.evaluation.calibration import check_binary_inputs
 
 if TYPE_CHECKING:
     from pneumonia_cxr.data.discovery import ImageRecord
-    from pneumonia_cxr.inference.predictor import FileScores
+    from pneumonia_cxr.inference.predictor import RecordScores
     from pneumonia_cxr.model.model_file import ModelBundle
 
 
@@ -103,25 +103,22 @@ def fit_operating_point(
     batch_size: int = 32,
     num_workers: int = 0,
     device: str | None = None,
-) -> FileScores:
+) -> RecordScores:
     """Store in `bundle` the threshold (and temperature) fitted on the validation records.
 
     The records are scored through the one inference path (`Predictor`), exactly as
     `evaluate` and `predict` will score images later. Returns the raw validation scores
-    (logits, OOD scores; indices into `val_records`).
+    (logits, OOD scores) with the labels of the readable records.
     """
     from pneumonia_cxr.evaluation.calibration import fit_temperature
     from pneumonia_cxr.inference.decision import probability
     from pneumonia_cxr.inference.predictor import Predictor
 
     predictor = Predictor.from_bundle(bundle, device, source="validation fit")
-    result = predictor.score_files(
-        [r.path for r in val_records], batch_size=batch_size, num_workers=num_workers
-    )
-    if not result.indices:
+    result = predictor.score_records(val_records, batch_size=batch_size, num_workers=num_workers)
+    if not result.kept:
         raise ValueError("no validation image could be read: cannot choose a threshold")
-    labels = np.array([val_records[i].label for i in result.indices])
-    logits = result.scores.logits
+    labels, logits = result.labels, result.scores.logits
     bundle.temperature = fit_temperature(logits, labels) if calibrate else 1.0
     probs = probability(logits, bundle.temperature)
     bundle.threshold = choose_threshold(labels, probs, rule, min_sensitivity)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from pneumonia_cxr.data.discovery import ImageRecord
 from pneumonia_cxr.data.loader import decode_xray, load_xray
 from pneumonia_cxr.data.transforms import build_transforms
 from pneumonia_cxr.errors import ImageLoadError, ModelFileError
@@ -77,6 +78,17 @@ class FileScores:
     indices: list[int]
     scores: Scores
     errors: dict[int, str] = field(default_factory=dict)
+
+
+@dataclass
+class RecordScores:
+    """Scores of labelled records (evaluate, the threshold fit): the readable ones in order."""
+
+    scores: Scores
+    labels: np.ndarray
+    kept: list[ImageRecord]
+    errors: dict[int, str]
+    """Index into the scored records -> why that file could not be read."""
 
 
 def one_line(error: BaseException) -> str:
@@ -292,3 +304,14 @@ class Predictor:
             parts.append(batch.scores)
             errors.update(batch.errors)
         return FileScores(indices, Scores.concat(parts), errors)
+
+    def score_records(
+        self, records: Sequence[ImageRecord], *, batch_size: int = 32, num_workers: int = 0
+    ) -> RecordScores:
+        """`score_files` over labelled records, with the labels of the readable ones."""
+        result = self.score_files(
+            [r.path for r in records], batch_size=batch_size, num_workers=num_workers
+        )
+        kept = [records[i] for i in result.indices]
+        labels = np.array([r.label for r in kept], dtype=np.int64)
+        return RecordScores(result.scores, labels, kept, result.errors)

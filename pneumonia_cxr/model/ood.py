@@ -140,18 +140,3 @@ class ScoringModel(nn.Module):
 def member_features(classifier: nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
     """Pooled features of every member, for fitting the densities."""
     return [member.features(images).float().cpu() for member in classifier.members]
-
-
-def fit_ood(
-    train_features: Sequence[np.ndarray],
-    val_features: Sequence[np.ndarray],
-    quantile: float = DEFAULT_QUANTILE,
-    n_components: int = DEFAULT_COMPONENTS,
-) -> OodScorer:
-    """Densities from the training images' features, cut-off from the validation images'."""
-    densities = [FeatureDensity.fit(f, n_components) for f in train_features]
-    scorer = OodScorer(densities, cutoff=float("inf"), quantile=quantile)
-    with torch.inference_mode():
-        val_scores = scorer([torch.from_numpy(np.asarray(f)) for f in val_features]).numpy()
-    scorer.cutoff = float(np.quantile(val_scores, quantile))
-    return scorer

@@ -3,9 +3,9 @@ weight files): `predict` and `evaluate` use it when no --model_path is given."""
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
+from pneumonia_cxr.data.split import file_sha256
 from pneumonia_cxr.errors import ModelFileError
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
@@ -16,14 +16,6 @@ SHIPPED_MODEL_SHA256: str | None = (
     "23cd2d42830ff038a9d9dc775b2e68b3cf99a86e7ea22398a28bf1876e0558cb"
 )
 """None until a model is committed: then every load checks the file against this digest."""
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def is_shipped_model(path: str | Path) -> bool:
@@ -48,7 +40,7 @@ def default_model_path() -> Path:
             f"{path}: the shipped model file is missing; reinstall the package "
             "(`pip install --force-reinstall pneumonia-cxr`) or pass --model_path"
         )
-    actual = sha256_of(path)
+    actual = file_sha256(path)
     if actual != SHIPPED_MODEL_SHA256:
         raise ModelFileError(
             f"{path}: sha256 {actual[:16]}... differs from the pinned "

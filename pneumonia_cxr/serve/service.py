@@ -15,7 +15,7 @@ import json
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -105,7 +105,7 @@ class ModelService:
             "shipped": _is_shipped(self.model_path),
             "backbone": predictor.engine.backbone_name,
             "members": list(predictor.engine.backbone_names),
-            "preprocessing": json.loads(json.dumps(predictor.engine.preprocessing.__dict__)),
+            "preprocessing": asdict(predictor.engine.preprocessing),
             "threshold": predictor.threshold,
             "threshold_rule": predictor.engine.threshold_rule,
             "min_sensitivity": extra.get("min_sensitivity"),

@@ -44,7 +44,6 @@ def _patient_val(name: str, model_path: Path) -> None:
     target = EVALS / name / "patient_val" / "metrics.json"
     if target.is_file():
         return
-    import numpy as np
 
     from pneumonia_cxr.data.split import read_split_csv
     from pneumonia_cxr.evaluation.metrics import evaluate_predictions
@@ -52,11 +51,15 @@ def _patient_val(name: str, model_path: Path) -> None:
 
     val = read_split_csv(RUNS / "c1_short_s1" / "split.csv").val
     predictor = Predictor.open(model_path, device="cpu")
-    result = predictor.score_files([r.path for r in val])
-    labels = np.array([val[i].label for i in result.indices])
+    result = predictor.score_records(val)
     engine = predictor.engine
     metrics = evaluate_predictions(
-        labels, result.scores.probabilities, engine.threshold, engine.threshold_rule, 1000, 0
+        result.labels,
+        result.scores.probabilities,
+        engine.threshold,
+        engine.threshold_rule,
+        1000,
+        0,
     )
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(metrics, indent=2) + "\n")
