@@ -55,8 +55,8 @@ run_one() {
   echo "$name: done in $(( $(date +%s) - start )) s"
   if [ -n "${PACK_DIR:-}" ]; then
     cp "$OUT/$name.log" "$run/train.log"
-    tar -cf "/tmp/$name.tar" -C "$OUT" "$name/final_fp16.pt" "$name/split.csv" \
-      "$name/config.json" "$name/metrics.csv" "$name/run_summary.json" "$name/train.log" && mv "/tmp/$name.tar" "$PACK_DIR/$name.tar"
+    tar -czf "/tmp/$name.tgz" -C "$OUT" "$name/final_fp16.pt" "$name/split.csv" \
+      "$name/config.json" "$name/metrics.csv" "$name/run_summary.json" "$name/train.log" && mv "/tmp/$name.tgz" "$PACK_DIR/$name.tgz"
   fi
 }
 
