@@ -46,7 +46,8 @@ class PneumoniaLitModule(L.LightningModule):
     def _loss(
         self, logits: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0
     ) -> torch.Tensor:
-        weight = self.class_weights[labels.long()]
+        # The epoch-end validation loss is computed on CPU rows while the buffer sits on the GPU.
+        weight = self.class_weights.to(labels.device)[labels.long()]
         targets = labels * (1.0 - smoothing) + smoothing / 2
         return F.binary_cross_entropy_with_logits(logits.float(), targets, weight=weight)
 

@@ -16,6 +16,6 @@ mkdir -p ../shared/data
   python3 -c "import torch, torchvision, lightning, timm; print('torch', torch.__version__, 'tv', torchvision.__version__, 'lightning', lightning.__version__, 'timm', timm.__version__, 'cuda', torch.cuda.is_available())"
   nproc
   start=$(date +%s)
-  CLI="python3 -m pneumonia_cxr.cli" JOBS=${JOBS:-4} PACK_DIR=$OUT bash results/study2/run_study2.sh
+  CLI="python3 -m pneumonia_cxr.cli" JOBS=${JOBS:-4} PACK_DIR=$OUT bash results/study2/run_study2.sh "$@"
   echo "all candidates: $(( $(date +%s) - start )) s"
 } 2>&1 | tee "$OUT/study2_device.log"
