@@ -31,19 +31,23 @@ ROW_KEYS = ("stage", "epoch", "train_loss", "val_loss", "val_auc", "lr")
 
 
 def _train(args: list[str], fault: str | None = None) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k != FAULT_ENV}
+    # Outside pytest's environment, as a user runs it (libraries print differently under pytest).
+    env = {k: v for k, v in os.environ.items() if k != FAULT_ENV and not k.startswith("PYTEST")}
     if fault:
         env[FAULT_ENV] = fault
     command = [sys.executable, "-m", "pneumonia_cxr.cli", "train", *args]
-    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
-def _run(args: list[str], fault: str | None = None) -> int:
+def _run(args: list[str], fault: str | None = None) -> tuple[int, str]:
+    """Exit code and everything the run printed."""
     process = _train(args, fault)
-    _, err = process.communicate(timeout=600)
+    output, _ = process.communicate(timeout=600)
     if process.returncode not in (0, -signal.SIGKILL):
-        raise AssertionError(err.decode()[-3000:])
-    return process.returncode
+        raise AssertionError(output[-3000:])
+    return process.returncode, output
 
 
 def _new_run(data: Path, out: Path, name: str) -> list[str]:
@@ -63,10 +67,26 @@ def _rows(run: Path) -> list[tuple[str, ...]]:
 
 
 @pytest.fixture(scope="module")
-def unbroken(tiny_synthetic: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def unbroken_run(
+    tiny_synthetic: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("unbroken")
-    assert _run(_new_run(tiny_synthetic, out, "run")) == 0
-    return out / "run"
+    code, output = _run(_new_run(tiny_synthetic, out, "run"))
+    assert code == 0
+    return out / "run", output
+
+
+@pytest.fixture(scope="module")
+def unbroken(unbroken_run: tuple[Path, str]) -> Path:
+    return unbroken_run[0]
+
+
+def test_training_output_has_no_library_noise(unbroken_run: tuple[Path, str]) -> None:
+    """One progress bar and our own lines: no Lightning tips, banners or stop notices."""
+    _, output = unbroken_run
+    for noise in ("Tip", "GPU available", "TPU available", "Trainer.fit` stopped", "LOCAL_RANK"):
+        assert noise not in output, f"{noise!r} in the training output:\n{output[-2000:]}"
+    assert "run folder:" in output
 
 
 def _assert_identical(run: Path, unbroken: Path) -> None:
@@ -92,10 +112,10 @@ def _assert_identical(run: Path, unbroken: Path) -> None:
 def test_sigkill_then_resume_is_bit_identical(
     fault: str, unbroken: Path, tiny_synthetic: Path, tmp_path: Path
 ) -> None:
-    assert _run(_new_run(tiny_synthetic, tmp_path, "run"), fault) == -signal.SIGKILL
+    assert _run(_new_run(tiny_synthetic, tmp_path, "run"), fault)[0] == -signal.SIGKILL
     run = tmp_path / "run"
     assert not (run / FINAL).exists()
-    assert _run(["--resume", str(run)]) == 0
+    assert _run(["--resume", str(run)])[0] == 0
     _assert_identical(run, unbroken)
     assert any((run / "logs" / "stage1").glob("attempt*/metrics.csv"))  # earlier logs kept
 
@@ -111,21 +131,21 @@ def test_external_sigkill_then_resume_is_bit_identical(
     time.sleep(0.5)  # somewhere in the next epoch
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=60)
-    assert _run(["--resume", str(tmp_path / "run")]) == 0
+    assert _run(["--resume", str(tmp_path / "run")])[0] == 0
     _assert_identical(tmp_path / "run", unbroken)
 
 
 def test_damaged_last_checkpoint_falls_back_then_refuses_clearly(
     unbroken: Path, tiny_synthetic: Path, tmp_path: Path
 ) -> None:
-    assert _run(_new_run(tiny_synthetic, tmp_path, "run"), "stage2:epoch1:batch1") != 0
+    assert _run(_new_run(tiny_synthetic, tmp_path, "run"), "stage2:epoch1:batch1")[0] != 0
     run = tmp_path / "run"
     stage2 = run / "checkpoints" / "stage2"
     last = stage2 / "last.ckpt"
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # truncated
     process = _train(["--resume", str(run)])
-    _, err = process.communicate(timeout=600)
-    assert process.returncode == 0 and b"last.ckpt is damaged" in err
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0 and "last.ckpt is damaged" in output
     _assert_identical(run, unbroken)
 
     for name in ("last.ckpt", "best.ckpt"):
@@ -134,6 +154,6 @@ def test_damaged_last_checkpoint_falls_back_then_refuses_clearly(
     progress = (run / "progress.json").read_text().replace('"done": true', '"done": false')
     (run / "progress.json").write_text(progress)
     process = _train(["--resume", str(run)])
-    _, err = process.communicate(timeout=600)
+    output, _ = process.communicate(timeout=600)
     assert process.returncode == 2
-    assert f"rm -r {stage2}" in err.decode() and not (run / FINAL).exists()
+    assert f"rm -r {stage2}" in output and not (run / FINAL).exists()

@@ -139,3 +139,12 @@ def test_reference_command_sequence_finds_the_latest_model_and_output_is_quiet(
     args = ["evaluate", "--model_path", str(latest), "--dataset_path", str(tiny_synthetic)]
     assert main([*args, "--explain_images", "0", "--n_resamples", "50"]) == 0
     assert (latest_run / "eval_test" / "metrics.json").is_file()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_trains_on_a_gpu_with_class_weights(tiny_synthetic: Path, tmp_path: Path) -> None:
+    """The epoch-end validation loss mixes CPU rows with the GPU's class-weight buffer: this
+    broke every GPU training once (study 2's first run on a lent H200)."""
+    config = tiny_config(tiny_synthetic, tmp_path, "gpu", stage1_epochs=1, stage2_epochs=1)
+    config.train.accelerator = "gpu"
+    assert (train(config) / "final_pneumonia_model.pt").is_file()

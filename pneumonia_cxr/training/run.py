@@ -403,15 +403,27 @@ _LIBRARY_NOISE = (
 )
 
 
+_LIBRARY_LOGGERS = (
+    "lightning",
+    "lightning.pytorch",
+    "lightning.fabric",
+    "pytorch_lightning",
+    "lightning_fabric",
+)
+
+
 @contextlib.contextmanager
 def _quiet_libraries() -> Iterator[None]:
     """Training output a user can read: Lightning's tips, start-up banners and warnings about
     choices made on purpose are dropped (errors and our own messages still show), and its
     logger stops repeating each line through the root handler."""
-    lightning_log = logging.getLogger("lightning")
-    saved = lightning_log.level, lightning_log.propagate
-    lightning_log.setLevel(logging.WARNING)
-    lightning_log.propagate = False
+    # lightning.pytorch and lightning.fabric carry their own level and handler, so quieting
+    # the parent "lightning" alone is not enough.
+    loggers = [logging.getLogger(name) for name in _LIBRARY_LOGGERS]
+    saved = [(logger.level, logger.propagate) for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+        logger.propagate = False
     with warnings.catch_warnings():
         for pattern in _LIBRARY_NOISE:
             warnings.filterwarnings("ignore", message=pattern)
@@ -419,8 +431,9 @@ def _quiet_libraries() -> Iterator[None]:
         try:
             yield
         finally:
-            lightning_log.setLevel(saved[0])
-            lightning_log.propagate = saved[1]
+            for logger, (level, propagate) in zip(loggers, saved, strict=True):
+                logger.setLevel(level)
+                logger.propagate = propagate
 
 
 def finalize_model(

@@ -1,5 +1,6 @@
 """Tabulate the study: every candidate's validation and test figures, from the files the
-pre-registered commands wrote. Run: `.venv/bin/python results/study/tabulate.py`.
+pre-registered commands wrote. Run: `.venv/bin/python results/study/study_tables.py` (study 1) or
+`.venv/bin/python results/study/study_tables.py --study 2` (results/study2/PLAN.md).
 
 Validation = the patient-level validation subset of official train + val (split.csv of c1,
 shared by every candidate), scored here through the inference path at each model's stored
@@ -8,11 +9,12 @@ threshold (cached in outputs/study_eval/<id>/patient_val/metrics.json); test = t
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
-RUNS, EVALS = Path("outputs/study"), Path("outputs/study_eval")
 RATES = ("accuracy", "sensitivity", "specificity", "precision", "f1")
 
 
@@ -34,14 +36,37 @@ def _row(name: str, metrics: dict) -> str:
     return f"| {name} | {metrics['threshold']:.4f} | " + " | ".join(cells) + f" | {counts} |"
 
 
-MODELS = {
-    "ensemble_c1_c5": Path("pneumonia_cxr/weights/pneumonia_cxr_effnet_lite0_ensemble.pt"),
+SHIPPED = Path("pneumonia_cxr/weights/pneumonia_cxr_effnet_lite0_ensemble.pt")
+
+
+@dataclass(frozen=True)
+class Study:
+    runs: Path  # run folders of the candidates
+    evals: Path  # <name>/{patient_val,test}/ evaluation outputs
+    model_file: str  # the file of each run that the study evaluates
+    extra_models: dict[str, Path]  # ensembles, evaluated like candidates
+
+
+STUDIES = {
+    "1": Study(
+        Path("outputs/study"),
+        Path("outputs/study_eval"),
+        "final_pneumonia_model.pt",
+        {"ensemble_c1_c5": Path("outputs/study_eval/ensemble_c1_c5.pt")},
+    ),
+    "2": Study(
+        Path("outputs/study2"),
+        Path("outputs/study2_eval"),
+        "final_fp16.pt",
+        {"ensemble_study2": SHIPPED},
+    ),
 }
+SPLIT_CSV = Path("outputs/study/c1_short_s1/split.csv")  # the split every candidate shares
 
 
-def _patient_val(name: str, model_path: Path) -> None:
+def _patient_val(study: Study, name: str, model_path: Path) -> None:
     """Metrics on the patient-level validation subset (the threshold was chosen there)."""
-    target = EVALS / name / "patient_val" / "metrics.json"
+    target = study.evals / name / "patient_val" / "metrics.json"
     if target.is_file():
         return
 
@@ -49,7 +74,7 @@ def _patient_val(name: str, model_path: Path) -> None:
     from pneumonia_cxr.evaluation.metrics import evaluate_predictions
     from pneumonia_cxr.inference.predictor import Predictor
 
-    val = read_split_csv(RUNS / "c1_short_s1" / "split.csv").val
+    val = read_split_csv(SPLIT_CSV).val
     predictor = Predictor.open(model_path, device="cpu")
     result = predictor.score_records(val)
     engine = predictor.engine
@@ -66,11 +91,16 @@ def _patient_val(name: str, model_path: Path) -> None:
 
 
 def main() -> None:
-    for run in sorted(p for p in RUNS.iterdir() if p.is_dir()):
-        if (run / "final_pneumonia_model.pt").is_file():
-            _patient_val(run.name, run / "final_pneumonia_model.pt")
-    for name, path in MODELS.items():
-        _patient_val(name, path)
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--study", choices=sorted(STUDIES), default="1")
+    study = STUDIES[parser.parse_args().study]
+    runs = sorted(p for p in study.runs.iterdir() if p.is_dir())
+    for run in runs:
+        if (run / study.model_file).is_file():
+            _patient_val(study, run.name, run / study.model_file)
+    for name, path in study.extra_models.items():
+        if path.is_file():
+            _patient_val(study, name, path)
     header = (
         "| model | threshold | ROC AUC [95% CI] | accuracy % | sensitivity % | specificity % "
         "| precision % | F1 % | TP/FN/TN/FP |\n| --- |" + " --- |" * 8
@@ -79,7 +109,7 @@ def main() -> None:
         "| candidate | best val AUC (monitor) | epochs (stage 1 + 2) | wall time |",
         "| --- | --- | --- | --- |",
     ]
-    for run in sorted(p for p in RUNS.iterdir() if p.is_dir()):
+    for run in runs:
         summary_path = run / "run_summary.json"
         if not summary_path.is_file():
             training.append(f"| {run.name} | not finished | | |")
@@ -91,7 +121,7 @@ def main() -> None:
         stages = [sum(r["stage"] == s for r in rows) for s in ("1", "2")]
         training.append(
             f"| {run.name} | {best:.4f} | {stages[0]} + {stages[1]} | "
-            f"{seconds / 60:.0f} min (epochs only) |"
+            f"{seconds / 60:.1f} min (epochs only) |"
         )
     print("\n".join(training) + "\n")
     titles = {
@@ -100,7 +130,7 @@ def main() -> None:
     }
     for split in ("patient_val", "test"):
         print(f"{titles[split]}\n\n{header}")
-        for folder in sorted(EVALS.iterdir()):
+        for folder in sorted(p for p in study.evals.iterdir() if p.is_dir()):
             path = folder / split / "metrics.json"
             if path.is_file():
                 print(_row(folder.name, json.loads(path.read_text())))
