@@ -45,6 +45,14 @@ def _best(thresholds: np.ndarray, keys: tuple[np.ndarray, ...]) -> float:
     return float(thresholds[order[-1]])
 
 
+def _midway_below(chosen: float, thresholds: np.ndarray) -> float:
+    """Move a threshold that sits exactly on a validation score halfway down to the next lower
+    score: the same validation decisions, but re-scoring the boundary image (another engine,
+    batch or thread count moves a probability by about 1e-6) can no longer flip it."""
+    lower = thresholds[thresholds < chosen]
+    return float((chosen + lower.max()) / 2) if lower.size else chosen
+
+
 def choose_threshold(
     y_true: ArrayLike,
     y_prob: ArrayLike,
@@ -67,6 +75,9 @@ def choose_threshold(
         rule: One of THRESHOLD_RULES.
         min_sensitivity: Sensitivity floor for the first rule, in [0, 1].
 
+    Every score-based rule returns its chosen validation score moved halfway down to the next
+    lower one (same validation decisions, robust to re-scoring noise).
+
     Returns:
         A threshold in [0, 1]; predict PNEUMONIA when y_prob >= threshold.
     """
@@ -84,13 +95,14 @@ def choose_threshold(
     if rule == "youden":
         # TPR - FPR scaled by n_positive * n_negative: an exact integer, so ties are real ties.
         youden_scaled = tp * n_negative - fp * n_positive
-        return _best(thresholds, (youden_scaled, tp, thresholds))
+        return _midway_below(_best(thresholds, (youden_scaled, tp, thresholds)), thresholds)
     # The lowest candidate (minimum score) has sensitivity 1, so the feasible set is never empty.
     feasible = tp / n_positive >= min_sensitivity
     if rule == "max_threshold_at_sensitivity":
-        return float(thresholds[feasible].max())
+        return _midway_below(float(thresholds[feasible].max()), thresholds)
     # Highest specificity = fewest false positives.
-    return _best(thresholds[feasible], (-fp[feasible], tp[feasible], thresholds[feasible]))
+    chosen = _best(thresholds[feasible], (-fp[feasible], tp[feasible], thresholds[feasible]))
+    return _midway_below(chosen, thresholds)
 
 
 def fit_operating_point(
