@@ -30,15 +30,16 @@ TRAIN_FLAGS = [
 ROW_KEYS = ("stage", "epoch", "train_loss", "val_loss", "val_auc", "lr")
 
 
-def _train(args: list[str], fault: str | None = None) -> subprocess.Popen:
+def _train(
+    args: list[str], fault: str | None = None, output: int = subprocess.PIPE
+) -> subprocess.Popen:
+    """`output=DEVNULL` for a caller that does not read the pipe while the run goes on."""
     # Outside pytest's environment, as a user runs it (libraries print differently under pytest).
     env = {k: v for k, v in os.environ.items() if k != FAULT_ENV and not k.startswith("PYTEST")}
     if fault:
         env[FAULT_ENV] = fault
     command = [sys.executable, "-m", "pneumonia_cxr.cli", "train", *args]
-    return subprocess.Popen(
-        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    return subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT, text=True)
 
 
 def _run(args: list[str], fault: str | None = None) -> tuple[int, str]:
@@ -123,7 +124,7 @@ def test_sigkill_then_resume_is_bit_identical(
 def test_external_sigkill_then_resume_is_bit_identical(
     unbroken: Path, tiny_synthetic: Path, tmp_path: Path
 ) -> None:
-    process = _train(_new_run(tiny_synthetic, tmp_path, "run"))
+    process = _train(_new_run(tiny_synthetic, tmp_path, "run"), output=subprocess.DEVNULL)
     landed = tmp_path / "run" / "checkpoints" / "stage1" / "last.ckpt"
     deadline = time.monotonic() + 300
     while not landed.exists() and process.poll() is None and time.monotonic() < deadline:

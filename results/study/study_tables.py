@@ -36,9 +36,6 @@ def _row(name: str, metrics: dict) -> str:
     return f"| {name} | {metrics['threshold']:.4f} | " + " | ".join(cells) + f" | {counts} |"
 
 
-SHIPPED = Path("pneumonia_cxr/weights/pneumonia_cxr_effnet_lite0_ensemble.pt")
-
-
 @dataclass(frozen=True)
 class Study:
     runs: Path  # run folders of the candidates
@@ -58,7 +55,7 @@ STUDIES = {
         Path("outputs/study2"),
         Path("outputs/study2_eval"),
         "final_fp16.pt",
-        {"ensemble_study2": SHIPPED},
+        {"ensemble_study2": Path("outputs/study2_eval/ensemble_study2.pt")},
     ),
 }
 SPLIT_CSV = Path("outputs/study/c1_short_s1/split.csv")  # the split every candidate shares
@@ -121,11 +118,11 @@ def main() -> None:
         stages = [sum(r["stage"] == s for r in rows) for s in ("1", "2")]
         training.append(
             f"| {run.name} | {best:.4f} | {stages[0]} + {stages[1]} | "
-            f"{seconds / 60:.1f} min (epochs only) |"
+            f"{seconds / 60:.{1 if seconds < 600 else 0}f} min (epochs only) |"
         )
     print("\n".join(training) + "\n")
     titles = {
-        "patient_val": "Patient-level validation subset (784 images; thresholds were chosen here)",
+        "patient_val": "Patient-level validation subset (785 images; thresholds were chosen here)",
         "test": "Official test split (624 images)",
     }
     for split in ("patient_val", "test"):

@@ -4,7 +4,7 @@
 # (the official train and val folders of ../shared/data/kermany_224, and one test image per class
 # only because the layout check wants a non-empty test folder; nothing is evaluated there).
 # Each finished candidate comes back as $OUT/<id>.tgz; the log as $OUT/study2_device.log.
-set -u
+set -u -o pipefail
 export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
   .whl/*.whl || exit 1

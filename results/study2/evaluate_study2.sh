@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Rule 2-4 of results/study2/PLAN.md: each finished candidate once on the test split, the
-# members' ensemble built (the shipped model file) and evaluated once on the test split.
+# members' ensemble built and evaluated once on the test split. The shipped file
+# (pneumonia_cxr/weights/) is that ensemble, copied; writing there directly would replace the
+# pinned file, so ENSEMBLE defaults to a path under outputs/.
 # Usage: bash results/study2/evaluate_study2.sh MEMBER_MODEL_FILE...   (the members of rule 2)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DATA=${PNEUMONIA_CXR_DATA:-../shared/data/kermany_224}
 CLI=${CLI:-.venv/bin/pneumonia-cxr}
-SHIPPED=pneumonia_cxr/weights/pneumonia_cxr_effnet_lite0_ensemble.pt
+ENSEMBLE=${ENSEMBLE:-outputs/study2_eval/ensemble_study2.pt}
 evaluate() {  # model, output folder; skipped when done (each model is evaluated once)
   [ -f "$2/metrics.json" ] && { echo "$2: done"; return; }
   local start=$(date +%s)
@@ -19,6 +21,6 @@ for run in outputs/study2/e*/; do
 done
 if [ ! -f outputs/study2_eval/ensemble_study2/test/metrics.json ]; then
   $CLI ensemble "$@" --threshold_rule max_threshold_at_sensitivity --min_sensitivity 0.95 \
-    --output "$SHIPPED"
+    --output "$ENSEMBLE"
 fi
-evaluate "$SHIPPED" outputs/study2_eval/ensemble_study2/test
+evaluate "$ENSEMBLE" outputs/study2_eval/ensemble_study2/test

@@ -42,7 +42,7 @@ run_one() {
   start=$(date +%s)
   if [ ! -f "$run/final_pneumonia_model.pt" ]; then
     if [ -f "$run/config.json" ]; then
-      $CLI train --resume "$run" > "$OUT/$name.log" 2>&1
+      $CLI train --resume "$run" >> "$OUT/$name.log" 2>&1
     else
       # shellcheck disable=SC2086
       $CLI train $COMMON $extra $EXTRA --run_name "$name" > "$OUT/$name.log" 2>&1
@@ -66,4 +66,4 @@ CANDIDATES=("$@")
   e5_short_jpeg_s3 e6_short_jpeg_s4 e7_short_jpeg_s5)
 export -f run_one args_for
 export DATA OUT CLI EXTRA COMMON JPEG MID ROBUST PACK_DIR=${PACK_DIR:-}
-printf '%s\n' "${CANDIDATES[@]}" | xargs -P "$JOBS" -I{} bash -c 'run_one {}'
+printf '%s\n' "${CANDIDATES[@]}" | xargs -P "$JOBS" -I{} bash -c 'run_one "$1"' _ {}
