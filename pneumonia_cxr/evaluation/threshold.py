@@ -91,18 +91,24 @@ def choose_threshold(
     if rule == "fixed_0.5":
         return 0.5
     thresholds, tp, fp = _candidate_counts(labels, probs)
-    n_positive, n_negative = int(labels.sum()), int(labels.size - labels.sum())
+    return _midway_below(_chosen_score(rule, thresholds, tp, fp, min_sensitivity), thresholds)
+
+
+def _chosen_score(
+    rule: str, thresholds: np.ndarray, tp: np.ndarray, fp: np.ndarray, min_sensitivity: float
+) -> float:
+    """The validation score a score-based rule picks (before it is moved off that score)."""
+    n_positive, n_negative = int(tp.max()), int(fp.max())  # the lowest candidate counts all
     if rule == "youden":
         # TPR - FPR scaled by n_positive * n_negative: an exact integer, so ties are real ties.
         youden_scaled = tp * n_negative - fp * n_positive
-        return _midway_below(_best(thresholds, (youden_scaled, tp, thresholds)), thresholds)
+        return _best(thresholds, (youden_scaled, tp, thresholds))
     # The lowest candidate (minimum score) has sensitivity 1, so the feasible set is never empty.
     feasible = tp / n_positive >= min_sensitivity
     if rule == "max_threshold_at_sensitivity":
-        return _midway_below(float(thresholds[feasible].max()), thresholds)
+        return float(thresholds[feasible].max())
     # Highest specificity = fewest false positives.
-    chosen = _best(thresholds[feasible], (-fp[feasible], tp[feasible], thresholds[feasible]))
-    return _midway_below(chosen, thresholds)
+    return _best(thresholds[feasible], (-fp[feasible], tp[feasible], thresholds[feasible]))
 
 
 def fit_operating_point(
