@@ -60,12 +60,21 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--normalization", choices=NORMALIZATIONS, default=d.data.normalization)
     parser.add_argument("--batch_size", type=int, default=d.data.batch_size)
     parser.add_argument("--num_workers", type=int, default=d.data.num_workers)
-    parser.add_argument("--val_fraction", type=float, default=d.data.val_fraction)
+    parser.add_argument(
+        "--val_fraction", type=float, help=f"default {d.data.val_fraction} (distill: the teacher's)"
+    )
     parser.add_argument(
         "--split_seed",
         type=int,
-        help="seed of the patient-level split (default: --seed); share it across runs that "
-        "will form one ensemble",
+        help="seed of the patient-level split (default: --seed; distill: the teacher's); share "
+        "it across runs that will form one ensemble",
+    )
+    parser.add_argument(
+        "--jpeg_quality",
+        type=int,
+        default=d.data.jpeg_quality,
+        help="re-encode every image as JPEG at this quality after resizing, in training and in "
+        "the model file's preprocessing (0: off)",
     )
     parser.add_argument("--balanced_sampler", action="store_true")
     parser.add_argument("--no_class_weights", action="store_true")
@@ -117,8 +126,10 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     data.dataset_path = args.dataset_path
     data.image_size, data.normalization = args.image_size, args.normalization
     data.batch_size, data.num_workers = args.batch_size, args.num_workers
-    data.val_fraction, data.balanced_sampler = args.val_fraction, args.balanced_sampler
-    data.split_seed = args.split_seed
+    if args.val_fraction is not None:
+        data.val_fraction = args.val_fraction
+    data.balanced_sampler = args.balanced_sampler
+    data.split_seed, data.jpeg_quality = args.split_seed, args.jpeg_quality
     model.backbone, model.weights, model.unfreeze_layers = (
         args.backbone,
         args.weights,
@@ -167,6 +178,34 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = train(config_from_args(args))
     print(f"run folder: {run_dir}")
     return 0
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    """`train` with a teacher: same pipeline, the teacher's split, soft targets."""
+    from pneumonia_cxr.data.split import file_sha256
+    from pneumonia_cxr.training.distill import teacher_split_settings
+    from pneumonia_cxr.training.run import train
+
+    if args.resume:
+        return cmd_train(args)
+    teacher = _model_path_or_shipped(args.teacher)
+    config = config_from_args(args)
+    split_seed, val_fraction = teacher_split_settings(_load_model(teacher))
+    if args.split_seed is None:
+        config.data.split_seed = split_seed
+    if args.val_fraction is None:
+        config.data.val_fraction = val_fraction
+    config.distill.teacher = str(teacher.resolve())
+    config.distill.teacher_sha256 = file_sha256(teacher)
+    config.distill.alpha = args.distill_alpha
+    print(f"run folder: {train(config)}")
+    return 0
+
+
+def _load_model(path: Path):
+    from pneumonia_cxr.model.model_file import load_model
+
+    return load_model(path)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -399,6 +438,21 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="two-stage fine-tuning")
     add_train_args(train)
     train.set_defaults(func=cmd_train)
+
+    distill = sub.add_parser(
+        "distill", help="train one network against a teacher model's probabilities"
+    )
+    add_train_args(distill)
+    distill.add_argument(
+        "--teacher", help="teacher model file (default: the model shipped with the package)"
+    )
+    distill.add_argument(
+        "--distill_alpha",
+        type=float,
+        default=RunConfig().distill.alpha,
+        help="weight of the teacher's probability in each target (the label has 1 - alpha)",
+    )
+    distill.set_defaults(func=cmd_distill)
 
     demo = sub.add_parser("demo", help="the whole pipeline on synthetic data, in minutes")
     demo.add_argument("--output_dir", default="outputs")

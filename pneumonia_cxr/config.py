@@ -29,6 +29,10 @@ class Preprocessing:
     std: tuple[float, float, float] = IMAGENET_STD
     channels: int = 3
     resize: str = "squash"
+    jpeg_quality: int = 0
+    """After resizing, re-encode as JPEG at this quality (0 = off). The public 224-px copies are
+    JPEG q75; a model that learned from them answers the same on an uncompressed original once
+    the original goes through the same compression (benchmarks/resolution_agreement.py)."""
 
     def __post_init__(self) -> None:
         if self.normalization not in NORMALIZATIONS:
@@ -39,6 +43,8 @@ class Preprocessing:
             self.mean, self.std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
         self.mean = tuple(float(v) for v in self.mean)
         self.std = tuple(float(v) for v in self.std)
+        if not 0 <= self.jpeg_quality <= 100:
+            raise ValueError(f"jpeg_quality must be in 0..100 (0 = off), not {self.jpeg_quality}")
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Preprocessing:
@@ -78,6 +84,9 @@ class DataConfig:
     split_seed: int | None = None
     """Seed of the patient-level split; None = the training seed. Runs meant for one ensemble
     share it (their threshold is fitted on validation images no member trained on)."""
+    jpeg_quality: int = 0
+    """Stored in the model's Preprocessing: every image is JPEG re-encoded at this quality after
+    resizing, in training, validation and inference alike (0 = off)."""
     batch_size: int = 32
     num_workers: int = 2
     balanced_sampler: bool = False
@@ -125,10 +134,27 @@ class TrainConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Knowledge distillation (Hinton et al. 2015): the BCE target of each training image is
+    (1 - alpha) * its label + alpha * the teacher's probability for it. The teacher's
+    probabilities are computed once, on unaugmented images, and kept in the run folder."""
+
+    teacher: str | None = None
+    """The teacher model file; None = plain training."""
+    teacher_sha256: str = ""
+    alpha: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"distillation alpha must be in [0, 1], not {self.alpha}")
+
+
+@dataclass
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -84,6 +84,9 @@ def build_transforms(
     if augment is not None and augment.jpeg_quality_min:
         # Re-encode at a random quality: the shared 224-px copies are JPEG q75, originals are not.
         steps.append(v2.JPEG(quality=(augment.jpeg_quality_min, 100)))
+    elif preprocessing.jpeg_quality:
+        # The model's own compression step (deterministic): originals look like the copies.
+        steps.append(v2.JPEG(quality=preprocessing.jpeg_quality))
     if augment is not None:
         steps += _geometric(augment, size)
     steps.append(v2.ToDtype(torch.float32, scale=True))

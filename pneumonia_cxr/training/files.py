@@ -9,6 +9,7 @@ from pneumonia_cxr.model.model_file import FINAL_MODEL_NAME
 
 CONFIG_FILE, SPLIT_FILE, PROGRESS_FILE = "config.json", "split.csv", "progress.json"
 METRICS_FILE, SUMMARY_FILE = "metrics.csv", "run_summary.json"
+TEACHER_FILE = "teacher_probabilities.csv"
 
 
 @dataclass
@@ -26,6 +27,10 @@ class RunPaths:
     @property
     def progress(self) -> Path:
         return self.root / PROGRESS_FILE
+
+    @property
+    def teacher_probabilities(self) -> Path:
+        return self.root / TEACHER_FILE
 
     @property
     def metrics(self) -> Path:

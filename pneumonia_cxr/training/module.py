@@ -27,7 +27,11 @@ class PneumoniaLitModule(L.LightningModule):
         label_smoothing: float = 0.0,
         lr_patience: int = 1,
         lr_factor: float = 0.2,
+        teacher_probabilities: torch.Tensor | None = None,
+        distill_alpha: float = 0.0,
     ) -> None:
+        """`teacher_probabilities[i]`: the teacher's P(PNEUMONIA) for training record i; each
+        training target becomes (1 - distill_alpha) * label + distill_alpha * that."""
         super().__init__()
         self.net = net
         self.stage, self.lr, self.weight_decay = stage, lr, weight_decay
@@ -35,6 +39,9 @@ class PneumoniaLitModule(L.LightningModule):
         self.lr_patience, self.lr_factor = lr_patience, lr_factor
         weights = torch.tensor(class_weights if class_weights else (1.0, 1.0), dtype=torch.float32)
         self.register_buffer("class_weights", weights, persistent=False)
+        # Not part of the checkpoint: the run folder keeps the teacher's probabilities.
+        self.register_buffer("teacher_probabilities", teacher_probabilities, persistent=False)
+        self.distill_alpha = distill_alpha if teacher_probabilities is not None else 0.0
         self.skipped_files: set[int] = set()
         self._val_outputs: list[torch.Tensor] = []
         self._pending_plateau: dict[str, Any] | None = None
@@ -44,12 +51,24 @@ class PneumoniaLitModule(L.LightningModule):
         return self.net(images).squeeze(1)
 
     def _loss(
-        self, logits: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0
+        self,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        smoothing: float = 0.0,
+        soft_targets: torch.Tensor | None = None,
     ) -> torch.Tensor:
         # The epoch-end validation loss is computed on CPU rows while the buffer sits on the GPU.
         weight = self.class_weights.to(labels.device)[labels.long()]
         targets = labels * (1.0 - smoothing) + smoothing / 2
+        if soft_targets is not None:
+            # BCE is linear in its target: this is (1 - a) * BCE(label) + a * BCE(teacher).
+            targets = (1.0 - self.distill_alpha) * targets + self.distill_alpha * soft_targets
         return F.binary_cross_entropy_with_logits(logits.float(), targets, weight=weight)
+
+    def _teacher_targets(self, batch: dict[str, Any]) -> torch.Tensor | None:
+        if self.teacher_probabilities is None:
+            return None
+        return self.teacher_probabilities[batch["index"].to(self.teacher_probabilities.device)]
 
     def _note_skipped(self, batch: dict[str, Any]) -> None:
         self.skipped_files.update(int(i) for i in batch["skipped"])
@@ -59,7 +78,9 @@ class PneumoniaLitModule(L.LightningModule):
         if batch["image"].numel() == 0:
             return None  # every file of the batch was unreadable: skip the step
         images = batch["image"].contiguous(memory_format=torch.channels_last)
-        loss = self._loss(self(images), batch["label"], self.label_smoothing)
+        loss = self._loss(
+            self(images), batch["label"], self.label_smoothing, self._teacher_targets(batch)
+        )
         self.log(
             "train_loss",
             loss,

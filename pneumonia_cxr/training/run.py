@@ -150,6 +150,7 @@ def _run_stage(
     paths: RunPaths,
     progress: dict[str, Any],
     extra_callbacks: list,
+    teacher: torch.Tensor | None = None,
 ) -> None:
     """Fit one stage (resuming from its last checkpoint if any); record its best checkpoint."""
     epochs = config.train.stage1_epochs if stage == 1 else config.train.stage2_epochs
@@ -169,6 +170,8 @@ def _run_stage(
         label_smoothing=config.train.label_smoothing,
         lr_patience=config.train.lr_patience,
         lr_factor=config.train.lr_factor,
+        teacher_probabilities=teacher,
+        distill_alpha=config.distill.alpha,
     )
     trainer = _make_trainer(config, paths, stage, epochs, extra_callbacks, datamodule.clock)
     resume_from, finished_epoch = intact_checkpoint(paths, stage)
@@ -356,8 +359,12 @@ def _train(
     started = time.perf_counter()
     split, root = prepare_data(config, paths, resuming=resume is not None)
     preprocessing = preprocessing_for(
-        config.model.backbone, config.data.image_size, config.data.normalization
+        config.model.backbone,
+        config.data.image_size,
+        config.data.normalization,
+        config.data.jpeg_quality,
     )
+    teacher = _teacher(config, split, paths)
     datamodule = XrayDataModule(
         split.train, split.val, config.data, preprocessing, seed=config.train.seed
     )
@@ -370,7 +377,9 @@ def _train(
     progress = _read_progress(paths)
     with _workers_join(paths):
         for stage in (1, 2):
-            _run_stage(stage, net, datamodule, config, paths, progress, extra_callbacks or [])
+            _run_stage(
+                stage, net, datamodule, config, paths, progress, extra_callbacks or [], teacher
+            )
     if not _is_rank_zero():
         return paths.root
     _load_net_weights(net, _best_stage(progress)["best_checkpoint"])
@@ -381,6 +390,21 @@ def _train(
     _write_summary(paths, config, progress, bundle, datamodule, time.perf_counter() - started, root)
     _link_latest(paths)
     return paths.root
+
+
+def _teacher(config: RunConfig, split: PatientSplit, paths: RunPaths) -> torch.Tensor | None:
+    """The teacher's probabilities for the training images (distillation only)."""
+    if config.distill.teacher is None:
+        return None
+    from pneumonia_cxr.training.distill import teacher_probabilities
+
+    return teacher_probabilities(
+        config.distill.teacher,
+        config.distill.teacher_sha256,
+        split,
+        paths.teacher_probabilities,
+        batch_size=config.data.batch_size,
+    )
 
 
 def _link_latest(paths: RunPaths) -> None:
