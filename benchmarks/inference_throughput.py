@@ -11,6 +11,9 @@ thread pools or compiled kernels cannot help the next):
 - ort_all        ONNX Runtime fp32, all optimizations: `pneumonia_cxr.inference.engines.OnnxEngine`.
 - ort_int8       ONNX Runtime static int8 (QDQ, per-channel weights, convolutions only),
                  calibrated on training-split images, never on the benchmark images.
+- ov_f32         OpenVINO fp32 on the same .onnx: `pneumonia_cxr.inference.engines.OpenVinoEngine`.
+- ov_bf16        OpenVINO bfloat16 (its own default on CPUs with bf16 units, AMX/AVX512-BF16):
+                 reduced precision, only used when asked for; the table shows its label agreement.
 - gradcam        Grad-CAM images/s (`model_cams`: the model's own target layers, batch 16).
 
 The timed batches are real test-split images (load_xray + the model's own transforms), so the
@@ -26,6 +29,7 @@ Run: `.venv/bin/python benchmarks/inference_throughput.py [--model_path M] [--re
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import resource
@@ -62,6 +66,8 @@ VARIANTS: tuple[str, ...] = (
     "ort_basic",
     "ort_all",
     "ort_int8",
+    "ov_f32",
+    "ov_bf16",
 )
 BASELINE = "eager"
 GOAL_SPEEDUP = 3.0
@@ -74,6 +80,8 @@ LABELS = {
     "ort_basic": "ONNX Runtime fp32, basic graph opts",
     "ort_all": "ONNX Runtime fp32, all graph opts",
     "ort_int8": "ONNX Runtime int8 static (QDQ, per-channel)",
+    "ov_f32": "OpenVINO fp32",
+    "ov_bf16": "OpenVINO bf16 (reduced precision)",
 }
 
 
@@ -125,6 +133,11 @@ def _ort_runner(path: Path, level: str, threads: int) -> Runner:
 
 
 def _build_runner(variant: str, work: Path, threads: int) -> Runner:
+    if variant.startswith("ov_"):
+        from pneumonia_cxr.inference.engines import OpenVinoEngine
+
+        precision = variant.removeprefix("ov_")
+        return OpenVinoEngine(work / "model.onnx", num_threads=threads, precision=precision).logits
     if variant.startswith("ort_"):
         name = "model_int8.onnx" if variant == "ort_int8" else "model.onnx"
         return _ort_runner(work / name, "basic" if variant == "ort_basic" else "all", threads)
@@ -241,12 +254,7 @@ def _bundle(args: argparse.Namespace) -> ModelBundle:
 def _quantize_int8(fp32: Path, target: Path, calibration: torch.Tensor) -> float:
     """Static int8 of the convolutions; the head and the sigmoid stay fp32 (tiny, and a
     quantized probability would have only 256 levels). Returns seconds spent."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
+    from onnxruntime.quantization import CalibrationDataReader
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(CalibrationDataReader):
@@ -260,11 +268,23 @@ def _quantize_int8(fp32: Path, target: Path, calibration: torch.Tensor) -> float
 
     started = time.perf_counter()
     prepared = target.with_name("model_prepared.onnx")
-    quant_pre_process(str(fp32), str(prepared))
+    # ONNX Runtime's symbolic shape inference cannot follow an ensemble's graph ("Incomplete
+    # symbolic shape inference"); ONNX's own shape inference is enough for Conv-only
+    # quantization. Both steps may write scratch files into the working folder: keep them in
+    # the benchmark's temporary folder, not wherever the user ran it.
+    with contextlib.chdir(target.parent):
+        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+        _quantize(prepared, target, Reader())
+    return time.perf_counter() - started
+
+
+def _quantize(prepared: Path, target: Path, reader: Any) -> None:
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
     quantize_static(
         str(prepared),
         str(target),
-        Reader(),
+        reader,
         quant_format=QuantFormat.QDQ,
         op_types_to_quantize=["Conv"],
         per_channel=True,
@@ -273,7 +293,6 @@ def _quantize_int8(fp32: Path, target: Path, calibration: torch.Tensor) -> float
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
     )
-    return time.perf_counter() - started
 
 
 def _machine() -> str:
@@ -290,7 +309,15 @@ def _machine() -> str:
         ).split()
         isa = [
             f
-            for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile")
+            for f in (
+                "avx2",
+                "fma",
+                "avx512f",
+                "avx512_vnni",
+                "avx512_bf16",
+                "avx_vnni",
+                "amx_bf16",
+            )
             if f in flags
         ]
     except (OSError, StopIteration):

@@ -132,8 +132,10 @@ def _session(path: Path, num_threads: int | None) -> onnxruntime.InferenceSessio
         ) from error
 
 
-def _read_metadata(path: Path, session: onnxruntime.InferenceSession) -> dict[str, Any]:
-    raw = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+def _read_metadata(
+    path: Path, raw: str | None, inputs: list[str], outputs: set[str]
+) -> dict[str, Any]:
+    """The export's pneumonia-cxr metadata document, checked against the graph's names."""
     try:
         meta = json.loads(raw) if raw is not None else None
     except json.JSONDecodeError:
@@ -149,8 +151,6 @@ def _read_metadata(path: Path, session: onnxruntime.InferenceSession) -> dict[st
             f"{path}: written by a newer pneumonia-cxr (ONNX format {meta['format_version']}); "
             "upgrade the package"
         )
-    inputs = [node.name for node in session.get_inputs()]
-    outputs = {node.name for node in session.get_outputs()}
     if inputs != [INPUT_NAME] or not {LOGIT_OUTPUT, PROBABILITY_OUTPUT} <= outputs:
         raise ModelFileError(
             f"{path}: graph inputs {inputs} / outputs {sorted(outputs)} differ from "
@@ -161,6 +161,8 @@ def _read_metadata(path: Path, session: onnxruntime.InferenceSession) -> dict[st
 
 class OnnxEngine:
     """An exported model run by ONNX Runtime on CPU, with the same fields as a `ModelBundle`.
+
+    `OpenVinoEngine` runs the same file with OpenVINO; only `_open` and `_run` differ.
 
     Attributes:
         path: The .onnx file.
@@ -178,8 +180,8 @@ class OnnxEngine:
                 f"{self.path}: ONNX model file not found; write one with "
                 "`pneumonia-cxr export --model_path M --format onnx`"
             )
-        self._session = _session(self.path, num_threads)
-        meta = _read_metadata(self.path, self._session)
+        raw, inputs, outputs = self._open(num_threads)
+        meta = _read_metadata(self.path, raw, inputs, outputs)
         try:
             self.preprocessing = Preprocessing.from_dict(meta["preprocessing"])
             self.threshold = float(meta["threshold"])
@@ -195,7 +197,17 @@ class OnnxEngine:
                 f"{self.path}: pneumonia-cxr metadata is incomplete ({error}); export it again"
             ) from error
         self.metadata = meta
-        self._has_ood_output = OOD_OUTPUT in {node.name for node in self._session.get_outputs()}
+        self._has_ood_output = OOD_OUTPUT in outputs
+
+    def _open(self, num_threads: int | None) -> tuple[str | None, list[str], set[str]]:
+        """Load the graph; return its raw metadata, input names and output names."""
+        self._session = _session(self.path, num_threads)
+        raw = self._session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+        inputs = [node.name for node in self._session.get_inputs()]
+        return raw, inputs, {node.name for node in self._session.get_outputs()}
+
+    def _run(self, outputs: list[str], array: np.ndarray) -> list[np.ndarray]:
+        return self._session.run(outputs, {INPUT_NAME: array})
 
     def fingerprint(self) -> str:
         """The weights hash of the model file it was exported from (same as its `fingerprint()`)."""
@@ -221,9 +233,7 @@ class OnnxEngine:
         if len(array) == 0:
             empty = np.zeros(0, dtype=np.float32)
             return empty, empty.copy()
-        logit, probability = self._session.run(
-            [LOGIT_OUTPUT, PROBABILITY_OUTPUT], {INPUT_NAME: array}
-        )
+        logit, probability = self._run([LOGIT_OUTPUT, PROBABILITY_OUTPUT], array)
         return logit.reshape(-1), probability.reshape(-1)
 
     def score(self, images: torch.Tensor) -> EngineOutput:
@@ -234,7 +244,7 @@ class OnnxEngine:
         outputs = [LOGIT_OUTPUT]
         if self._has_ood_output:
             outputs.append(OOD_OUTPUT)
-        values = self._session.run(outputs, {INPUT_NAME: array})
+        values = self._run(outputs, array)
         logits = values[0].reshape(-1)
         ood = values[1].reshape(-1) if self._has_ood_output else np.full_like(logits, np.nan)
         return EngineOutput(logits, ood)
@@ -252,8 +262,63 @@ class OnnxEngine:
         return self.run(images)[1]
 
 
+OPENVINO_PRECISIONS: tuple[str, ...] = ("f32", "bf16")
+
+
+class OpenVinoEngine(OnnxEngine):
+    """The same ONNX export compiled by OpenVINO for the CPU.
+
+    float32 by default: OpenVINO's own default on CPUs with bf16 units (AMX, AVX512-BF16) is
+    bfloat16, which changes some labels near the threshold, so reduced precision is only used
+    when asked for (`precision="bf16"`), never silently.
+    """
+
+    def __init__(
+        self, path: str | Path, *, num_threads: int | None = None, precision: str = "f32"
+    ) -> None:
+        if precision not in OPENVINO_PRECISIONS:
+            raise ValueError(f"precision must be one of {OPENVINO_PRECISIONS}, not {precision!r}")
+        self.precision = precision
+        super().__init__(path, num_threads=num_threads)
+
+    def _open(self, num_threads: int | None) -> tuple[str | None, list[str], set[str]]:
+        ov = _require("openvino")
+        onnx = _require("onnx")
+        try:
+            proto = onnx.load(str(self.path), load_external_data=False)
+            core = ov.Core()
+            self._compiled = core.compile_model(
+                core.read_model(str(self.path)),
+                "CPU",
+                {
+                    "INFERENCE_PRECISION_HINT": self.precision,
+                    "INFERENCE_NUM_THREADS": num_threads or available_cpus(),
+                    "PERFORMANCE_HINT": "LATENCY",
+                },
+            )
+        except Exception as error:  # protobuf and OpenVINO raise their own types
+            first_line = (str(error).splitlines() or [""])[0][:200]
+            raise ModelFileError(
+                f"{self.path}: OpenVINO cannot read this ONNX model ({type(error).__name__}: "
+                f"{first_line}); export it again with `pneumonia-cxr export`."
+            ) from error
+        raw = {p.key: p.value for p in proto.metadata_props}.get(METADATA_KEY)
+        inputs = [i.get_any_name() for i in self._compiled.inputs]
+        outputs = {name for o in self._compiled.outputs for name in o.get_names()}
+        return raw, inputs, outputs
+
+    def _run(self, outputs: list[str], array: np.ndarray) -> list[np.ndarray]:
+        result = self._compiled(array)
+        return [np.asarray(result[self._compiled.output(name)]) for name in outputs]
+
+
 def cached_onnx_engine(
-    bundle: ModelBundle, cache_dir: str | Path | None = None, *, num_threads: int | None = None
+    bundle: ModelBundle,
+    cache_dir: str | Path | None = None,
+    *,
+    num_threads: int | None = None,
+    runtime: str = "onnx",
+    precision: str = "f32",
 ) -> OnnxEngine:
     """The fast CPU path for a `.pt` model: export it once, then run it with ONNX Runtime.
 
@@ -267,18 +332,25 @@ def cached_onnx_engine(
     Args:
         bundle: A loaded model file.
         cache_dir: Folder for the exports; default `<storage.cache_root()>/onnx`.
-        num_threads: ONNX Runtime intra-op threads; default every usable core.
+        num_threads: intra-op threads; default every usable core.
+        runtime: "onnx" (ONNX Runtime) or "openvino" (OpenVINO, `precision` "f32" or "bf16").
 
     Raises:
-        ImportError: onnx or onnxruntime is missing (names the extra to install).
+        ImportError: onnx or the runtime is missing (names the extra to install).
     """
-    _require("onnxruntime")
+
+    def engine(path: Path) -> OnnxEngine:
+        if runtime == "openvino":
+            return OpenVinoEngine(path, num_threads=num_threads, precision=precision)
+        return OnnxEngine(path, num_threads=num_threads)
+
+    _require("openvino" if runtime == "openvino" else "onnxruntime")
     key = hashlib.sha256(json.dumps(_metadata(bundle), sort_keys=True).encode()).hexdigest()
     path = Path(cache_dir or cache_root() / "onnx") / f"model-{key[:16]}.onnx"
     if path.is_file():
         try:
-            return OnnxEngine(path, num_threads=num_threads)
+            return engine(path)
         except ModelFileError:
             pass  # a damaged cache entry (disk full, killed copy): export it again below
     export_onnx(bundle, path)
-    return OnnxEngine(path, num_threads=num_threads)
+    return engine(path)

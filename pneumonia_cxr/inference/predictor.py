@@ -23,12 +23,13 @@ from pneumonia_cxr.data.discovery import ImageRecord
 from pneumonia_cxr.data.loader import decode_xray, load_xray
 from pneumonia_cxr.data.transforms import build_transforms
 from pneumonia_cxr.errors import ImageLoadError, ModelFileError
-from pneumonia_cxr.inference import ENGINES
+from pneumonia_cxr.inference import AUTO_CPU_ENGINES, ENGINES
 from pneumonia_cxr.inference.contract import check_model_contract
 from pneumonia_cxr.inference.decision import decide, label_name, probability
 from pneumonia_cxr.inference.engines import (
     Engine,
     OnnxEngine,
+    OpenVinoEngine,
     TorchEngine,
     cached_onnx_engine,
     resolve_device,
@@ -150,6 +151,20 @@ def _collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _onnx_file_engine(path: Path, runtime: str) -> OnnxEngine:
+    return OpenVinoEngine(path) if runtime == "openvino" else OnnxEngine(path)
+
+
+def _first_runtime(runtimes: Sequence[str], open_one: Any) -> OnnxEngine:
+    """The first runtime that opens; the last one's error when none does."""
+    for runtime in runtimes[:-1]:
+        try:
+            return open_one(runtime)
+        except (ImportError, OSError, RuntimeError, ValueError, ModelFileError) as error:
+            log.info("%s unavailable (%s); trying %s", runtime, error, runtimes[-1])
+    return open_one(runtimes[-1])
+
+
 class Predictor:
     """A model ready to score images: engine, contract, transforms, threshold and OOD cut-off."""
 
@@ -169,30 +184,32 @@ class Predictor:
     ) -> Predictor:
         """Open a model file with the fastest engine that gives the model's own labels.
 
-        "auto": an `.onnx` file runs on ONNX Runtime; a `.pt` file runs on ONNX Runtime too
-        when it would run on the CPU (a cached export, several times PyTorch eager here,
-        identical labels: benchmarks/inference_throughput.py) unless Grad-CAM is asked for or
-        onnxruntime is missing; otherwise PyTorch on `resolve_device(device)`.
+        "auto": on the CPU (an `.onnx` file always is), the first of `AUTO_CPU_ENGINES` that
+        opens (a cached export of a `.pt` file; several times PyTorch eager here, identical
+        labels: benchmarks/inference_throughput.py); PyTorch on a GPU or when Grad-CAM is
+        asked for. A failing fast path falls back to the next one, never fails a prediction.
         """
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
         path = Path(model_path)
+        runtimes = AUTO_CPU_ENGINES if engine == "auto" else (engine,)
         if path.suffix.lower() == ".onnx":
             if engine == "torch" or gradcam:
                 raise ModelFileError(f"{path}: an ONNX export runs without PyTorch or Grad-CAM")
-            return cls(OnnxEngine(path), path)
+            return cls(_first_runtime(runtimes, lambda r: _onnx_file_engine(path, r)), path)
         bundle = load_model(path)
         on_cpu = resolve_device(device).type == "cpu"
         if engine == "torch" or gradcam or (engine == "auto" and not on_cpu):
             return cls(TorchEngine(bundle, device), path)
         try:
-            return cls(cached_onnx_engine(bundle), path)
-        except (ImportError, OSError, RuntimeError, ValueError) as error:
-            if engine == "onnx":
+            fast = _first_runtime(runtimes, lambda r: cached_onnx_engine(bundle, runtime=r))
+        except (ImportError, OSError, RuntimeError, ValueError, ModelFileError) as error:
+            if engine != "auto":
                 raise
             # Same labels either way, only slower: never fail a prediction over the fast path.
-            log.warning("ONNX Runtime path unavailable (%s); predicting with PyTorch", error)
+            log.warning("no exported-graph engine available (%s); predicting with PyTorch", error)
             return cls(TorchEngine(bundle, device), path)
+        return cls(fast, path)
 
     @classmethod
     def from_bundle(

@@ -1,9 +1,9 @@
 """Tabulate the study: every candidate's validation and test figures, from the files the
 pre-registered commands wrote. Run: `.venv/bin/python results/study/study_tables.py` (study 1) or
-`.venv/bin/python results/study/study_tables.py --study 2` (results/study2/PLAN.md).
+`.venv/bin/python results/study/study_tables.py --study 2` (results/study2/PLAN.md) or `--study 3`.
 
-Validation = the patient-level validation subset of official train + val (split.csv of c1,
-shared by every candidate), scored here through the inference path at each model's stored
+Validation = the patient-level validation subset of official train + val (the split.csv every
+candidate of a study shares; studies 1-3 all use split seed 1), scored here through the inference path at each model's stored
 threshold (cached in outputs/study_eval/<id>/patient_val/metrics.json); test = the
 `pneumonia-cxr evaluate --split test` outputs."""
 
@@ -42,6 +42,7 @@ class Study:
     evals: Path  # <name>/{patient_val,test}/ evaluation outputs
     model_file: str  # the file of each run that the study evaluates
     extra_models: dict[str, Path]  # ensembles, evaluated like candidates
+    split_csv: Path = Path("outputs/study/c1_short_s1/split.csv")  # shared by every candidate
 
 
 STUDIES = {
@@ -57,8 +58,14 @@ STUDIES = {
         "final_fp16.pt",
         {"ensemble_study2": Path("outputs/study2_eval/ensemble_study2.pt")},
     ),
+    "3": Study(
+        Path("outputs/study3"),
+        Path("outputs/study3_eval"),
+        "final_fp16.pt",
+        {"teacher_study2": Path("pneumonia_cxr/weights/pneumonia_cxr_effnet_lite0_ensemble.pt")},
+        Path("outputs/study3/d0_lite0_s31/split.csv"),
+    ),
 }
-SPLIT_CSV = Path("outputs/study/c1_short_s1/split.csv")  # the split every candidate shares
 
 
 def _patient_val(study: Study, name: str, model_path: Path) -> None:
@@ -71,7 +78,7 @@ def _patient_val(study: Study, name: str, model_path: Path) -> None:
     from pneumonia_cxr.evaluation.metrics import evaluate_predictions
     from pneumonia_cxr.inference.predictor import Predictor
 
-    val = read_split_csv(SPLIT_CSV).val
+    val = read_split_csv(study.split_csv).val
     predictor = Predictor.open(model_path, device="cpu")
     result = predictor.score_records(val)
     engine = predictor.engine
