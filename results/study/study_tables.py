@@ -3,8 +3,9 @@ pre-registered commands wrote. Run: `.venv/bin/python results/study/study_tables
 `.venv/bin/python results/study/study_tables.py --study 2` (results/study2/PLAN.md) or `--study 3`.
 
 Validation = the patient-level validation subset of official train + val (the split.csv every
-candidate of a study shares; studies 1-3 all use split seed 1), scored here through the inference path at each model's stored
-threshold (cached in outputs/study_eval/<id>/patient_val/metrics.json); test = the
+candidate of a study shares; studies 1-3 all use split seed 1), scored here through the
+inference path at each model's stored threshold (cached in
+outputs/study*_eval/<id>/patient_val/metrics.json); test = the
 `pneumonia-cxr evaluate --split test` outputs."""
 
 from __future__ import annotations
