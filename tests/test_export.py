@@ -16,7 +16,7 @@ from pneumonia_cxr.data.transforms import build_transforms
 from pneumonia_cxr.errors import ModelFileError
 from pneumonia_cxr.export import METADATA_KEY, export_onnx
 from pneumonia_cxr.inference import engines
-from pneumonia_cxr.inference.engines import OnnxEngine, cached_onnx_engine
+from pneumonia_cxr.inference.engines import OnnxEngine, OpenVinoEngine, cached_onnx_engine
 from pneumonia_cxr.inference.predictor import Predictor
 from pneumonia_cxr.model.classifier import PneumoniaNet
 from pneumonia_cxr.model.model_file import ModelBundle, load_model, save_model
@@ -60,11 +60,17 @@ def _torch_outputs(bundle: ModelBundle, images: torch.Tensor) -> tuple[np.ndarra
     return logits.numpy(), bundle.probabilities(logits).numpy()
 
 
+RUNTIMES = {"onnxruntime": OnnxEngine, "openvino": OpenVinoEngine}
+
+
+@pytest.mark.parametrize("runtime", list(RUNTIMES))
 @pytest.mark.parametrize("batch", [1, 5])
-def test_onnx_runtime_matches_pytorch_for_any_batch_size(exported, batch: int) -> None:
+def test_exported_graph_matches_pytorch_for_any_batch_size(
+    exported, batch: int, runtime: str
+) -> None:
     bundle, path = exported
     images = torch.randn(batch, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(batch))
-    logits, probabilities = OnnxEngine(path).run(images)
+    logits, probabilities = RUNTIMES[runtime](path).run(images)
     expected_logits, expected_probabilities = _torch_outputs(bundle, images)
     assert logits.shape == probabilities.shape == (batch,)
     np.testing.assert_allclose(logits, expected_logits, atol=TOLERANCE, rtol=0)
@@ -165,6 +171,37 @@ def test_bad_onnx_files_raise_model_file_error_naming_the_file(
     with pytest.raises(ModelFileError, match=message) as caught:
         Predictor.open(target)
     assert str(target) in str(caught.value)
+
+
+def test_openvino_names_a_bad_file_and_auto_falls_back(exported, tmp_path: Path) -> None:
+    _, good = exported
+    target = tmp_path / "truncated.onnx"
+    _damage("truncated", good, target)
+    with pytest.raises(ModelFileError, match="OpenVINO cannot read") as caught:
+        Predictor.open(target, engine="openvino")
+    assert str(target) in str(caught.value)
+
+
+def test_auto_prefers_openvino_float32_on_cpu_and_falls_back_to_onnx_runtime(
+    exported, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, path = exported
+    pt = path.with_suffix(".pt")
+    engine = Predictor.open(pt, device="cpu").engine
+    assert isinstance(engine, OpenVinoEngine) and engine.precision == "f32"
+    monkeypatch.setitem(sys.modules, "openvino", None)  # not installed
+    fallback = Predictor.open(pt, device="cpu").engine
+    assert type(fallback) is OnnxEngine
+    assert type(Predictor.open(path).engine) is OnnxEngine
+    with pytest.raises(ImportError, match="openvino"):
+        Predictor.open(pt, engine="openvino", device="cpu")
+
+
+def test_reduced_precision_is_never_the_default(exported) -> None:
+    _, path = exported
+    assert OpenVinoEngine(path).precision == "f32"
+    with pytest.raises(ValueError, match="precision"):
+        OpenVinoEngine(path, precision="f16")
 
 
 def test_metadata_is_stored_under_one_json_key(exported) -> None:

@@ -124,3 +124,23 @@ def test_label_smoothing_pulls_targets_toward_one_half() -> None:
     logits, labels = torch.tensor([8.0, -8.0]), torch.tensor([1.0, 0.0])
     plain, smoothed = module._loss(logits, labels), module._loss(logits, labels, 0.2)
     assert smoothed > plain  # a confident, correct logit is penalized once targets are 0.9/0.1
+
+
+def test_jpeg_quality_step_reproduces_the_copies_compression() -> None:
+    """The model file's JPEG step is deterministic, is the same encoder as torchvision's, and is
+    absent from files written before it existed (they load with jpeg_quality 0)."""
+    from torchvision.transforms.v2 import functional as TF
+
+    gray = torch.randint(0, 256, (1, 300, 260), dtype=torch.uint8)
+    plain = Preprocessing(image_size=64, normalization="unit", channels=1)
+    step = Preprocessing(image_size=64, normalization="unit", channels=1, jpeg_quality=75)
+    resized = build_transforms(plain).transforms[0](gray)
+    expected = TF.to_dtype(TF.jpeg(resized, quality=75), torch.float32, scale=True)
+    once, twice = build_transforms(step)(gray), build_transforms(step)(gray)
+    assert torch.equal(once, twice)
+    assert torch.allclose(once, expected)
+    assert not torch.allclose(once, build_transforms(plain)(gray))
+    raw = {k: v for k, v in step.__dict__.items() if k != "jpeg_quality"}
+    assert Preprocessing.from_dict(raw).jpeg_quality == 0
+    with pytest.raises(ValueError, match="jpeg_quality"):
+        Preprocessing(jpeg_quality=101)
