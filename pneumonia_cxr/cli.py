@@ -405,10 +405,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
         max_in_flight=args.max_in_flight,
         device=args.device,
+        engine=args.engine,
     )
     print(f"serving on http://{args.host}:{args.port}/ (API docs: /docs)", file=sys.stderr)
     serve(config, host=args.host, port=args.port)
     return 0
+
+
+def _add_engine_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="auto",
+        help="auto: on CPU a cached export run by OpenVINO float32, else ONNX Runtime (same "
+        "labels as PyTorch, faster); PyTorch on a GPU. Grad-CAM always uses PyTorch",
+    )
 
 
 def _model_path_or_shipped(model_path: str | None) -> Path:
@@ -481,13 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--num_workers", type=int, default=0, help="image decoding processes")
     predict.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: GPU if available)")
     predict.add_argument("--no_progress", action="store_true", help="no progress bar")
-    predict.add_argument(
-        "--engine",
-        choices=ENGINES,
-        default="auto",
-        help="auto: ONNX Runtime on CPU (cached export, same labels, faster), PyTorch on GPU "
-        "or with --gradcam",
-    )
+    _add_engine_arg(predict)
     predict.set_defaults(func=cmd_predict)
 
     ensemble = sub.add_parser(
@@ -517,6 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
     web.add_argument("--max_upload_mb", type=float, default=32.0, help="per request")
     web.add_argument("--max_in_flight", type=_positive_int, default=64)
     web.add_argument("--device", help="cpu, cuda ... (default: GPU if available)")
+    _add_engine_arg(web)
     web.set_defaults(func=cmd_serve)
 
     check = sub.add_parser(

@@ -41,6 +41,8 @@ class ServeConfig:
     max_in_flight: int = 64
     """Requests being scored or waiting; beyond it a request gets 503 at once."""
     device: str | None = None
+    engine: str = "auto"
+    """Scores come from this engine (`Predictor.open`); Grad-CAM overlays from PyTorch."""
 
 
 class BusyError(Exception):
@@ -62,6 +64,7 @@ class ModelService:
     def __init__(self, config: ServeConfig) -> None:
         self.config = config
         self.predictor: Predictor | None = None
+        self._explainer: Predictor | None = None
         self.model_path: Path | None = None
         self.load_error: str | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
@@ -82,9 +85,10 @@ class ModelService:
 
         try:
             path = self.config.model_path or default_model_path()
-            # PyTorch engine: Grad-CAM needs it, and its probabilities equal the ONNX path's
-            # to 1e-4 (tests/test_export.py), so the page agrees with `predict`.
-            self.predictor = Predictor.open(path, engine="torch", device=self.config.device)
+            # The engine `predict` uses by default, so the page agrees with `predict`.
+            self.predictor = Predictor.open(
+                path, engine=self.config.engine, device=self.config.device
+            )
             self.model_path = Path(path)
             log.info("model ready: %s", path)
         except Exception as error:  # reported by /ready and /v1/model, never a crash
@@ -166,9 +170,24 @@ class ModelService:
                 out_of_distribution=bool(scores.ood_flags[position]) if np.isfinite(ood) else None,
             )
         if gradcam:
-            for index, png in zip(kept, _overlays(predictor, batch, originals), strict=True):
+            explainer = self._gradcam_predictor()
+            for index, png in zip(kept, _overlays(explainer, batch, originals), strict=True):
                 results[index]["gradcam_png_base64"] = png
         return results
+
+    def _gradcam_predictor(self) -> Predictor:
+        """The PyTorch engine Grad-CAM needs (gradients), opened on the first heatmap asked."""
+        from pneumonia_cxr.inference.predictor import Predictor
+
+        predictor = self.predictor
+        assert predictor is not None and self.model_path is not None
+        if predictor.bundle is not None:
+            return predictor
+        if self._explainer is None:
+            self._explainer = Predictor.open(
+                self.model_path, engine="torch", device=self.config.device
+            )
+        return self._explainer
 
 
 def _overlays(
