@@ -49,10 +49,10 @@ import torch
 from pneumonia_cxr.config import Preprocessing
 from pneumonia_cxr.data.transforms import build_transforms
 from pneumonia_cxr.export import export_onnx
-from pneumonia_cxr.inference.decision import decide
 from pneumonia_cxr.inference.engines import available_cpus
 from pneumonia_cxr.inference.predictor import load_input
 from pneumonia_cxr.model.classifier import PneumoniaNet
+from pneumonia_cxr.model.decision import decide
 from pneumonia_cxr.model.model_file import ModelBundle, load_model, save_model
 
 Runner = Callable[[torch.Tensor], np.ndarray]

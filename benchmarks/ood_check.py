@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw
 
 from pneumonia_cxr.data.discovery import list_images
 from pneumonia_cxr.inference.predictor import Predictor
-from pneumonia_cxr.model.shipped import default_model_path
+from pneumonia_cxr.model.shipped import resolve_model_path
 from pneumonia_cxr.predict import predict_paths
 
 
@@ -58,7 +58,7 @@ def main() -> None:
     parser.add_argument("--model_path", type=Path, help="default: the shipped model")
     parser.add_argument("--data", type=Path, default=Path("../shared/data/kermany_224"))
     args = parser.parse_args()
-    model_path = args.model_path or default_model_path()
+    model_path = resolve_model_path(args.model_path)
     predictor = Predictor.open(model_path, device="cpu")
     with tempfile.TemporaryDirectory() as scratch:
         rows = predict_paths(predictor, non_xray_images(Path(scratch)))

@@ -28,7 +28,7 @@ from PIL import Image
 
 from pneumonia_cxr.data.loader import load_xray
 from pneumonia_cxr.inference.predictor import Predictor
-from pneumonia_cxr.model.shipped import default_model_path
+from pneumonia_cxr.model.shipped import resolve_model_path
 
 
 def _pil_resized(original: Path) -> Image.Image:
@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--model_path", type=Path, help="default: the shipped model")
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     args = parser.parse_args()
-    predictor = Predictor.open(args.model_path or default_model_path(), device="cpu")
+    predictor = Predictor.open(resolve_model_path(args.model_path), device="cpu")
     size = predictor.image_size
     with open(args.data / "kermany_fullres_sample" / "MANIFEST.tsv", newline="") as handle:
         entries = list(csv.DictReader(handle, delimiter="\t"))

@@ -232,24 +232,39 @@ def _positive_int(text: str) -> int:
 
 
 def _output_file(text: str) -> str:
-    if Path(text).suffix.lower() not in (".csv", ".json"):
-        raise argparse.ArgumentTypeError(f"{text}: must end in .csv or .json")
-    return text
+    from pneumonia_cxr.storage import check_table_path
+
+    try:
+        return str(check_table_path(text))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _add_model_path_arg(parser: argparse.ArgumentParser, *, required: bool = False) -> None:
+    """--model_path, with one rule for every command: a .pt (or, where the command runs an
+    exported graph, .onnx) model file; without it the shipped model (`resolve_model_path`)."""
+    parser.add_argument(
+        "--model_path",
+        required=required,
+        help="a model file (final_pneumonia_model.pt; predict also takes an .onnx export)"
+        + ("" if required else " (default: the model shipped with the package)"),
+    )
+
+
+def _add_device_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: the GPU if available)")
 
 
 def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
     """Flags of `evaluate` (also used by scripts/evaluate.py through `main`)."""
-    parser.add_argument(
-        "--model_path",
-        help="a final_pneumonia_model.pt (default: the model shipped with the package)",
-    )
+    _add_model_path_arg(parser)
     parser.add_argument(
         "--dataset_path",
         help="dataset folder (default: $PNEUMONIA_CXR_DATA, then the dataset the model was "
         "trained on if still present, then the cache or a download)",
     )
     parser.add_argument("--split", default="test", choices=SPLITS)
-    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: GPU if available)")
+    _add_device_arg(parser)
     parser.add_argument("--output_dir", help="default: <model file folder>/eval_<split>")
     parser.add_argument("--batch_size", type=_positive_int, default=32)
     parser.add_argument("--num_workers", type=int, default=0, help="image decoding processes")
@@ -423,14 +438,9 @@ def _add_engine_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def _model_path_or_shipped(model_path: str | None) -> Path:
-    """The given model file, or the shipped one (checked against its pinned sha256)."""
-    if model_path is not None:
-        return Path(model_path)
-    from pneumonia_cxr.model.shipped import default_model_path
+    from pneumonia_cxr.model.shipped import resolve_model_path
 
-    path = default_model_path()
-    print(f"model: {path} (shipped with pneumonia-cxr)", file=sys.stderr)
-    return path
+    return resolve_model_path(model_path)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -480,9 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = sub.add_parser("predict", help="probability and label for new images")
     predict.add_argument("paths", nargs="+", metavar="PATH", help="image files and folders")
-    predict.add_argument(
-        "--model_path", help=".pt or .onnx model file (default: the model shipped with the package)"
-    )
+    _add_model_path_arg(predict)
     predict.add_argument(
         "--output", type=_output_file, help="results.csv or results.json (default: CSV on stdout)"
     )
@@ -490,7 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--gradcam_method", default="gradcam", choices=CAM_METHODS)
     predict.add_argument("--batch_size", type=_positive_int, default=32)
     predict.add_argument("--num_workers", type=int, default=0, help="image decoding processes")
-    predict.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: GPU if available)")
+    _add_device_arg(predict)
     predict.add_argument("--no_progress", action="store_true", help="no progress bar")
     _add_engine_arg(predict)
     predict.set_defaults(func=cmd_predict)
@@ -506,29 +514,29 @@ def build_parser() -> argparse.ArgumentParser:
     ensemble.add_argument("--min_sensitivity", type=float, help="default: the members' value")
     ensemble.add_argument("--float32", action="store_true", help="store float32, not float16")
     ensemble.add_argument("--ood_train_images", type=_positive_int, default=1500)
-    ensemble.add_argument("--device", help="cpu, cuda ... (default: GPU if available)")
+    _add_device_arg(ensemble)
     ensemble.set_defaults(func=cmd_ensemble)
 
     export = sub.add_parser("export", help="export a model file for fast inference")
-    export.add_argument("--model_path", required=True)
+    _add_model_path_arg(export, required=True)
     export.add_argument("--format", choices=["onnx"], default="onnx")
     export.add_argument("--output", help="default: the model path with .onnx")
     export.set_defaults(func=cmd_export)
 
     web = sub.add_parser("serve", help="a web page and HTTP API: drop an X-ray, get the answer")
-    web.add_argument("--model_path", help="default: the model shipped with the package")
+    _add_model_path_arg(web)
     web.add_argument("--host", default="127.0.0.1", help="default loopback only")
     web.add_argument("--port", type=int, default=8000)
     web.add_argument("--max_upload_mb", type=float, default=32.0, help="per request")
     web.add_argument("--max_in_flight", type=_positive_int, default=64)
-    web.add_argument("--device", help="cpu, cuda ... (default: GPU if available)")
+    _add_device_arg(web)
     _add_engine_arg(web)
     web.set_defaults(func=cmd_serve)
 
     check = sub.add_parser(
         "explain-check", help="do the heatmaps mean something? randomization + pointing game"
     )
-    check.add_argument("--model_path", required=True)
+    _add_model_path_arg(check)
     _add_data_args(check)
     check.add_argument("--n_images", type=_positive_int, default=16)
     check.add_argument("--output_dir", help="default: <model file folder>/explain_check")

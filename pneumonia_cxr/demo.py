@@ -10,7 +10,7 @@ from pathlib import Path
 from pneumonia_cxr.config import demo_config
 from pneumonia_cxr.data.synthetic import generate_synthetic_dataset
 from pneumonia_cxr.evaluation.evaluate import EvaluationResult, evaluate_model
-from pneumonia_cxr.training.files import FINAL_MODEL_NAME
+from pneumonia_cxr.run_folder import FINAL_MODEL_NAME
 from pneumonia_cxr.training.run import train
 
 DEMO_RUN_NAME = "demo"

@@ -1,7 +1,8 @@
-"""ONNX export of a model file, and an ONNX Runtime predictor that reads it back.
+"""ONNX export of a model file; `inference.engines` runs the result (ONNX Runtime, OpenVINO).
 
 The exported file is self-describing like the `.pt` model file: its metadata carries the
-preprocessing, threshold, temperature and class names, so `predict` needs nothing else.
+preprocessing, threshold, temperature and class names (`onnx_metadata`), so `predict` needs
+nothing else.
 
 Graph contract (opset `DEFAULT_OPSET` unless asked otherwise):
 
@@ -9,15 +10,15 @@ Graph contract (opset `DEFAULT_OPSET` unless asked otherwise):
   `build_transforms(preprocessing)` builds; N is dynamic.
 - output ``logit``: float32 (N, 1), the network's raw PNEUMONIA logit (what PyTorch returns).
 - output ``probability``: float32 (N, 1), ``sigmoid(logit / temperature)`` = P(PNEUMONIA), traced
-  from `inference.decision.probability`. The temperature is baked into the graph so a
+  from `model.decision.probability`. The temperature is baked into the graph so a
   consumer in another language cannot forget it; it is also in the metadata for reference.
 - output ``ood_score``: float32 (N,), the out-of-distribution score (`model.ood`), NaN when the
   model file carries no statistics; an image is flagged when it exceeds metadata ``ood.cutoff``.
 
 An ensemble exports as one graph (its members' logits averaged inside it).
 
-onnx and onnxruntime are optional dependencies (`pip install 'pneumonia-cxr[export]'`); they are
-imported only when an ONNX function is called.
+onnx, onnxruntime and openvino are optional dependencies (`pip install 'pneumonia-cxr[export]'`);
+they are imported only when an ONNX function is called (`require_optional`).
 """
 
 from __future__ import annotations
@@ -34,14 +35,14 @@ import torch
 from torch import nn
 
 from pneumonia_cxr import __version__
-from pneumonia_cxr.inference.decision import probability
+from pneumonia_cxr.model.decision import probability
 from pneumonia_cxr.model.model_file import ModelBundle
 from pneumonia_cxr.storage import atomic_write
 
 ONNX_FORMAT_NAME = "pneumonia-cxr-onnx"
 ONNX_FORMAT_VERSION = 1
 METADATA_KEY = "pneumonia_cxr"
-"""The one metadata_props key; its value is the JSON document `_metadata` builds."""
+"""The one metadata_props key; its value is the JSON document `onnx_metadata` builds."""
 
 INPUT_NAME = "image"
 LOGIT_OUTPUT = "logit"
@@ -55,7 +56,7 @@ EfficientNet need nothing newer."""
 INSTALL_HINT = "pip install 'pneumonia-cxr[export]'"
 
 
-def _require(module: str) -> Any:
+def require_optional(module: str) -> Any:
     """Import an optional dependency, or say which extra provides it."""
     import importlib
 
@@ -80,7 +81,7 @@ class _ExportedGraph(nn.Module):
         return logit, probability(logit, self.temperature), ood_score
 
 
-def _metadata(bundle: ModelBundle) -> dict[str, Any]:
+def onnx_metadata(bundle: ModelBundle) -> dict[str, Any]:
     pre = bundle.preprocessing
     size = int(pre.image_size)
     return {
@@ -175,14 +176,14 @@ def export_onnx(bundle: ModelBundle, path: str | Path, *, opset: int | None = No
     path = Path(path)
     if path.suffix.lower() != ".onnx":
         raise ValueError(f"{path}: an ONNX model file must end in .onnx so predict recognizes it")
-    onnx = _require("onnx")
+    onnx = require_optional("onnx")
     with tempfile.TemporaryDirectory(prefix="pneumonia-cxr-export-") as scratch:
         traced = Path(scratch) / "traced.onnx"
         _trace_to_onnx(bundle, traced, opset or DEFAULT_OPSET)
         proto = onnx.load(str(traced))
     del proto.metadata_props[:]
     entry = proto.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, json.dumps(_metadata(bundle), sort_keys=True)
+    entry.key, entry.value = METADATA_KEY, json.dumps(onnx_metadata(bundle), sort_keys=True)
     proto.doc_string = (
         f"pneumonia-cxr {bundle.model.backbone_name}: input '{INPUT_NAME}' (N,3,S,S) "
         f"normalized float32 -> '{LOGIT_OUTPUT}', '{PROBABILITY_OUTPUT}' (N,1), "

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from pneumonia_cxr.data.loader import is_image_file
 from pneumonia_cxr.inference.predictor import Predictor, ScoredBatch
 from pneumonia_cxr.model.model_file import ModelBundle
-from pneumonia_cxr.storage import atomic_write, atomic_write_text
+from pneumonia_cxr.storage import atomic_write, atomic_write_text, check_table_path
 
 log = logging.getLogger(__name__)
 
@@ -133,14 +133,10 @@ def predict_paths(
 def _fill_rows(rows: list[PredictionRow], batch: ScoredBatch, predictor: Predictor) -> None:
     for index, message in batch.errors:
         rows[index].error = message
-    scores = batch.scores
-    for position, index in enumerate(batch.indices):
+    for index, result in zip(batch.indices, predictor.results(batch.scores), strict=True):
         row = rows[index]
-        row.probability = float(scores.probabilities[position])
-        row.label = predictor.label(int(scores.decisions[position]))
-        ood = float(scores.ood_scores[position])
-        if math.isfinite(ood):
-            row.ood_score, row.out_of_distribution = ood, bool(scores.ood_flags[position])
+        row.probability, row.label = result.probability, result.label
+        row.ood_score, row.out_of_distribution = result.ood_score, result.out_of_distribution
 
 
 class _OverlayWriter:
@@ -163,18 +159,12 @@ class _OverlayWriter:
         return name
 
     def write(self, predictor: Predictor, batch: ScoredBatch, rows: list[PredictionRow]) -> None:
-        from pneumonia_cxr.explain.gradcam import model_cams
-        from pneumonia_cxr.explain.overlay import overlay_heatmap
+        from pneumonia_cxr.explain.overlay import gradcam_overlays
 
-        cams = model_cams(
-            predictor.bundle.model,
-            batch.inputs.to(predictor.device),
-            method=self.method,
-            batch_size=len(batch.inputs),
-        )
-        for index, original, cam in zip(batch.indices, batch.originals, cams, strict=True):
+        overlays = gradcam_overlays(predictor, batch.inputs, batch.originals, method=self.method)
+        for index, pixels in zip(batch.indices, overlays, strict=True):
             target = self.out_dir / self._name(Path(rows[index].path))
-            overlay = Image.fromarray(overlay_heatmap(original, cam))
+            overlay = Image.fromarray(pixels)
             atomic_write(target, lambda handle, image=overlay: image.save(handle, format="PNG"))
             rows[index].heatmap = str(target)
 
@@ -217,8 +207,6 @@ def rows_to_json(rows: Sequence[PredictionRow]) -> str:
 
 def write_rows(rows: Sequence[PredictionRow], path: str | Path) -> Path:
     """Write rows as .csv or .json, chosen by the suffix."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in (".csv", ".json"):
-        raise ValueError(f"{path}: output must end in .csv or .json")
-    return atomic_write_text(path, rows_to_csv(rows) if suffix == ".csv" else rows_to_json(rows))
+    path = check_table_path(path)
+    text = rows_to_csv(rows) if path.suffix.lower() == ".csv" else rows_to_json(rows)
+    return atomic_write_text(path, text)

@@ -18,6 +18,17 @@ from pneumonia_cxr.faults import kill_if
 
 CACHE_ENV_VAR = "PNEUMONIA_CXR_CACHE"
 
+TABLE_SUFFIXES: tuple[str, ...] = (".csv", ".json")
+"""Formats of a result table (predict --output), chosen by the file's suffix."""
+
+
+def check_table_path(path: str | Path) -> Path:
+    """The table's path, if its suffix names a format we write; else a ValueError saying so."""
+    path = Path(path)
+    if path.suffix.lower() not in TABLE_SUFFIXES:
+        raise ValueError(f"{path}: output must end in {' or '.join(TABLE_SUFFIXES)}")
+    return path
+
 
 def cache_root() -> Path:
     """The one cache folder: ``$PNEUMONIA_CXR_CACHE``, else ``$XDG_CACHE_HOME/pneumonia_cxr``,

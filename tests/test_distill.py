@@ -14,7 +14,7 @@ from pneumonia_cxr.data.split import file_sha256
 from pneumonia_cxr.errors import ModelFileError
 from pneumonia_cxr.model.classifier import PneumoniaNet
 from pneumonia_cxr.model.model_file import FINAL_MODEL_NAME, load_model
-from pneumonia_cxr.training.files import TEACHER_FILE
+from pneumonia_cxr.run_folder import TEACHER_FILE
 from pneumonia_cxr.training.module import PneumoniaLitModule
 from pneumonia_cxr.training.run import train
 from tests.tiny_runs import tiny_config

@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike
 from scipy.optimize import minimize_scalar
-from scipy.special import expit
 
 from pneumonia_cxr import CLASS_NAMES
 
@@ -173,7 +172,10 @@ def fit_temperature(logits: ArrayLike, y_true: ArrayLike) -> float:
 
 
 def apply_temperature(logits: ArrayLike, temperature: float) -> np.ndarray:
-    """Return calibrated probabilities sigmoid(logits / temperature)."""
+    """Calibrated probabilities: `model.decision.probability` (the one formula), after checking
+    the logits and that the temperature is a finite number > 0."""
+    from pneumonia_cxr.model.decision import probability
+
     if not np.isfinite(temperature) or temperature <= 0:
         raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
-    return expit(_check_logits(logits) / float(temperature))
+    return probability(_check_logits(logits), float(temperature))

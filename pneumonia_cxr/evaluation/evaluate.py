@@ -42,14 +42,14 @@ from pneumonia_cxr.evaluation.report import (
     write_html_report,
 )
 from pneumonia_cxr.explain.check import EXPLAIN_CHECK_FILE, run_explain_check, write_explain_check
-from pneumonia_cxr.explain.gradcam import cam_class, model_cams
+from pneumonia_cxr.explain.gradcam import cam_class, predictor_cams
 from pneumonia_cxr.explain.overlay import CamExample, pick_examples, save_gradcam_grid
-from pneumonia_cxr.inference.decision import label_name, probability
 from pneumonia_cxr.inference.predictor import Predictor, Scores
+from pneumonia_cxr.model.decision import probability
 from pneumonia_cxr.model.model_file import ModelBundle
-from pneumonia_cxr.model.shipped import default_model_path, is_shipped_model
+from pneumonia_cxr.model.shipped import is_shipped_model, resolve_model_path
+from pneumonia_cxr.run_folder import METRICS_FILE, SPLIT_FILE
 from pneumonia_cxr.storage import atomic_write_text
-from pneumonia_cxr.training.files import METRICS_FILE, SPLIT_FILE
 
 log = logging.getLogger(__name__)
 
@@ -173,10 +173,7 @@ def _gradcam_grid(
     indices = [i for group in ("TP", "FP", "TN", "FN") for i in picked[group]]
     loaded = [predictor.load_input(records[i].path, keep_original=True) for i in indices]
     originals = [gray for _, gray in loaded]
-    # Same device and layout as the model: mixed layouts are ~3x slower.
-    inputs = torch.stack([image for image, _ in loaded]).to(predictor.device)
-    inputs = inputs.contiguous(memory_format=torch.channels_last)
-    cams = model_cams(bundle.model, inputs, method=method)
+    cams = predictor_cams(predictor, torch.stack([image for image, _ in loaded]), method=method)
     examples = [
         CamExample(
             image=gray.numpy(),
@@ -193,22 +190,23 @@ def _gradcam_grid(
     )
 
 
-def _write_predictions(path: Path, records: list[ImageRecord], scores: Scores) -> Path:
+def _write_predictions(
+    path: Path, records: list[ImageRecord], scores: Scores, predictor: Predictor
+) -> Path:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(
         ["path", "label", "probability", "predicted", "ood_score", "out_of_distribution"]
     )
-    for i, record in enumerate(records):
-        ood = scores.ood_scores[i]
+    for record, result in zip(records, predictor.results(scores), strict=True):
         writer.writerow(
             [
                 record.path,
                 record.class_name,
-                f"{scores.probabilities[i]:.6f}",
-                label_name(scores.decisions[i]),
-                f"{ood:.4f}" if np.isfinite(ood) else "",
-                bool(scores.ood_flags[i]) if np.isfinite(ood) else "",
+                f"{result.probability:.6f}",
+                result.label,
+                f"{result.ood_score:.4f}" if result.ood_score is not None else "",
+                result.out_of_distribution if result.ood_score is not None else "",
             ]
         )
     return atomic_write_text(path, buffer.getvalue())
@@ -324,7 +322,7 @@ def evaluate_model(
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     cam_class(gradcam_method)  # an unknown method fails now, not after the inference
-    model_path = Path(model_path) if model_path is not None else default_model_path()
+    model_path = resolve_model_path(model_path)
     run_dir = model_path.resolve().parent  # outputs/final_pneumonia_model.pt links into a run
     predictor = Predictor.open(model_path, engine="torch", device=device)
     bundle = predictor.bundle
@@ -377,7 +375,7 @@ def evaluate_model(
     files["gradcam"] = _gradcam_grid(
         predictor, evaluated, labels, probs, out / GRADCAM_GRID, gradcam_method, seed
     )
-    files["predictions"] = _write_predictions(out / PREDICTIONS_CSV, evaluated, scores)
+    files["predictions"] = _write_predictions(out / PREDICTIONS_CSV, evaluated, scores, predictor)
     explain = _explain(bundle, root, split, evaluated, gradcam_method, seed, explain_images)
     if explain is not None:
         files["explain_check"] = write_explain_check(explain, out)

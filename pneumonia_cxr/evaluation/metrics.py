@@ -22,7 +22,7 @@ from pneumonia_cxr.evaluation.calibration import (
     check_labels,
     expected_calibration_error,
 )
-from pneumonia_cxr.inference.decision import decide
+from pneumonia_cxr.model.decision import decide
 
 RATE_NAMES: tuple[str, ...] = ("accuracy", "sensitivity", "specificity", "precision", "npv", "f1")
 BOOTSTRAP_METHOD = "stratified percentile"

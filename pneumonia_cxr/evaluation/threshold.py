@@ -6,20 +6,12 @@ set would make every test metric at that threshold optimistic, so callers pass v
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
-
 import numpy as np
 from numpy.typing import ArrayLike
 from sklearn.metrics import roc_curve
 
 from pneumonia_cxr.evaluation import THRESHOLD_RULES
 from pneumonia_cxr.evaluation.calibration import check_binary_inputs
-
-if TYPE_CHECKING:
-    from pneumonia_cxr.data.discovery import ImageRecord
-    from pneumonia_cxr.inference.predictor import RecordScores
-    from pneumonia_cxr.model.model_file import ModelBundle
 
 
 def _candidate_counts(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -109,37 +101,3 @@ def _chosen_score(
         return float(thresholds[feasible].max())
     # Highest specificity = fewest false positives.
     return _best(thresholds[feasible], (-fp[feasible], tp[feasible], thresholds[feasible]))
-
-
-def fit_operating_point(
-    bundle: ModelBundle,
-    val_records: Sequence[ImageRecord],
-    *,
-    rule: str,
-    min_sensitivity: float,
-    calibrate: bool = False,
-    batch_size: int = 32,
-    num_workers: int = 0,
-    device: str | None = None,
-) -> RecordScores:
-    """Store in `bundle` the threshold (and temperature) fitted on the validation records.
-
-    The records are scored through the one inference path (`Predictor`), exactly as
-    `evaluate` and `predict` will score images later. Returns the raw validation scores
-    (logits, OOD scores) with the labels of the readable records.
-    """
-    from pneumonia_cxr.evaluation.calibration import fit_temperature
-    from pneumonia_cxr.inference.decision import probability
-    from pneumonia_cxr.inference.predictor import Predictor
-
-    predictor = Predictor.from_bundle(bundle, device, source="validation fit")
-    result = predictor.score_records(val_records, batch_size=batch_size, num_workers=num_workers)
-    if not result.kept:
-        raise ValueError("no validation image could be read: cannot choose a threshold")
-    labels, logits = result.labels, result.scores.logits
-    bundle.temperature = fit_temperature(logits, labels) if calibrate else 1.0
-    probs = probability(logits, bundle.temperature)
-    bundle.threshold = choose_threshold(labels, probs, rule, min_sensitivity)
-    bundle.threshold_rule = rule
-    bundle.extra.update(val_n=len(labels), min_sensitivity=min_sensitivity)
-    return result

@@ -258,7 +258,7 @@ def write_explain_check(result: dict[str, Any], output_dir: str | Path) -> Path:
 
 
 def explain_check_job(
-    model_path: str | Path,
+    model_path: str | Path | None,
     dataset_path: str | Path | None = None,
     *,
     n_images: int = 16,
@@ -267,17 +267,16 @@ def explain_check_job(
     seed: int = 0,
     split: str = "test",
 ) -> tuple[dict[str, Any], Path]:
-    """`pneumonia-cxr explain-check`: load, check the contract, run, write; returns (result, json).
+    """`pneumonia-cxr explain-check`: open (contract checked), run, write; returns (result, json).
 
-    Default output folder: `<model file folder>/explain_check`.
+    Default model: the shipped one; default output folder: `<model file folder>/explain_check`.
     """
     from pneumonia_cxr.data.discovery import resolve_dataset_for_model
-    from pneumonia_cxr.inference.contract import check_model_contract
-    from pneumonia_cxr.model.model_file import load_model
+    from pneumonia_cxr.inference.predictor import Predictor
+    from pneumonia_cxr.model.shipped import resolve_model_path
 
-    model_path = Path(model_path)
-    bundle = load_model(model_path)
-    check_model_contract(bundle, model_path)
+    model_path = resolve_model_path(model_path)
+    bundle = Predictor.open(model_path, engine="torch", device="cpu").bundle
     root = resolve_dataset_for_model(dataset_path, bundle.config)
     result = run_explain_check(
         bundle, root, split=split, n_images=n_images, method=method, seed=seed
@@ -288,5 +287,14 @@ def explain_check_job(
         "dataset": str(root),
         **result,
     }
-    out = Path(output_dir) if output_dir is not None else model_path.parent / "explain_check"
+    out = Path(output_dir) if output_dir is not None else _default_output_dir(model_path)
     return result, write_explain_check(result, out)
+
+
+def _default_output_dir(model_path: Path) -> Path:
+    """Beside the model file; for the shipped model (inside the package) under ./outputs."""
+    from pneumonia_cxr.model.shipped import is_shipped_model
+
+    if is_shipped_model(model_path):
+        return Path("outputs") / "shipped_model_explain_check"
+    return model_path.parent / "explain_check"

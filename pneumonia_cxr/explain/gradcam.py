@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from pytorch_grad_cam.base_cam import BaseCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+    from pneumonia_cxr.inference.predictor import Predictor
+
 
 POSITIVE_LOGIT = 0
 """Index of the PNEUMONIA logit in the (N, 1) model output."""
@@ -190,3 +192,14 @@ def model_cams(
     return compute_cams(
         model, model.cam_target_layers, images, method=method, batch_size=batch_size
     )
+
+
+def predictor_cams(
+    predictor: Predictor, inputs: torch.Tensor, *, method: str = "gradcam"
+) -> np.ndarray:
+    """Maps of a batch of model inputs from an opened PyTorch predictor: on its device, in its
+    memory layout (mixed layouts are ~3x slower), one batch."""
+    if predictor.bundle is None:
+        raise ValueError("Grad-CAM needs the PyTorch model file (.pt), not an ONNX export")
+    images = inputs.to(predictor.device).contiguous(memory_format=torch.channels_last)
+    return model_cams(predictor.bundle.model, images, method=method, batch_size=len(images))

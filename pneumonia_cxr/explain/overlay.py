@@ -10,6 +10,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -18,8 +19,11 @@ from PIL import Image
 from pytorch_grad_cam.utils.image import show_cam_on_image
 
 from pneumonia_cxr import CLASS_NAMES
-from pneumonia_cxr.inference.decision import decide
+from pneumonia_cxr.model.decision import decide
 from pneumonia_cxr.storage import atomic_write
+
+if TYPE_CHECKING:
+    from pneumonia_cxr.inference.predictor import Predictor
 
 GROUPS: tuple[str, ...] = ("TP", "FP", "TN", "FN")
 """Confusion-matrix groups, in the order figures show them."""
@@ -69,6 +73,21 @@ def overlay_heatmap(
     mask = _resize_cam(cam, *image.shape)
     rgb = np.repeat((image.astype(np.float32) / 255.0)[..., None], 3, axis=2)
     return show_cam_on_image(rgb, mask, use_rgb=True, image_weight=1.0 - alpha)
+
+
+def gradcam_overlays(
+    predictor: Predictor,
+    inputs: torch.Tensor,
+    originals: Sequence[np.ndarray | torch.Tensor],
+    *,
+    method: str = "gradcam",
+) -> list[np.ndarray]:
+    """The one overlay path: maps of a batch of model inputs, each drawn on its original image
+    (RGB uint8, the original's resolution). predict, the service and evaluate call it."""
+    from pneumonia_cxr.explain.gradcam import predictor_cams
+
+    cams = predictor_cams(predictor, inputs, method=method)
+    return [overlay_heatmap(original, cam) for original, cam in zip(originals, cams, strict=True)]
 
 
 @dataclass

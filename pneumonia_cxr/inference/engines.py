@@ -26,9 +26,9 @@ from pneumonia_cxr.export import (
     ONNX_FORMAT_VERSION,
     OOD_OUTPUT,
     PROBABILITY_OUTPUT,
-    _metadata,
-    _require,
     export_onnx,
+    onnx_metadata,
+    require_optional,
 )
 from pneumonia_cxr.model.model_file import ModelBundle
 from pneumonia_cxr.storage import cache_root
@@ -116,7 +116,7 @@ def available_cpus() -> int:
 
 def _session(path: Path, num_threads: int | None) -> onnxruntime.InferenceSession:
     """A CPU session with every graph optimization (conv+BN fusion, NCHWc layouts)."""
-    ort = _require("onnxruntime")
+    ort = require_optional("onnxruntime")
     options = ort.SessionOptions()
     options.intra_op_num_threads = num_threads or available_cpus()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -282,8 +282,8 @@ class OpenVinoEngine(OnnxEngine):
         super().__init__(path, num_threads=num_threads)
 
     def _open(self, num_threads: int | None) -> tuple[str | None, list[str], set[str]]:
-        ov = _require("openvino")
-        onnx = _require("onnx")
+        ov = require_optional("openvino")
+        onnx = require_optional("onnx")
         try:
             proto = onnx.load(str(self.path), load_external_data=False)
             core = ov.Core()
@@ -344,8 +344,8 @@ def cached_onnx_engine(
             return OpenVinoEngine(path, num_threads=num_threads, precision=precision)
         return OnnxEngine(path, num_threads=num_threads)
 
-    _require("openvino" if runtime == "openvino" else "onnxruntime")
-    key = hashlib.sha256(json.dumps(_metadata(bundle), sort_keys=True).encode()).hexdigest()
+    require_optional("openvino" if runtime == "openvino" else "onnxruntime")
+    key = hashlib.sha256(json.dumps(onnx_metadata(bundle), sort_keys=True).encode()).hexdigest()
     path = Path(cache_dir or cache_root() / "onnx") / f"model-{key[:16]}.onnx"
     if path.is_file():
         try:

@@ -3,8 +3,9 @@
 `Predictor.open` opens a `.pt` or `.onnx` model file, checks its input contract once and picks
 the engine and device by one policy; `score_files` turns paths into scores batch by batch
 (labelled records for `evaluate`, unlabelled paths for `predict`, the validation split for the
-threshold fit), `load_input` serves single images (Grad-CAM, the service). The probability
-formula and the threshold decision are `inference.decision`'s, applied in `scores` only.
+threshold fit), `load_input` / `input_from_bytes` serve single images (Grad-CAM, the service).
+The probability formula and the threshold decision are `model.decision`'s, applied in
+`scores_from_outputs` only; `results` turns scores into one `ImageResult` per image.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from pneumonia_cxr.data.transforms import build_transforms
 from pneumonia_cxr.errors import ImageLoadError, ModelFileError
 from pneumonia_cxr.inference import AUTO_CPU_ENGINES, ENGINES
 from pneumonia_cxr.inference.contract import check_model_contract
-from pneumonia_cxr.inference.decision import decide, label_name, probability
 from pneumonia_cxr.inference.engines import (
     Engine,
     OnnxEngine,
@@ -34,6 +34,7 @@ from pneumonia_cxr.inference.engines import (
     cached_onnx_engine,
     resolve_device,
 )
+from pneumonia_cxr.model.decision import decide, label_name, probability
 from pneumonia_cxr.model.model_file import ModelBundle, load_model
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,20 @@ class Scores:
             empty = np.zeros(0)
             return cls(empty, empty, empty.astype(np.int64), empty, empty.astype(bool))
         return cls(*(np.concatenate([getattr(p, name) for p in parts]) for name in names))
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """One image's verdict, made in one place (`Predictor.results`); predict, the service and
+    evaluate only format it."""
+
+    probability: float
+    """P(PNEUMONIA), the model's temperature applied."""
+    label: str
+    """The class name at the model's threshold."""
+    ood_score: float | None
+    """None when the model carries no OOD statistics."""
+    out_of_distribution: bool | None
 
 
 @dataclass
@@ -266,6 +281,22 @@ class Predictor:
         return Scores(
             logits, probabilities, decide(probabilities, self.threshold), ood_scores, flags
         )
+
+    def results(self, scores: Scores) -> list[ImageResult]:
+        """One `ImageResult` per scored image, in order."""
+        results = []
+        for position, p in enumerate(scores.probabilities):
+            ood = float(scores.ood_scores[position])
+            known = bool(np.isfinite(ood))
+            results.append(
+                ImageResult(
+                    probability=float(p),
+                    label=self.label(int(scores.decisions[position])),
+                    ood_score=ood if known else None,
+                    out_of_distribution=bool(scores.ood_flags[position]) if known else None,
+                )
+            )
+        return results
 
     def scores(self, images: torch.Tensor) -> Scores:
         """Scores of a batch of model inputs (from `load_input` or `transform`)."""

@@ -15,8 +15,8 @@ import torch
 from pneumonia_cxr import CLASS_NAMES, __version__
 from pneumonia_cxr.config import Preprocessing
 from pneumonia_cxr.errors import ModelFileError
-from pneumonia_cxr.inference.decision import probability
 from pneumonia_cxr.model.classifier import PneumoniaNet
+from pneumonia_cxr.model.decision import probability
 from pneumonia_cxr.model.ensemble import PneumoniaEnsemble
 from pneumonia_cxr.model.ood import OodScorer, ScoringModel
 from pneumonia_cxr.storage import atomic_torch_save
@@ -54,7 +54,7 @@ class ModelBundle:
         return self.model.backbone_names
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        """P(PNEUMONIA) with the stored temperature (`inference.decision.probability`)."""
+        """P(PNEUMONIA) with the stored temperature (`model.decision.probability`)."""
         return probability(logits, self.temperature)
 
     def scoring_model(self) -> ScoringModel:

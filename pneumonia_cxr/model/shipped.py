@@ -1,8 +1,9 @@
 """The detector that ships inside the package, pinned by its sha256 (as torchxrayvision pins its
-weight files): `predict` and `evaluate` use it when no --model_path is given."""
+weight files): every command uses it when no --model_path is given (`resolve_model_path`)."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from pneumonia_cxr.data.split import file_sha256
@@ -47,4 +48,14 @@ def default_model_path() -> Path:
             f"{SHIPPED_MODEL_SHA256[:16]}...; the file is damaged or was replaced. "
             "Reinstall the package or pass --model_path"
         )
+    return path
+
+
+def resolve_model_path(model_path: str | Path | None) -> Path:
+    """The one answer to "no --model_path given": the model file asked for, else the shipped
+    one (checked against its pinned sha256), said on stderr so a user knows which answers."""
+    if model_path is not None:
+        return Path(model_path)
+    path = default_model_path()
+    print(f"model: {path} (shipped with pneumonia-cxr)", file=sys.stderr)
     return path

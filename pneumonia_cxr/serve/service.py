@@ -81,10 +81,10 @@ class ModelService:
 
     def _load(self) -> None:
         from pneumonia_cxr.inference.predictor import Predictor
-        from pneumonia_cxr.model.shipped import default_model_path
+        from pneumonia_cxr.model.shipped import resolve_model_path
 
         try:
-            path = self.config.model_path or default_model_path()
+            path = resolve_model_path(self.config.model_path)
             # The engine `predict` uses by default, so the page agrees with `predict`.
             self.predictor = Predictor.open(
                 path, engine=self.config.engine, device=self.config.device
@@ -135,7 +135,6 @@ class ModelService:
                 self._in_flight -= 1
 
     def _score(self, files: list[tuple[str, bytes]], gradcam: bool) -> list[dict[str, Any]]:
-        import numpy as np
         import torch
 
         from pneumonia_cxr.inference.predictor import one_line
@@ -159,16 +158,8 @@ class ModelService:
         if not kept:
             return results
         batch = torch.stack(inputs)
-        scores = predictor.scores(batch)
-        for position, index in enumerate(kept):
-            ood = float(scores.ood_scores[position])
-            results[index].update(
-                probability=float(scores.probabilities[position]),
-                label=predictor.label(int(scores.decisions[position])),
-                threshold=predictor.threshold,
-                ood_score=ood if np.isfinite(ood) else None,
-                out_of_distribution=bool(scores.ood_flags[position]) if np.isfinite(ood) else None,
-            )
+        for index, result in zip(kept, predictor.results(predictor.scores(batch)), strict=True):
+            results[index].update(asdict(result), threshold=predictor.threshold)
         if gradcam:
             explainer = self._gradcam_predictor()
             for index, png in zip(kept, _overlays(explainer, batch, originals), strict=True):
@@ -193,17 +184,13 @@ class ModelService:
 def _overlays(
     predictor: Predictor, batch: torch.Tensor, originals: list[torch.Tensor]
 ) -> list[str]:
-    import torch
     from PIL import Image
 
-    from pneumonia_cxr.explain.gradcam import model_cams
-    from pneumonia_cxr.explain.overlay import overlay_heatmap
+    from pneumonia_cxr.explain.overlay import gradcam_overlays
 
-    images = batch.to(predictor.device).contiguous(memory_format=torch.channels_last)
-    cams = model_cams(predictor.bundle.model, images, batch_size=len(images))
     encoded = []
-    for original, cam in zip(originals, cams, strict=True):
-        overlay = Image.fromarray(overlay_heatmap(original, cam))
+    for pixels in gradcam_overlays(predictor, batch, originals):
+        overlay = Image.fromarray(pixels)
         overlay.thumbnail((OVERLAY_MAX_SIDE, OVERLAY_MAX_SIDE))
         buffer = io.BytesIO()
         overlay.save(buffer, format="PNG")

@@ -15,13 +15,13 @@ import torch
 from pneumonia_cxr import __version__
 from pneumonia_cxr.data.split import PatientSplit, read_split_csv
 from pneumonia_cxr.errors import ModelFileError
-from pneumonia_cxr.evaluation.threshold import fit_operating_point
 from pneumonia_cxr.inference.contract import check_model_contract
 from pneumonia_cxr.inference.predictor import Predictor
 from pneumonia_cxr.model.ensemble import PneumoniaEnsemble
 from pneumonia_cxr.model.model_file import ModelBundle, load_model, round_to_half, save_model
 from pneumonia_cxr.model.ood import DEFAULT_QUANTILE, FeatureDensity, OodScorer, member_features
-from pneumonia_cxr.training.files import SPLIT_FILE
+from pneumonia_cxr.run_folder import SPLIT_FILE
+from pneumonia_cxr.training.operating_point import fit_operating_point
 
 log = logging.getLogger(__name__)
 

@@ -33,11 +33,11 @@ from pneumonia_cxr.data.split import (
 )
 from pneumonia_cxr.errors import RunFolderError
 from pneumonia_cxr.evaluation.plots import plot_learning_curves
-from pneumonia_cxr.evaluation.threshold import fit_operating_point
 from pneumonia_cxr.faults import FAULT_ENV, kill_if
 from pneumonia_cxr.model.backbones import preprocessing_for
 from pneumonia_cxr.model.classifier import PneumoniaNet
 from pneumonia_cxr.model.model_file import ModelBundle, save_model
+from pneumonia_cxr.run_folder import CONFIG_FILE, FINAL_MODEL_NAME, SUMMARY_FILE, RunPaths
 from pneumonia_cxr.storage import atomic_write_text
 from pneumonia_cxr.training.callbacks import (
     EpochEndCheckpoint,
@@ -48,8 +48,8 @@ from pneumonia_cxr.training.callbacks import (
     drop_rows_from,
 )
 from pneumonia_cxr.training.checkpointing import AtomicCheckpointIO
-from pneumonia_cxr.training.files import CONFIG_FILE, FINAL_MODEL_NAME, SUMMARY_FILE, RunPaths
 from pneumonia_cxr.training.module import PneumoniaLitModule
+from pneumonia_cxr.training.operating_point import fit_operating_point
 
 log = logging.getLogger(__name__)
 
