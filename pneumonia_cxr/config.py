@@ -160,7 +160,10 @@ class RunConfig:
         return asdict(self)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        """Atomically: `--resume` reads it back, so a kill mid-write must leave none or all."""
+        from pneumonia_cxr.storage import atomic_write_text
+
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> RunConfig:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import random
 import warnings
 from collections.abc import Sequence
@@ -20,6 +21,7 @@ from pathlib import Path
 from pneumonia_cxr import CLASS_NAMES
 from pneumonia_cxr.data.discovery import ImageRecord
 from pneumonia_cxr.data.patients import patient_id
+from pneumonia_cxr.storage import atomic_write_text
 
 POOL_SPLITS: tuple[str, str] = ("train", "val")
 CSV_COLUMNS: tuple[str, ...] = (
@@ -186,26 +188,29 @@ def make_patient_split(
 
 
 def write_split_csv(split: PatientSplit, path: str | Path) -> None:
-    """Save a split so that a run can be audited and repeated with exactly the same images."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
-        writer.writeheader()
-        for subset, records in (("train", split.train), ("val", split.val)):
-            for record in records:
-                writer.writerow(
-                    {
-                        "path": str(record.path),
-                        "official_split": record.split,
-                        "label": record.label,
-                        "class_name": record.class_name,
-                        "patient": patient_id(record.path.name) or "",
-                        "subset": subset,
-                        "seed": split.seed,
-                        "val_fraction": split.val_fraction,
-                    }
-                )
+    """Save a split so that a run can be audited and repeated with exactly the same images.
+
+    Written atomically: `--resume` reads it back, so a kill mid-write must leave none or all.
+    """
+    handle = io.StringIO(newline="")
+    writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
+    writer.writeheader()
+    for subset, records in (("train", split.train), ("val", split.val)):
+        for record in records:
+            writer.writerow(
+                {
+                    "path": str(record.path),
+                    "official_split": record.split,
+                    "label": record.label,
+                    "class_name": record.class_name,
+                    "patient": patient_id(record.path.name) or "",
+                    "subset": subset,
+                    "seed": split.seed,
+                    "val_fraction": split.val_fraction,
+                }
+            )
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, handle.getvalue())
 
 
 def _record_from_row(row: dict[str, str], path: Path, line: int) -> ImageRecord:

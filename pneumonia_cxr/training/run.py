@@ -1,29 +1,25 @@
-"""The two-stage run: split, stage 1 (head), stage 2 (top layers), threshold, model file."""
+"""The two-stage run: split, stage 1 (head), stage 2 (top layers), threshold, model file.
+
+The stage loop lives here; the Trainer of a stage in `training.trainer`, the run folder's
+progress, checkpoints and naming in `training.folder`.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import time
-import warnings
-from collections.abc import Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import EarlyStopping
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_only
 
 from pneumonia_cxr import __version__
 from pneumonia_cxr.config import Preprocessing, RunConfig
 from pneumonia_cxr.data.datamodule import XrayDataModule
 from pneumonia_cxr.data.discovery import list_images, resolve_dataset
-from pneumonia_cxr.data.epoch_seeding import EpochClock
 from pneumonia_cxr.data.fingerprint import records_fingerprint
 from pneumonia_cxr.data.split import (
     PatientSplit,
@@ -37,102 +33,28 @@ from pneumonia_cxr.faults import FAULT_ENV, kill_if
 from pneumonia_cxr.model.backbones import preprocessing_for
 from pneumonia_cxr.model.classifier import PneumoniaNet
 from pneumonia_cxr.model.model_file import ModelBundle, save_model
-from pneumonia_cxr.run_folder import CONFIG_FILE, FINAL_MODEL_NAME, SUMMARY_FILE, RunPaths
+from pneumonia_cxr.run_folder import CONFIG_FILE, SUMMARY_FILE, RunPaths
 from pneumonia_cxr.storage import atomic_write_text
-from pneumonia_cxr.training.callbacks import (
-    EpochEndCheckpoint,
-    EpochMetricsCSV,
-    EpochSeeding,
-    KillAtBatch,
-    TrainingProgressBar,
-    drop_rows_from,
+from pneumonia_cxr.training.callbacks import drop_rows_from
+from pneumonia_cxr.training.folder import (
+    intact_checkpoint,
+    is_rank_zero,
+    link_latest,
+    new_run_dir,
+    read_progress,
+    workers_join,
+    write_progress,
 )
-from pneumonia_cxr.training.checkpointing import AtomicCheckpointIO
 from pneumonia_cxr.training.module import PneumoniaLitModule
 from pneumonia_cxr.training.operating_point import fit_operating_point
+from pneumonia_cxr.training.trainer import make_trainer, quiet_libraries
 
 log = logging.getLogger(__name__)
-
-
-def _precision(config: RunConfig) -> str:
-    if config.train.precision != "auto":
-        return config.train.precision
-    if torch.cuda.is_available() and config.train.accelerator in ("auto", "gpu", "cuda"):
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "32-true"
-
-
-def _devices(value: str) -> int | str:
-    return int(value) if str(value).isdigit() else value
-
-
-def _read_progress(paths: RunPaths) -> dict[str, Any]:
-    return json.loads(paths.progress.read_text()) if paths.progress.exists() else {}
-
-
-def _write_progress(paths: RunPaths, progress: dict[str, Any]) -> None:
-    atomic_write_text(paths.progress, json.dumps(progress, indent=2))
 
 
 def _load_net_weights(net: PneumoniaNet, checkpoint_path: str | Path) -> None:
     state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)["state_dict"]
     net.load_state_dict({k.removeprefix("net."): v for k, v in state.items()})
-
-
-def _make_trainer(
-    config: RunConfig,
-    paths: RunPaths,
-    stage: int,
-    epochs: int,
-    extra_callbacks: list,
-    clock: EpochClock,
-) -> L.Trainer:
-    train = config.train
-    checkpoint = EpochEndCheckpoint(
-        dirpath=paths.stage_checkpoints(stage),
-        filename="best",
-        monitor=train.monitor,
-        mode="max",
-        save_top_k=1,
-        save_last=True,
-        enable_version_counter=False,
-        # Written once the epoch (validation included) is over: "epoch done" and "its
-        # checkpoint written" are one fact, so a resume never runs an epoch twice.
-        save_on_train_epoch_end=True,
-    )
-    early_stopping = EarlyStopping(
-        monitor=train.monitor, mode="max", patience=train.early_stopping_patience
-    )
-    loggers = [  # a new CSV folder per invocation: a resume never deletes earlier logs
-        CSVLogger(paths.root / "logs", name=f"stage{stage}", version=_attempt(paths, stage)),
-        TensorBoardLogger(paths.root / "logs", name="tensorboard", version=f"stage{stage}"),
-    ]
-    if os.environ.get(FAULT_ENV):
-        extra_callbacks = [*extra_callbacks, KillAtBatch(stage)]
-    return L.Trainer(
-        max_epochs=epochs,
-        accelerator=train.accelerator,
-        devices=_devices(train.devices),
-        num_nodes=train.num_nodes,
-        strategy=train.strategy,
-        precision=_precision(config),
-        callbacks=[
-            TrainingProgressBar(),
-            EpochSeeding(clock),
-            checkpoint,
-            early_stopping,
-            EpochMetricsCSV(paths.metrics, stage),
-            *extra_callbacks,
-        ],
-        logger=loggers,
-        plugins=[AtomicCheckpointIO(), *_slurm_plugins()],
-        default_root_dir=paths.root,
-        num_sanity_val_steps=0,
-        log_every_n_steps=10,
-        limit_train_batches=train.limit_train_batches,
-        limit_val_batches=train.limit_val_batches,
-        enable_model_summary=False,
-    )
 
 
 def _configure_stage(net: PneumoniaNet, config: RunConfig, stage: int) -> list[str]:
@@ -173,9 +95,9 @@ def _run_stage(
         teacher_probabilities=teacher,
         distill_alpha=config.distill.alpha,
     )
-    trainer = _make_trainer(config, paths, stage, epochs, extra_callbacks, datamodule.clock)
+    trainer = make_trainer(config, paths, stage, epochs, extra_callbacks, datamodule.clock)
     resume_from, finished_epoch = intact_checkpoint(paths, stage)
-    if _is_rank_zero():  # rows of epochs no checkpoint holds (all of them without one)
+    if is_rank_zero():  # rows of epochs no checkpoint holds (all of them without one)
         drop_rows_from(paths.metrics, stage, finished_epoch + 1)
     # The first epoch's loader is built before any epoch hook runs: set its epoch now.
     datamodule.clock.stage, datamodule.clock.epoch = stage, finished_epoch + 1
@@ -194,100 +116,14 @@ def _run_stage(
         "skipped_files": sorted(module.skipped_files),
     }
     if trainer.is_global_zero:
-        _write_progress(paths, progress)
+        write_progress(paths, progress)
     kill_if(f"after_stage{stage}")
-
-
-def _slurm_plugins() -> list:
-    """Under Slurm, no mid-epoch `hpc_ckpt` on SIGUSR1 and no automatic resume from one: a
-    requeued job resumes from its epoch-end checkpoints (`--resume`), as everywhere else."""
-    from lightning.pytorch.plugins.environments import SLURMEnvironment
-
-    return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
-
-
-def _attempt(paths: RunPaths, stage: int) -> str:
-    folder = paths.root / "logs" / f"stage{stage}"
-    return f"attempt{len(list(folder.glob('attempt*'))) if folder.is_dir() else 0}"
-
-
-def _checkpoint_epoch(path: Path) -> int:
-    """The finished epoch a checkpoint holds; ValueError when the file is damaged."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        epoch = int(checkpoint["epoch"])
-        if "state_dict" not in checkpoint or "pneumonia_cxr" not in checkpoint:
-            raise KeyError("state_dict or pneumonia_cxr")
-    except Exception as error:  # truncated zip, random bytes, a foreign file
-        raise ValueError(f"{type(error).__name__}: {str(error)[:120]}") from error
-    return epoch
-
-
-def intact_checkpoint(paths: RunPaths, stage: int) -> tuple[Path | None, int]:
-    """Where a stage resumes: last.ckpt, else (damaged) best.ckpt, with the finished epoch.
-
-    (None, -1) when the stage never wrote a checkpoint (it starts from its beginning). Every
-    epoch's random streams derive from (seed, stage, epoch), so resuming from an older intact
-    checkpoint re-runs the later epochs identically.
-
-    Raises:
-        RunFolderError: checkpoints exist but none can be read: never a silent restart.
-    """
-    folder = paths.stage_checkpoints(stage)
-    for stale in [*folder.glob(".*.tmp"), *paths.root.glob(".*.tmp")]:
-        stale.unlink(missing_ok=True)  # half-written files of a killed run (never renamed)
-    present = [folder / name for name in ("last.ckpt", "best.ckpt") if (folder / name).exists()]
-    problems = []
-    for path in present:
-        try:
-            epoch = _checkpoint_epoch(path)
-        except ValueError as error:
-            log.warning("%s is damaged (%s); trying the next checkpoint", path, error)
-            problems.append(f"{path.name}: {error}")
-            continue
-        if problems:
-            log.warning("resuming stage %d from %s (epoch %d)", stage, path, epoch)
-        return path, epoch
-    if present:
-        raise RunFolderError(
-            f"every checkpoint of stage {stage} in {folder} is damaged ({'; '.join(problems)}). "
-            f"To redo stage {stage} from its start: rm -r {folder} && pneumonia-cxr train "
-            f"--resume {paths.root}"
-        )
-    return None, -1
 
 
 def _best_stage(progress: dict[str, Any]) -> dict[str, Any]:
     stages = [progress[k] for k in ("stage1", "stage2") if k in progress]
     scored = [s for s in stages if s.get("best_score") is not None]
     return max(scored, key=lambda s: s["best_score"]) if scored else stages[-1]
-
-
-RUN_NAME_ENV = "PNEUMONIA_CXR_RUN_NAME"
-
-
-@contextlib.contextmanager
-def _workers_join(paths: RunPaths) -> Iterator[None]:
-    """DDP workers that Lightning launches re-run this command line: name the folder for them."""
-    previous = os.environ.get(RUN_NAME_ENV)
-    os.environ[RUN_NAME_ENV] = paths.root.name
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop(RUN_NAME_ENV, None)
-        else:
-            os.environ[RUN_NAME_ENV] = previous
-
-
-def _new_run_dir(config: RunConfig) -> Path:
-    """Every DDP rank must land in the same folder: rank 0 hands its choice to the workers it
-    launches through the environment (`_workers_join`); under Slurm the job id names it."""
-    stamp = os.environ.get("SLURM_JOB_ID") or datetime.now().strftime("%Y%m%d-%H%M%S")
-    name = (
-        config.train.run_name or os.environ.get(RUN_NAME_ENV) or f"{config.model.backbone}-{stamp}"
-    )
-    return Path(config.train.output_dir) / name
 
 
 def prepare_data(config: RunConfig, paths: RunPaths, resuming: bool) -> tuple[PatientSplit, Path]:
@@ -303,14 +139,9 @@ def prepare_data(config: RunConfig, paths: RunPaths, resuming: bool) -> tuple[Pa
         config.data.val_fraction,
         config.train.seed if split_seed is None else split_seed,
     )
-    if _is_rank_zero():
+    if is_rank_zero():
         write_split_csv(split, paths.split)
     return split, root
-
-
-def _is_rank_zero() -> bool:
-    """False in the processes a DDP launcher (Lightning, srun, torchrun) starts for ranks > 0."""
-    return rank_zero_only.rank == 0
 
 
 def train(
@@ -327,7 +158,7 @@ def train(
     """
     if os.environ.get(FAULT_ENV):
         log.warning("%s is set: this run will kill itself at %s", FAULT_ENV, os.environ[FAULT_ENV])
-    with _quiet_libraries():
+    with quiet_libraries():
         return _train(config, resume, epoch_overrides, extra_callbacks)
 
 
@@ -344,13 +175,13 @@ def _train(
         config = RunConfig.load(paths.config)
         for key, value in (epoch_overrides or {}).items():
             setattr(config.train, key, value)
-        if epoch_overrides and _is_rank_zero():
+        if epoch_overrides and is_rank_zero():
             config.save(paths.config)
     else:
         config = config or RunConfig()
-        paths = RunPaths(_new_run_dir(config))
+        paths = RunPaths(new_run_dir(config))
         config.train.run_name = paths.root.name
-        if _is_rank_zero():  # ranks > 0 join the run that rank 0 has just created
+        if is_rank_zero():  # ranks > 0 join the run that rank 0 has just created
             if paths.progress.exists() or paths.config.exists():
                 raise RunFolderError(f"{paths.root} already holds a run; use --resume {paths.root}")
             paths.root.mkdir(parents=True, exist_ok=True)
@@ -374,13 +205,13 @@ def _train(
         head_dims=config.model.head_dims,
         head_dropouts=config.model.head_dropouts,
     ).to(memory_format=torch.channels_last)
-    progress = _read_progress(paths)
-    with _workers_join(paths):
+    progress = read_progress(paths)
+    with workers_join(paths):
         for stage in (1, 2):
             _run_stage(
                 stage, net, datamodule, config, paths, progress, extra_callbacks or [], teacher
             )
-    if not _is_rank_zero():
+    if not is_rank_zero():
         return paths.root
     _load_net_weights(net, _best_stage(progress)["best_checkpoint"])
     bundle = finalize_model(net, config, preprocessing, datamodule, split)
@@ -388,7 +219,7 @@ def _train(
     if paths.metrics.exists():
         plot_learning_curves(paths.metrics, paths.root / "learning_curves.png")
     _write_summary(paths, config, progress, bundle, datamodule, time.perf_counter() - started, root)
-    _link_latest(paths)
+    link_latest(paths)
     return paths.root
 
 
@@ -405,59 +236,6 @@ def _teacher(config: RunConfig, split: PatientSplit, paths: RunPaths) -> torch.T
         paths.teacher_probabilities,
         batch_size=config.data.batch_size,
     )
-
-
-def _link_latest(paths: RunPaths) -> None:
-    """`<output_dir>/final_pneumonia_model.pt` -> the latest run's model file, so the reference's
-    command sequence (`scripts/evaluate.py --model_path outputs/final_pneumonia_model.pt`) works.
-    A relative symlink, swapped in atomically."""
-    latest = paths.root.parent / FINAL_MODEL_NAME
-    tmp = latest.with_name(f".{FINAL_MODEL_NAME}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
-    tmp.symlink_to(Path(paths.root.name) / FINAL_MODEL_NAME)
-    os.replace(tmp, latest)
-
-
-_LIBRARY_NOISE = (
-    r"Found \d+ module\(s\) in eval mode",  # frozen BatchNorm stays in eval mode on purpose
-    r".*is smaller than the logging interval",
-    r".*treespec.*deprecated",
-    r".*LeafSpec.*deprecated",
-    r"Checkpoint directory .* exists and is not empty",  # a resume writes there on purpose
-)
-
-
-_LIBRARY_LOGGERS = (
-    "lightning",
-    "lightning.pytorch",
-    "lightning.fabric",
-    "pytorch_lightning",
-    "lightning_fabric",
-)
-
-
-@contextlib.contextmanager
-def _quiet_libraries() -> Iterator[None]:
-    """Training output a user can read: Lightning's tips, start-up banners and warnings about
-    choices made on purpose are dropped (errors and our own messages still show), and its
-    logger stops repeating each line through the root handler."""
-    # lightning.pytorch and lightning.fabric carry their own level and handler, so quieting
-    # the parent "lightning" alone is not enough.
-    loggers = [logging.getLogger(name) for name in _LIBRARY_LOGGERS]
-    saved = [(logger.level, logger.propagate) for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.WARNING)
-        logger.propagate = False
-    with warnings.catch_warnings():
-        for pattern in _LIBRARY_NOISE:
-            warnings.filterwarnings("ignore", message=pattern)
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        try:
-            yield
-        finally:
-            for logger, (level, propagate) in zip(loggers, saved, strict=True):
-                logger.setLevel(level)
-                logger.propagate = propagate
 
 
 def finalize_model(
