@@ -208,6 +208,56 @@ def _load_model(path: Path):
     return load_model(path)
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Measure a model on a site's images, refit its operating point there, write a new file."""
+    import json
+
+    from pneumonia_cxr.data.site import list_site_images, read_patients_csv, site_folds
+    from pneumonia_cxr.training.recalibrate import (
+        calibrate_model,
+        check_enough_images,
+        format_report,
+        held_out_figures,
+    )
+
+    model_path = _model_path_or_shipped(args.model_path)
+    records = list_site_images(args.dataset_path, args.split)
+    check_images: list = []
+    if args.check_fold is not None:
+        if not 0 <= args.check_fold < args.folds:
+            raise ValueError(f"--check_fold must be in 0..{args.folds - 1}")
+        folds = site_folds(
+            records, args.folds, args.seed, read_patients_csv(Path(args.dataset_path))
+        )
+        check_images = folds[args.check_fold]
+        records = [r for k, fold in enumerate(folds) if k != args.check_fold for r in fold]
+        check_enough_images(check_images, args.force, f"fold {args.check_fold}")
+    result = calibrate_model(
+        model_path,
+        records,
+        args.output,
+        rule=args.threshold_rule,
+        min_sensitivity=args.min_sensitivity,
+        force=args.force,
+        device=args.device,
+        batch_size=args.batch_size,
+    )
+    print(format_report(result, records, checked=bool(check_images)))
+    if check_images:
+        held = held_out_figures(args.output, check_images, device=args.device)
+        sens, spec = held["sensitivity"], held["specificity"]
+        print(
+            f"held-out fold {args.check_fold} ({held['n']} images of other patients): "
+            f"sensitivity {100 * sens:.1f}% [{100 * held['sensitivity_ci'][0]:.1f}, "
+            f"{100 * held['sensitivity_ci'][1]:.1f}] (target {args.min_sensitivity}), "
+            f"specificity {100 * spec:.1f}%"
+        )
+        if args.check_output:
+            Path(args.check_output).write_text(json.dumps(held) + "\n")
+    print(f"written: {args.output}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Synthetic data -> training -> evaluation on its test split, report and Grad-CAM grid."""
     from pneumonia_cxr.demo import run_demo
@@ -516,6 +566,39 @@ def build_parser() -> argparse.ArgumentParser:
     ensemble.add_argument("--ood_train_images", type=_positive_int, default=1500)
     _add_device_arg(ensemble)
     ensemble.set_defaults(func=cmd_ensemble)
+
+    calibrate = sub.add_parser(
+        "calibrate",
+        help="measure a model on your own labelled images and refit its threshold there",
+    )
+    _add_model_path_arg(calibrate)
+    calibrate.add_argument(
+        "--dataset_path",
+        required=True,
+        help="a folder with NORMAL/ and PNEUMONIA/ (or the official layout: see --split)",
+    )
+    calibrate.add_argument("--split", default="test", choices=SPLITS, help="official layout only")
+    calibrate.add_argument("--output", required=True, help="the calibrated model file (.pt)")
+    calibrate.add_argument(
+        "--threshold_rule", default="max_specificity_at_sensitivity", choices=THRESHOLD_RULES
+    )
+    calibrate.add_argument("--min_sensitivity", type=float, default=0.95)
+    calibrate.add_argument(
+        "--force", action="store_true", help="calibrate even with < 30 images in a class"
+    )
+    calibrate.add_argument(
+        "--folds", type=int, default=2, help="patient-level folds for --check_fold"
+    )
+    calibrate.add_argument(
+        "--check_fold",
+        type=int,
+        help="fit on the other folds and report what the new threshold achieves on this one",
+    )
+    calibrate.add_argument("--check_output", help="JSON of the held-out fold's figures")
+    calibrate.add_argument("--seed", type=int, default=0, help="seed of the patient folds")
+    calibrate.add_argument("--batch_size", type=_positive_int, default=32)
+    _add_device_arg(calibrate)
+    calibrate.set_defaults(func=cmd_calibrate)
 
     export = sub.add_parser("export", help="export a model file for fast inference")
     _add_model_path_arg(export, required=True)

@@ -166,7 +166,7 @@ def resolve_dataset(path: str | Path | None = None, *, download: bool = True) ->
     return find_layout_root(downloaded)
 
 
-def _class_folders(split_dir: Path) -> list[Path]:
+def class_folders(split_dir: Path) -> list[Path]:
     """Check that a split folder holds exactly NORMAL and PNEUMONIA; return them in label order."""
     if not split_dir.is_dir():
         raise DatasetLayoutError(
@@ -190,7 +190,7 @@ def _class_folders(split_dir: Path) -> list[Path]:
     return [split_dir / name for name in CLASS_NAMES]
 
 
-def _class_images(class_dir: Path, skipped: list[Path]) -> list[Path]:
+def class_images(class_dir: Path, skipped: list[Path]) -> list[Path]:
     """Image files of one class folder; non-image files go to ``skipped``."""
     images = []
     for entry in sorted(class_dir.iterdir()):
@@ -226,8 +226,8 @@ def list_images(root: str | Path, splits: Sequence[str] = SPLITS) -> list[ImageR
     records: list[ImageRecord] = []
     skipped: list[Path] = []
     for split in sorted(dict.fromkeys(splits), key=SPLITS.index):
-        for label, class_dir in enumerate(_class_folders(root / split)):
-            images = _class_images(class_dir, skipped)
+        for label, class_dir in enumerate(class_folders(root / split)):
+            images = class_images(class_dir, skipped)
             records.extend(ImageRecord(path=path, split=split, label=label) for path in images)
     if skipped:
         examples = ", ".join(str(path.relative_to(root)) for path in skipped[:_MAX_EXAMPLES])

@@ -285,7 +285,6 @@ def subgroup_sensitivity(
     """Sensitivity per pneumonia type where file names follow Kermany's pattern
     (`personN_bacteria_M` / `personN_virus_M`), with Wilson score intervals (scipy's
     `binomtest`); {} when no PNEUMONIA file name carries a type."""
-    from scipy.stats import binomtest
 
     from pneumonia_cxr.data.patients import pneumonia_type
 
@@ -296,15 +295,24 @@ def subgroup_sensitivity(
             groups.setdefault(kind.lower(), []).append(int(decision))
     result = {}
     for kind, hits in sorted(groups.items()):
-        interval = binomtest(sum(hits), len(hits)).proportion_ci(confidence, method="wilson")
+        low, high = wilson_interval(sum(hits), len(hits), confidence)
         result[kind] = {
             "n": len(hits),
             "detected": sum(hits),
             "sensitivity": {
                 "value": sum(hits) / len(hits),
-                "ci_low": float(interval.low),
-                "ci_high": float(interval.high),
+                "ci_low": low,
+                "ci_high": high,
                 "method": "wilson",
             },
         }
     return result
+
+
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion (scipy's `binomtest`): sound at 0 or n successes
+    and for small n, where the bootstrap degenerates."""
+    from scipy.stats import binomtest
+
+    interval = binomtest(int(successes), int(n)).proportion_ci(confidence, method="wilson")
+    return float(interval.low), float(interval.high)

@@ -57,6 +57,8 @@ class Engine(Protocol):
     class_names: tuple[str, ...]
     backbone_name: str
     ood_cutoff: float | None
+    calibration: dict[str, Any] | None
+    """The site calibration record of a `calibrate`d model file, else None."""
 
     @property
     def backbone_names(self) -> tuple[str, ...]: ...
@@ -83,6 +85,7 @@ class TorchEngine:
         self.threshold_rule, self.temperature = bundle.threshold_rule, float(bundle.temperature)
         self.class_names, self.backbone_name = tuple(bundle.class_names), bundle.backbone_name
         self.ood_cutoff = bundle.ood.cutoff if bundle.ood is not None else None
+        self.calibration = bundle.extra.get("calibration")
         self.scoring = bundle.scoring_model().to(
             device=self.device, memory_format=torch.channels_last
         )
@@ -192,6 +195,7 @@ class OnnxEngine:
             self.backbone_names = tuple(meta.get("backbones") or [self.backbone_name])
             ood = meta.get("ood")
             self.ood_cutoff = float(ood["cutoff"]) if ood else None
+            self.calibration = meta.get("calibration")
         except (KeyError, TypeError, ValueError) as error:
             raise ModelFileError(
                 f"{self.path}: pneumonia-cxr metadata is incomplete ({error}); export it again"

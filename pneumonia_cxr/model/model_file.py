@@ -43,6 +43,8 @@ class ModelBundle:
     package_version: str = __version__
     extra: dict[str, Any] = field(default_factory=dict)
     ood: OodScorer | None = None
+    stored_half: bool = False
+    """The file keeps float16 weights: a rewrite (recalibration) keeps them so, losslessly."""
 
     @property
     def backbone_name(self) -> str:
@@ -70,6 +72,18 @@ class ModelBundle:
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
         return digest.hexdigest()[:16]
+
+
+def calibration_line(record: dict[str, Any] | None) -> str | None:
+    """ "calibrated on N local images (...)" for a site-calibrated model file (`calibrate`),
+    None otherwise: what reports and the page say instead of the parent's test figures."""
+    if not record:
+        return None
+    total = sum(record.get("images", {}).values())
+    return (
+        f"calibrated on {total} local images ({str(record.get('date', ''))[:10]}, "
+        f"{record.get('threshold_rule')}, target sensitivity {record.get('min_sensitivity')})"
+    )
 
 
 def _member_payload(member: PneumoniaNet, dtype: torch.dtype) -> dict[str, Any]:
@@ -190,4 +204,9 @@ def load_model(path: str | Path) -> ModelBundle:
         package_version=payload.get("package_version", "unknown"),
         extra=payload.get("extra", {}),
         ood=ood,
+        stored_half=any(
+            tensor.dtype == torch.float16
+            for entry in payload.get("members", [payload])
+            for tensor in entry["state_dict"].values()
+        ),
     )

@@ -1,0 +1,230 @@
+"""A model measured and recalibrated on a site's own labelled images (`pneumonia-cxr calibrate`).
+
+The weights stay as they are; what a site changes is the operating point: the decision
+threshold (by the same rules as training, on the site's images), the temperature and the
+out-of-distribution cut-off. Every image is scored once through the one inference path. The new
+model file records what it was calibrated on (`extra["calibration"]`), so no report presents
+the parent's test figures as its own.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pneumonia_cxr import CLASS_NAMES
+from pneumonia_cxr.data.discovery import ImageRecord
+from pneumonia_cxr.data.fingerprint import records_fingerprint
+from pneumonia_cxr.data.split import file_sha256
+from pneumonia_cxr.errors import EvaluationInputError
+from pneumonia_cxr.evaluation.calibration import fit_temperature
+from pneumonia_cxr.evaluation.metrics import evaluate_predictions, wilson_interval
+from pneumonia_cxr.evaluation.threshold import choose_threshold
+from pneumonia_cxr.inference.predictor import Predictor, RecordScores
+from pneumonia_cxr.model.decision import decide, probability
+from pneumonia_cxr.model.model_file import ModelBundle, load_model, save_model
+
+log = logging.getLogger(__name__)
+
+MIN_IMAGES_PER_CLASS = 30
+"""Below this, a class's sensitivity or specificity has a CI about +-15 points or wider."""
+
+
+@dataclass
+class SiteCalibration:
+    """What `calibrate` found: the model before and after, on the site's images."""
+
+    before: dict[str, Any]
+    """metrics.json-style figures at the parent's threshold and temperature."""
+    threshold: float
+    temperature: float
+    ood_cutoff: float | None
+    sensitivity: float
+    """Site sensitivity at the new threshold (what the threshold promises)."""
+    sensitivity_ci: tuple[float, float]
+    specificity: float
+    calibration: dict[str, Any] = field(default_factory=dict)
+    """The record stored in the new model file."""
+
+
+def class_counts(records: Sequence[ImageRecord]) -> dict[str, int]:
+    return {name: sum(r.label == i for r in records) for i, name in enumerate(CLASS_NAMES)}
+
+
+def check_enough_images(records: Sequence[ImageRecord], force: bool, where: str) -> None:
+    """Refuse a site too small to promise anything, unless `force`."""
+    counts = class_counts(records)
+    empty = [name for name, n in counts.items() if n == 0]
+    if empty:
+        raise EvaluationInputError(
+            f"{where}: no {' or '.join(empty)} image; calibration needs both classes"
+        )
+    small = {name: n for name, n in counts.items() if n < MIN_IMAGES_PER_CLASS}
+    if small and not force:
+        raise EvaluationInputError(
+            f"{where}: only {small} image(s); at least {MIN_IMAGES_PER_CLASS} per class are "
+            "needed for a threshold that means something (the sensitivity CI would be wider "
+            "than +-15 points). Add images, or pass --force to calibrate anyway"
+        )
+
+
+def score_site(predictor: Predictor, records: Sequence[ImageRecord], batch_size: int = 32):
+    """Every image scored once; an unreadable image is an error naming it, nothing written."""
+    scored = predictor.score_records(records, batch_size=batch_size)
+    if scored.errors:
+        listed = "; ".join(f"{records[i].path}: {e}" for i, e in list(scored.errors.items())[:5])
+        raise EvaluationInputError(
+            f"{len(scored.errors)} site image(s) cannot be read ({listed}); fix or remove them "
+            "so that the calibration knows exactly which images it stands on"
+        )
+    return scored
+
+
+def fit_site(
+    bundle: ModelBundle,
+    scored: RecordScores,
+    *,
+    rule: str,
+    min_sensitivity: float,
+    n_resamples: int = 2000,
+) -> SiteCalibration:
+    """Temperature, threshold and OOD cut-off fitted on the site's scores."""
+    labels, logits = scored.labels, scored.scores.logits
+    before = evaluate_predictions(
+        labels, scored.scores.probabilities, bundle.threshold, bundle.threshold_rule, n_resamples
+    )
+    temperature = fit_temperature(logits, labels)
+    probabilities = probability(logits, temperature)
+    threshold = choose_threshold(labels, probabilities, rule, min_sensitivity)
+    decisions = decide(probabilities, threshold)
+    positives, negatives = labels == 1, labels == 0
+    hits = int(decisions[positives].sum())
+    ood = scored.scores.ood_scores
+    cutoff = None
+    if bundle.ood is not None and np.isfinite(ood).all():
+        cutoff = float(np.quantile(ood, bundle.ood.quantile))
+    return SiteCalibration(
+        before=before,
+        threshold=float(threshold),
+        temperature=float(temperature),
+        ood_cutoff=cutoff,
+        sensitivity=hits / int(positives.sum()),
+        sensitivity_ci=wilson_interval(hits, int(positives.sum())),
+        specificity=float((decisions[negatives] == 0).mean()),
+    )
+
+
+def calibrate_model(
+    model_path: str | Path,
+    records: Sequence[ImageRecord],
+    output: str | Path,
+    *,
+    rule: str,
+    min_sensitivity: float,
+    force: bool = False,
+    device: str | None = None,
+    batch_size: int = 32,
+    n_resamples: int = 2000,
+) -> SiteCalibration:
+    """Score, fit, and write the calibrated model file; nothing is written on any error."""
+    model_path = Path(model_path)
+    check_enough_images(records, force, "the site")
+    bundle = load_model(model_path)
+    predictor = Predictor.open(model_path, device=device)
+    scored = score_site(predictor, records, batch_size)
+    result = fit_site(
+        bundle, scored, rule=rule, min_sensitivity=min_sensitivity, n_resamples=n_resamples
+    )
+    result.calibration = {
+        "site_fingerprint": records_fingerprint(records, "site"),
+        "images": class_counts(records),
+        "threshold_rule": rule,
+        "min_sensitivity": min_sensitivity,
+        "site_sensitivity": result.sensitivity,
+        "site_sensitivity_ci": list(result.sensitivity_ci),
+        "site_specificity": result.specificity,
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "parent_sha256": file_sha256(model_path),
+        "parent_file": model_path.name,
+        "parent_threshold": bundle.threshold,
+        "parent_temperature": bundle.temperature,
+        "forced": bool(force and min(class_counts(records).values()) < MIN_IMAGES_PER_CLASS),
+    }
+    bundle.threshold, bundle.temperature = result.threshold, result.temperature
+    bundle.threshold_rule = rule
+    if bundle.ood is not None and result.ood_cutoff is not None:
+        bundle.ood.cutoff = result.ood_cutoff
+    bundle.extra = {**bundle.extra, "calibration": result.calibration}
+    save_model(bundle, output, half=bundle.stored_half)
+    return result
+
+
+def held_out_figures(model_path: str | Path, records: Sequence[ImageRecord], **kwargs) -> dict:
+    """Sensitivity and specificity (Wilson CIs) of a model file on images it was not fitted on."""
+    predictor = Predictor.open(model_path, device=kwargs.get("device"))
+    scored = score_site(predictor, records, kwargs.get("batch_size", 32))
+    labels, decisions = scored.labels, scored.scores.decisions
+    hits = int(decisions[labels == 1].sum())
+    passes = int((decisions[labels == 0] == 0).sum())
+    n_pos, n_neg = int((labels == 1).sum()), int((labels == 0).sum())
+    return {
+        "n": len(labels),
+        "sensitivity": hits / n_pos if n_pos else None,
+        "sensitivity_ci": list(wilson_interval(hits, n_pos)) if n_pos else None,
+        "specificity": passes / n_neg if n_neg else None,
+        "specificity_ci": list(wilson_interval(passes, n_neg)) if n_neg else None,
+        "labels": labels.tolist(),
+        "decisions": decisions.tolist(),
+        "probabilities": scored.scores.probabilities.tolist(),
+    }
+
+
+def _pct(value: float, interval: Sequence[float] | None = None) -> str:
+    text = f"{100 * value:.1f}%"
+    return text + (f" [{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]" if interval else "")
+
+
+def _rate(entry: dict[str, Any]) -> str:
+    """A metrics.json rate entry ({value, ci_low, ci_high}) as "95.1% [93.0, 96.8]"."""
+    return _pct(entry["value"], (entry["ci_low"], entry["ci_high"]))
+
+
+def format_report(
+    result: SiteCalibration, records: Sequence[ImageRecord], checked: bool = False
+) -> str:
+    """What `calibrate` prints: the model before, what changed, and what the new one promises."""
+    before, at = result.before, result.before["at_threshold"]
+    counts = ", ".join(f"{n} {name}" for name, n in class_counts(records).items())
+    low, high = result.sensitivity_ci
+    lines = [
+        f"site: {len(records)} images ({counts})",
+        f"the model as it is (threshold {before['threshold']:.4f}): ROC AUC "
+        f"{before['roc_auc']['value']:.3f} [{before['roc_auc']['ci_low']:.3f}, "
+        f"{before['roc_auc']['ci_high']:.3f}], sensitivity "
+        + _pct(
+            at["sensitivity"]["value"], (at["sensitivity"]["ci_low"], at["sensitivity"]["ci_high"])
+        )
+        + ", specificity "
+        + _pct(
+            at["specificity"]["value"], (at["specificity"]["ci_low"], at["specificity"]["ci_high"])
+        ),
+        f"calibrated ({result.calibration.get('threshold_rule')}, target sensitivity "
+        f"{result.calibration.get('min_sensitivity')}): threshold {result.threshold:.4f}, "
+        f"temperature {result.temperature:.3f}"
+        + (f", OOD cut-off {result.ood_cutoff:.3f}" if result.ood_cutoff is not None else ""),
+        f"  on these images: sensitivity {_pct(result.sensitivity, result.sensitivity_ci)} "
+        f"(95% CI width {100 * (high - low):.1f} points), specificity "
+        f"{_pct(result.specificity)}",
+    ]
+    if not checked:
+        lines.append(
+            "  (fitted and measured on the same images: check it on other patients, e.g. "
+            "--check_fold 0 with --folds 2, before relying on it)"
+        )
+    return "\n".join(lines)
