@@ -462,10 +462,25 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from pneumonia_cxr.serve.app import serve
+    import os
+
+    from pneumonia_cxr.serve.app import TOKEN_ENV_VAR, check_exposure, serve
     from pneumonia_cxr.serve.service import ServeConfig
 
+    token = args.api_token or os.environ.get(TOKEN_ENV_VAR) or None
+    try:
+        check_exposure(args.host, token)
+    except PermissionError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.api_token:
+        print(
+            f"warning: --api_token is visible to other users in the process list; prefer "
+            f"{TOKEN_ENV_VAR}",
+            file=sys.stderr,
+        )
     config = ServeConfig(
+        api_token=token,
         model_path=Path(args.model_path) if args.model_path else None,
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
         max_in_flight=args.max_in_flight,
@@ -608,7 +623,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     web = sub.add_parser("serve", help="a web page and HTTP API: drop an X-ray, get the answer")
     _add_model_path_arg(web)
-    web.add_argument("--host", default="127.0.0.1", help="default loopback only")
+    web.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="default loopback only; any other address needs an access token",
+    )
+    web.add_argument(
+        "--api_token",
+        help="access token (prefer the environment variable PNEUMONIA_CXR_API_TOKEN)",
+    )
     web.add_argument("--port", type=int, default=8000)
     web.add_argument("--max_upload_mb", type=float, default=32.0, help="per request")
     web.add_argument("--max_in_flight", type=_positive_int, default=64)

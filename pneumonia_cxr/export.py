@@ -106,6 +106,7 @@ def onnx_metadata(bundle: ModelBundle) -> dict[str, Any]:
         "fingerprint": bundle.fingerprint(),
         "data_fingerprint": bundle.data_fingerprint,
         "calibration": bundle.extra.get("calibration"),
+        "min_sensitivity": bundle.extra.get("min_sensitivity"),
         "package_version": __version__,
         "trained_with_package_version": bundle.package_version,
         "input": {

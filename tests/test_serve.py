@@ -195,3 +195,77 @@ def test_the_page_is_self_contained(client: TestClient) -> None:
         client.get("/static/style.css").text,
     ):
         assert "http://" not in text and "https://" not in text and "//cdn" not in text
+
+
+def test_off_loopback_needs_a_token() -> None:
+    from pneumonia_cxr.serve.app import check_exposure
+
+    for host in ("127.0.0.1", "localhost", "::1"):
+        check_exposure(host, None)
+    with pytest.raises(PermissionError, match="PNEUMONIA_CXR_API_TOKEN.*reverse proxy"):
+        check_exposure("0.0.0.0", None)
+    check_exposure("0.0.0.0", "token")
+
+
+def test_serve_command_refuses_the_network_without_a_token(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from pneumonia_cxr.cli import main
+
+    monkeypatch.delenv("PNEUMONIA_CXR_API_TOKEN", raising=False)
+    assert main(["serve", "--host", "0.0.0.0"]) == 2
+    assert "access token" in capsys.readouterr().err
+
+
+def test_with_a_token_every_route_but_health_and_the_page_needs_it(
+    model_file: Path, xray: Path
+) -> None:
+    config = ServeConfig(model_path=model_file, device="cpu", api_token="t0ken")
+    with TestClient(create_app(config)) as client:
+        good = {"Authorization": "Bearer t0ken"}
+        deadline = time.monotonic() + 60
+        while client.get("/ready", headers=good).status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert client.get("/health").status_code == 200
+        assert client.get("/").status_code == 200  # the page, which asks for the token
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "t0ken"}):
+            for method, path in (("get", "/ready"), ("get", "/v1/model"), ("get", "/docs")):
+                response = getattr(client, method)(path, headers=headers)
+                assert response.status_code == 401 and response.json()["error"] == "unauthorized"
+            upload = client.post(
+                "/v1/predict", files=[("file", (xray.name, xray.read_bytes()))], headers=headers
+            )
+            assert upload.status_code == 401 and "results" not in upload.json()
+        assert client.get("/health").status_code == 200  # still up
+        assert client.get("/v1/model", headers=good).status_code == 200
+        response = client.post(
+            "/v1/predict", files=[("file", (xray.name, xray.read_bytes()))], headers=good
+        )
+        assert response.status_code == 200
+
+
+def test_a_calibrated_model_says_so_and_shows_no_parent_test_figures(
+    model_file: Path, tmp_path: Path
+) -> None:
+    from pneumonia_cxr.model.model_file import load_model, save_model
+
+    bundle = load_model(model_file)
+    bundle.extra["calibration"] = {
+        "images": {"NORMAL": 40, "PNEUMONIA": 60},
+        "date": "2026-11-30T00:00:00+00:00",
+        "threshold_rule": "max_specificity_at_sensitivity",
+        "min_sensitivity": 0.95,
+    }
+    calibrated = save_model(bundle, tmp_path / "site.pt")
+    (tmp_path / "eval_test").mkdir()
+    parent_metrics = model_file.parent / "eval_test" / "metrics.json"
+    (tmp_path / "eval_test" / "metrics.json").write_text(
+        parent_metrics.read_text() if parent_metrics.is_file() else "{}"
+    )
+    with TestClient(create_app(ServeConfig(model_path=calibrated, device="cpu"))) as client:
+        _wait_ready(client)
+        info = client.get("/v1/model").json()
+    assert info["calibration_line"].startswith("calibrated on 100 local images")
+    assert info["calibration"]["images"] == {"NORMAL": 40, "PNEUMONIA": 60}
+    assert info["test_metrics"] is None

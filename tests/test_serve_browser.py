@@ -6,6 +6,8 @@ skipped only when no Chromium binary exists, with the command that installs one.
 
 from __future__ import annotations
 
+import io
+import os
 import shutil
 import socket
 import subprocess
@@ -15,10 +17,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from test_serve import model_file, xray  # noqa: F401  (shared fixtures)
+from PIL import Image
+from test_serve import xray  # noqa: F401  (shared fixture)
 
 from pneumonia_cxr.inference.predictor import Predictor
+from pneumonia_cxr.model.shipped import default_model_path
 from pneumonia_cxr.predict import predict_paths
+from pneumonia_cxr.serve.app import TOKEN_ENV_VAR
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # Flags for a closed network: no background services that would try to reach Google.
@@ -39,20 +44,30 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+TOKEN = "s3cret-token"
+
+
 @pytest.fixture
-def server(model_file: Path, tmp_path: Path):  # noqa: F811
+def server(tmp_path: Path):
+    """The shipped model (whose OOD guard flags photos), behind an access token."""
     port = _free_port()
-    command = [sys.executable, "-m", "pneumonia_cxr.cli", "serve", "--model_path", str(model_file)]
+    command = [sys.executable, "-m", "pneumonia_cxr.cli", "serve"]
     log = (tmp_path / "server.log").open("w")
     process = subprocess.Popen(
-        [*command, "--port", str(port), "--device", "cpu"], stdout=log, stderr=subprocess.STDOUT
+        [*command, "--port", str(port), "--device", "cpu"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, TOKEN_ENV_VAR: TOKEN},
     )
     base = f"http://127.0.0.1:{port}"
     started = time.monotonic()
     try:
         while True:
             try:
-                with urllib.request.urlopen(f"{base}/ready", timeout=2) as response:
+                request = urllib.request.Request(
+                    f"{base}/ready", headers={"Authorization": f"Bearer {TOKEN}"}
+                )
+                with urllib.request.urlopen(request, timeout=2) as response:
                     if response.status == 200:
                         break
             except OSError:
@@ -67,22 +82,38 @@ def server(model_file: Path, tmp_path: Path):  # noqa: F811
         log.close()
 
 
+def _cat_png() -> bytes:
+    from skimage import data
+
+    buffer = io.BytesIO()
+    Image.fromarray(data.chelsea()).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="no Chromium: `apt-get install chromium`")
 def test_page_shows_predicts_probability_and_errors_in_words(
     server: str,
-    model_file: Path,  # noqa: F811
     xray: Path,  # noqa: F811
     tmp_path: Path,
 ) -> None:
+    """The token asked once; predict's probability as a percentage; a cat photo gets no label;
+    an unreadable file an error in words; nothing leaves the server."""
     from playwright.sync_api import sync_playwright
 
-    [expected] = predict_paths(Predictor.open(model_file, device="cpu"), [xray])
+    [expected] = predict_paths(Predictor.open(default_model_path(), device="cpu"), [xray])
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page()
             requested: list[str] = []
+            dialogs: list[str] = []
             page.on("request", lambda request: requested.append(request.url))
+
+            def answer(dialog) -> None:
+                dialogs.append(dialog.message)
+                dialog.accept(TOKEN)
+
+            page.on("dialog", answer)
             page.goto(server)
             assert page.locator("input#file[type=file]").count() == 1
             page.locator("#model").filter(has_text="chosen on validation").wait_for(timeout=30_000)
@@ -90,12 +121,22 @@ def test_page_shows_predicts_probability_and_errors_in_words(
             page.set_input_files("#file", str(xray))
             shown = page.locator("[data-testid=probability]").first
             shown.wait_for(timeout=60_000)
-            assert float(shown.text_content()) == pytest.approx(expected.probability, abs=1e-4)
+            exact = float(shown.get_attribute("data-value"))
+            assert exact == pytest.approx(expected.probability, abs=1e-4)
+            assert shown.text_content() == f"{100 * exact:.1f}%"
             label = page.locator("[data-testid=label]").first.text_content()
             assert label == expected.label
             page.wait_for_timeout(300)  # let the overlay image paint
             page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
             assert (tmp_path / "page.png").stat().st_size > 10_000
+
+            page.set_input_files(
+                "#file", files=[{"name": "cat.png", "mimeType": "image/png", "buffer": _cat_png()}]
+            )
+            verdict = page.locator("[data-testid=label]").first
+            verdict.filter(has_text="not assessed").wait_for(timeout=60_000)
+            assert "PNEUMONIA" not in page.locator("#results").text_content()
+            assert page.locator(".label-PNEUMONIA, .label-NORMAL").count() == 0
 
             page.set_input_files(
                 "#file",
@@ -105,6 +146,7 @@ def test_page_shows_predicts_probability_and_errors_in_words(
             error.wait_for(timeout=30_000)
             assert "not JPEG, PNG or DICOM" in error.text_content()
             page.screenshot(path=str(tmp_path / "page_error.png"), full_page=True)
+            assert len(dialogs) == 1, dialogs  # the token is asked once per tab
         finally:
             browser.close()
     external = [url for url in requested if not url.startswith((server, "data:", "blob:"))]

@@ -59,6 +59,8 @@ class Engine(Protocol):
     ood_cutoff: float | None
     calibration: dict[str, Any] | None
     """The site calibration record of a `calibrate`d model file, else None."""
+    min_sensitivity: float | None
+    data_fingerprint: str | None
 
     @property
     def backbone_names(self) -> tuple[str, ...]: ...
@@ -86,6 +88,8 @@ class TorchEngine:
         self.class_names, self.backbone_name = tuple(bundle.class_names), bundle.backbone_name
         self.ood_cutoff = bundle.ood.cutoff if bundle.ood is not None else None
         self.calibration = bundle.extra.get("calibration")
+        self.min_sensitivity = bundle.extra.get("min_sensitivity")
+        self.data_fingerprint = bundle.data_fingerprint
         self.scoring = bundle.scoring_model().to(
             device=self.device, memory_format=torch.channels_last
         )
@@ -196,6 +200,8 @@ class OnnxEngine:
             ood = meta.get("ood")
             self.ood_cutoff = float(ood["cutoff"]) if ood else None
             self.calibration = meta.get("calibration")
+            self.min_sensitivity = meta.get("min_sensitivity")
+            self.data_fingerprint = meta.get("data_fingerprint")
         except (KeyError, TypeError, ValueError) as error:
             raise ModelFileError(
                 f"{self.path}: pneumonia-cxr metadata is incomplete ({error}); export it again"

@@ -3,18 +3,25 @@
 Endpoints: GET /health (alive), GET /ready (model loaded), GET /v1/model, POST /v1/predict
 (multipart, field `file`, repeatable; `?gradcam=true` adds overlays), GET / (the page),
 /docs (OpenAPI). Every error body is {"error": ..., "detail": ...}.
+
+Off loopback the server needs an access token (`check_exposure`): then every route except
+/health and the page's own files (they hold no data and no model information; the page asks
+for the token) answers 401 without `Authorization: Bearer <token>`. TLS is a reverse proxy's
+job (nginx, Caddy), not this process's.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import ipaddress
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -23,6 +30,9 @@ from pneumonia_cxr import __version__
 from pneumonia_cxr.serve.service import BusyError, ModelService, ServeConfig
 
 FILE_FIELD = "file"
+TOKEN_ENV_VAR = "PNEUMONIA_CXR_API_TOKEN"
+PUBLIC_PATHS = ("/health", "/", "/static/")
+"""Open without a token: liveness, and the page that asks for the token."""
 _MULTIPART_SCHEMA = {
     "requestBody": {
         "required": True,
@@ -106,6 +116,35 @@ async def _read_files(request: Request, config: ServeConfig) -> list[tuple[str, 
         await form.close()
 
 
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def check_exposure(host: str, token: str | None) -> None:
+    """Refuse to listen beyond this computer without an access token."""
+    if not is_loopback(host) and not token:
+        raise PermissionError(
+            f"--host {host} makes the server reachable from the network: set an access token "
+            f"in the environment variable {TOKEN_ENV_VAR} (or --api_token, which other users "
+            "of this machine can read in the process list). Put TLS in a reverse proxy "
+            "(nginx, Caddy) in front of it; this server speaks plain HTTP."
+        )
+
+
+def _authorized(request: Request, token: str) -> bool:
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and secrets.compare_digest(given.encode(), token.encode())
+
+
+def _public(path: str) -> bool:
+    return path in PUBLIC_PATHS or path.startswith("/static/")
+
+
 def create_app(config: ServeConfig | None = None) -> FastAPI:
     config = config or ServeConfig()
     service = ModelService(config)
@@ -124,6 +163,21 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.service = service
+
+    if config.api_token:
+        token = config.api_token
+
+        @app.middleware("http")
+        async def require_token(
+            request: Request, call_next: Callable[[Request], Awaitable[Response]]
+        ) -> Response:
+            if _public(request.url.path) or _authorized(request, token):
+                return await call_next(request)
+            return _error(
+                401,
+                "unauthorized",
+                "this server needs its access token: send 'Authorization: Bearer <token>'",
+            )
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, error: ApiError) -> JSONResponse:
@@ -196,7 +250,8 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
 
 
 def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Run uvicorn on one process; loopback by default (pass --host 0.0.0.0 deliberately)."""
+    """Run uvicorn on one process; loopback by default, a token required beyond it."""
     import uvicorn
 
+    check_exposure(host, config.api_token)
     uvicorn.run(create_app(config), host=host, port=port, log_level="info")

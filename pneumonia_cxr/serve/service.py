@@ -43,6 +43,9 @@ class ServeConfig:
     device: str | None = None
     engine: str = "auto"
     """Scores come from this engine (`Predictor.open`); Grad-CAM overlays from PyTorch."""
+    api_token: str | None = None
+    """When set, every route but /health, the page and its static files needs
+    `Authorization: Bearer <token>` (401 JSON otherwise)."""
 
 
 class BusyError(Exception):
@@ -100,10 +103,12 @@ class ModelService:
 
     def info(self) -> dict[str, Any]:
         """What /v1/model shows: enough to know which model answers and how it decides."""
+        from pneumonia_cxr.model.model_file import calibration_line
+
         predictor = self.predictor
         assert predictor is not None and self.model_path is not None
-        bundle = predictor.bundle
-        extra = bundle.extra if bundle is not None else {}
+        engine = predictor.engine
+        calibrated = engine.calibration is not None
         return {
             "model_path": str(self.model_path),
             "shipped": _is_shipped(self.model_path),
@@ -112,13 +117,17 @@ class ModelService:
             "preprocessing": asdict(predictor.engine.preprocessing),
             "threshold": predictor.threshold,
             "threshold_rule": predictor.engine.threshold_rule,
-            "min_sensitivity": extra.get("min_sensitivity"),
+            "min_sensitivity": engine.min_sensitivity,
             "temperature": predictor.engine.temperature,
             "classes": list(predictor.class_names),
             "ood_cutoff": predictor.engine.ood_cutoff,
-            "training_data_fingerprint": bundle.data_fingerprint if bundle else None,
-            "model_fingerprint": predictor.engine.fingerprint(),
-            "test_metrics": _test_metrics(self.model_path),
+            "training_data_fingerprint": engine.data_fingerprint,
+            "model_fingerprint": engine.fingerprint(),
+            "engine": type(engine).__name__,
+            "calibration": engine.calibration,
+            "calibration_line": calibration_line(engine.calibration),
+            # A site-calibrated file's operating point is not the one the parent was tested at.
+            "test_metrics": None if calibrated else _test_metrics(self.model_path),
         }
 
     async def predict(self, files: list[tuple[str, bytes]], gradcam: bool) -> list[dict[str, Any]]:

@@ -3,9 +3,24 @@
 const $ = (id) => document.getElementById(id);
 const percent = (value) => (value == null ? "n/a" : (100 * value).toFixed(1) + "%");
 
+// A server reachable from the network needs its access token: asked once, kept for this tab.
+const TOKEN_KEY = "pneumonia-cxr-token";
+async function api(url, options = {}) {
+  for (let attempt = 0; attempt < 3; attempt++) {
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    const headers = token ? { Authorization: `Bearer ${token}` } : {};
+    const response = await fetch(url, { ...options, headers });
+    if (response.status !== 401) return response;
+    const given = window.prompt("This server needs its access token:");
+    if (!given) return response;
+    sessionStorage.setItem(TOKEN_KEY, given.trim());
+  }
+  return fetch(url, options);
+}
+
 async function showModel() {
   for (let attempt = 0; attempt < 60; attempt++) {
-    const response = await fetch("/v1/model");
+    const response = await api("/v1/model");
     if (response.ok) {
       const model = await response.json();
       const metrics = model.test_metrics;
@@ -14,9 +29,12 @@ async function showModel() {
           `${percent(metrics.accuracy)}, sensitivity ${percent(metrics.sensitivity)}, ` +
           `specificity ${percent(metrics.specificity)}.`
         : "";
+      const where = model.calibration_line
+        ? `${model.calibration_line}; its figures are the site's, not the test split's`
+        : "chosen on validation data";
       $("model").textContent =
         `Model: ${model.backbone}${model.shipped ? " (shipped with pneumonia-cxr)" : ""}; ` +
-        `PNEUMONIA when P ≥ ${model.threshold.toFixed(3)} (chosen on validation data).` + figures;
+        `PNEUMONIA when P ≥ ${percent(model.threshold)} (${where}).` + figures;
       return;
     }
     const body = await response.json().catch(() => ({}));
@@ -56,22 +74,29 @@ function card(result, file) {
   image.dataset.overlay = overlay || "";
   element.append(image);
   const verdict = document.createElement("p");
-  verdict.innerHTML =
-    `<span class="label-${result.label}" data-testid="label"></span> — ` +
-    `P(PNEUMONIA) = <span data-testid="probability"></span> (threshold ` +
-    `${result.threshold.toFixed(3)})`;
-  verdict.querySelector("[data-testid=label]").textContent = result.label;
-  verdict.querySelector("[data-testid=probability]").textContent = result.probability.toFixed(6);
-  element.append(verdict);
+  const probability = document.createElement("span");
+  probability.dataset.testid = "probability";
+  probability.dataset.value = String(result.probability);
+  probability.textContent = percent(result.probability);
   if (result.out_of_distribution) {
-    const warning = document.createElement("p");
-    warning.className = "ood";
-    warning.dataset.testid = "ood";
-    warning.textContent =
-      "This image does not look like the pediatric chest X-rays the model was trained on " +
-      `(out-of-distribution score ${result.ood_score.toFixed(1)}): do not trust this label.`;
-    element.append(warning);
+    // No label for an image the model was not made for: a grey "not assessed", the number hidden.
+    verdict.innerHTML =
+      `<span class="label-none" data-testid="label">not assessed</span>: this does not look ` +
+      `like a pediatric chest X-ray (out-of-distribution score ${result.ood_score.toFixed(1)}).`;
+    const details = document.createElement("details");
+    details.innerHTML = "<summary>details</summary>";
+    const line = document.createElement("p");
+    line.append("P(PNEUMONIA) = ", probability, ` (threshold ${percent(result.threshold)}); ` +
+      "meaningless for such an image.");
+    details.append(line);
+    element.append(verdict, details);
+    return element;
   }
+  verdict.innerHTML =
+    `<span class="label-${result.label}" data-testid="label"></span> — P(PNEUMONIA) = `;
+  verdict.querySelector("[data-testid=label]").textContent = result.label;
+  verdict.append(probability, ` (threshold ${percent(result.threshold)})`);
+  element.append(verdict);
   return element;
 }
 
@@ -82,7 +107,7 @@ async function upload(files) {
   $("status").textContent = `Analysing ${files.length} image(s)…`;
   $("results").replaceChildren();
   try {
-    const response = await fetch("/v1/predict?gradcam=true", { method: "POST", body: form });
+    const response = await api("/v1/predict?gradcam=true", { method: "POST", body: form });
     const body = await response.json();
     const byName = new Map([...files].map((file) => [file.name, file]));
     const results = body.results || [];
