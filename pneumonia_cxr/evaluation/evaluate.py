@@ -31,6 +31,7 @@ import torch
 from pneumonia_cxr import CLASS_NAMES, __version__
 from pneumonia_cxr.data.discovery import ImageRecord, list_images, resolve_dataset_for_model
 from pneumonia_cxr.data.fingerprint import records_fingerprint
+from pneumonia_cxr.data.site import is_flat_site, list_site_images
 from pneumonia_cxr.errors import EvaluationInputError
 from pneumonia_cxr.evaluation import plots
 from pneumonia_cxr.evaluation.calibration import expected_calibration_error
@@ -326,8 +327,11 @@ def evaluate_model(
     run_dir = model_path.resolve().parent  # outputs/final_pneumonia_model.pt links into a run
     predictor = Predictor.open(model_path, engine="torch", device=device)
     bundle = predictor.bundle
-    root = resolve_dataset_for_model(dataset_path, bundle.config)
-    records = list_images(root, [split])
+    if dataset_path is not None and is_flat_site(dataset_path):
+        root, records = Path(dataset_path), list_site_images(dataset_path)  # a site's own folder
+    else:
+        root = resolve_dataset_for_model(dataset_path, bundle.config)
+        records = list_images(root, [split])
     out = Path(output_dir) if output_dir is not None else _default_output_dir(model_path, split)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -351,6 +355,7 @@ def evaluate_model(
         skipped_paths=[str(r.path) for r in skipped],
         gradcam_method=gradcam_method,
         package_version=__version__,
+        model_calibration=bundle.extra.get("calibration"),
     )
     raw_probs = None
     if bundle.temperature != 1.0:

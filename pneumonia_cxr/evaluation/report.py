@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pneumonia_cxr.evaluation.metrics import RATE_NAMES
+from pneumonia_cxr.model.model_file import calibration_line
 from pneumonia_cxr.storage import atomic_write_text
 
 RATE_LABELS: dict[str, str] = {
@@ -300,6 +301,19 @@ def protocol_text(bundle: Any, split: str, metrics: dict[str, Any]) -> dict[str,
             f"training data {bundle.data_fingerprint or 'unknown'}."
         ),
     }
+    site = calibration_line(bundle.extra.get("calibration"))
+    if site:
+        record = bundle.extra["calibration"]
+        protocol["Threshold"] = (
+            f"{bundle.threshold:.4f}, {site}: NOT the validation threshold of the parent model "
+            f"(sha256 {str(record.get('parent_sha256', ''))[:12]}..., threshold "
+            f"{record.get('parent_threshold')}); this evaluation does not change it."
+        )
+        protocol["Calibration"] = (
+            f"temperature {bundle.temperature:.4f} and OOD cut-off refitted on the site's images "
+            f"(site fingerprint {record.get('site_fingerprint')}); if the evaluated images are "
+            "those images, these figures are not held-out figures."
+        )
     return protocol
 
 

@@ -1,0 +1,118 @@
+"""`pneumonia-cxr calibrate`: a site's images, patient folds, the calibration record, refusals."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_runs import train_tiny_model
+
+from pneumonia_cxr.cli import main
+from pneumonia_cxr.data.discovery import ImageRecord, list_images
+from pneumonia_cxr.data.patients import patient_id
+from pneumonia_cxr.data.site import list_site_images, read_patients_csv, site_folds
+from pneumonia_cxr.data.split import file_sha256
+from pneumonia_cxr.model.model_file import load_model
+
+
+@pytest.fixture(scope="module")
+def model_file(tiny_synthetic: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_tiny_model(tiny_synthetic, tmp_path_factory.mktemp("site_model"))
+
+
+@pytest.fixture(scope="module")
+def site(tiny_synthetic: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A flat NORMAL/PNEUMONIA folder of 36 images per class (every split of the tiny set)."""
+    root = tmp_path_factory.mktemp("site") / "hospital"
+    for record in list_images(tiny_synthetic):
+        target = root / record.class_name / record.path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(record.path)
+    return root
+
+
+def _calibrate(model: Path, site: Path, output: Path, *extra: str) -> int:
+    paths = ["--model_path", str(model), "--dataset_path", str(site), "--output", str(output)]
+    return main(["calibrate", *paths, "--device", "cpu", *extra])
+
+
+def test_folds_keep_each_patient_whole_and_both_classes_in_each(site: Path) -> None:
+    records = list_site_images(site)
+    folds = site_folds(records, 2, seed=1)
+    assert sorted(r.path.name for f in folds for r in f) == sorted(r.path.name for r in records)
+    owners = [{patient_id(r.path.name) for r in fold} for fold in folds]
+    assert not owners[0] & owners[1]
+    for fold in folds:
+        counts = [sum(r.label == c for r in fold) for c in (0, 1)]
+        assert min(counts) >= 12, counts
+
+
+def test_folds_without_patient_ids_split_by_image_and_say_so(tmp_path: Path) -> None:
+    records = [ImageRecord(tmp_path / f"scan{i}.png", "site", i % 2) for i in range(20)]
+    with pytest.warns(UserWarning, match="split by image"):
+        folds = site_folds(records, 2)
+    assert sorted(len(f) for f in folds) == [10, 10]
+    (tmp_path / "patients.csv").write_text(
+        "file,patient\n" + "".join(f"scan{i}.png,p{i // 4}\n" for i in range(20))
+    )
+    patients = read_patients_csv(tmp_path)
+    folds = site_folds(records, 2, patients=patients)
+    owners = [{patients[r.path.name] for r in fold} for fold in folds]
+    assert not owners[0] & owners[1]
+
+
+def test_calibrate_writes_a_file_that_records_its_site(
+    model_file: Path, site: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    output = tmp_path / "site.pt"
+    assert _calibrate(model_file, site, output, "--min_sensitivity", "0.9") == 0
+    printed = capsys.readouterr().out
+    assert "site: 72 images (36 NORMAL, 36 PNEUMONIA)" in printed
+    assert "CI width" in printed and "the model as it is" in printed
+    parent, calibrated = load_model(model_file), load_model(output)
+    record = calibrated.extra["calibration"]
+    assert record["parent_sha256"] == file_sha256(model_file)
+    assert record["images"] == {"NORMAL": 36, "PNEUMONIA": 36}
+    assert record["min_sensitivity"] == 0.9 and record["site_sensitivity"] >= 0.9
+    assert calibrated.threshold_rule == "max_specificity_at_sensitivity"
+    for name, tensor in parent.model.state_dict().items():  # the weights stay as they are
+        assert torch.equal(tensor, calibrated.model.state_dict()[name])
+
+
+def test_held_out_fold_is_reported(
+    model_file: Path, site: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    output = tmp_path / "site.pt"
+    code = _calibrate(model_file, site, output, "--check_fold", "1", "--force")
+    assert code == 0
+    assert "held-out fold 1" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("case", ["one class", "empty class", "too few", "unreadable"])
+def test_bad_sites_are_refused_and_nothing_is_written(
+    model_file: Path, site: Path, tmp_path: Path, capsys: pytest.CaptureFixture, case: str
+) -> None:
+    bad = tmp_path / "bad"
+    shutil.copytree(site, bad, symlinks=True)
+    expected = {
+        "one class": "PNEUMONIA",
+        "empty class": "holds no images",
+        "too few": "--force",
+        "unreadable": "broken.png",
+    }[case]
+    if case == "one class":
+        shutil.rmtree(bad / "PNEUMONIA")
+    elif case == "empty class":
+        for path in (bad / "NORMAL").iterdir():
+            path.unlink()
+    elif case == "too few":
+        for path in sorted((bad / "NORMAL").iterdir())[10:]:
+            path.unlink()
+    else:
+        (bad / "NORMAL" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    output = tmp_path / "site.pt"
+    assert _calibrate(model_file, bad, output) == 2
+    assert expected in capsys.readouterr().err
+    assert not output.exists()
