@@ -92,6 +92,12 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output_dir", default=d.train.output_dir)
     parser.add_argument("--run_name")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue a run where it stopped")
+    parser.add_argument(
+        "--init_from",
+        metavar="MODEL",
+        help="fine-tune this trained model file (one network; its backbone, head and "
+        "preprocessing are kept) on --dataset_path, with a fresh patient split",
+    )
     parser.add_argument("--seed", type=int, default=d.train.seed)
     parser.add_argument("--accelerator", default=d.train.accelerator)
     parser.add_argument("--devices", default=d.train.devices)
@@ -175,7 +181,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides = {k: getattr(args, k) for k in EPOCH_FLAGS if getattr(args, k) is not None}
         run_dir = train(resume=args.resume, epoch_overrides=overrides)
     else:
-        run_dir = train(config_from_args(args))
+        config = config_from_args(args)
+        if args.init_from:
+            from pneumonia_cxr.training.init_from import adopt_parent
+
+            adopt_parent(config, args.init_from)
+        run_dir = train(config)
     print(f"run folder: {run_dir}")
     return 0
 

@@ -101,6 +101,8 @@ class ModelConfig:
     head_dropouts: tuple[float, float] = (0.5, 0.3)
     unfreeze_layers: int = 30
     """Stage 2 unfreezes this many of the backbone's top layers; -1 unfreezes all."""
+    init_from: str | None = None
+    """A trained model file whose network (and preprocessing) this run starts from."""
 
 
 @dataclass

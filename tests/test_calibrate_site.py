@@ -116,3 +116,39 @@ def test_bad_sites_are_refused_and_nothing_is_written(
     assert _calibrate(model_file, bad, output) == 2
     assert expected in capsys.readouterr().err
     assert not output.exists()
+
+
+def test_init_from_fine_tunes_the_parent_network_on_a_site_folder(
+    model_file: Path, site: Path, tmp_path: Path
+) -> None:
+    """LR 0 in stage 1 (backbone frozen, BatchNorm statistics frozen): the run's model is the
+    parent's network exactly, so the parent's weights were the starting point."""
+    args = ["train", "--init_from", str(model_file), "--dataset_path", str(site)]
+    args += ["--stage1_epochs", "1", "--stage2_epochs", "0", "--stage1_lr", "0"]
+    args += ["--batch_size", "16", "--num_workers", "0", "--output_dir", str(tmp_path)]
+    assert main([*args, "--run_name", "tuned"]) == 0
+    run = tmp_path / "tuned"
+    config = load_model(run / "final_pneumonia_model.pt").config
+    assert config["model"]["init_from"] == str(model_file.resolve())
+    assert config["model"]["backbone"] == "resnet18" and config["data"]["image_size"] == 48
+    parent = load_model(model_file).model.state_dict()
+    tuned = load_model(run / "final_pneumonia_model.pt").model.state_dict()
+    assert all(torch.equal(parent[k], tuned[k]) for k in parent)
+    split = (run / "split.csv").read_text()
+    assert ",site," in split  # a fresh patient split of the site's own images
+
+
+def test_init_from_refuses_an_ensemble_and_a_foreign_file(
+    model_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from pneumonia_cxr.model.ensemble import PneumoniaEnsemble
+    from pneumonia_cxr.model.model_file import save_model
+
+    bundle = load_model(model_file)
+    bundle.model = PneumoniaEnsemble([bundle.model, load_model(model_file).model])
+    ensemble = save_model(bundle, tmp_path / "ensemble.pt")
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {}}, foreign)
+    for path, message in ((ensemble, "ensemble of 2"), (foreign, "not a pneumonia-cxr")):
+        assert main(["train", "--init_from", str(path), "--output_dir", str(tmp_path)]) == 2
+        assert message in capsys.readouterr().err

@@ -23,7 +23,8 @@ from pneumonia_cxr.data.discovery import ImageRecord
 from pneumonia_cxr.data.patients import patient_id
 from pneumonia_cxr.storage import atomic_write_text
 
-POOL_SPLITS: tuple[str, str] = ("train", "val")
+POOL_SPLITS: tuple[str, ...] = ("train", "val", "site")
+"""Official train and val images, or a site's own flat folder (`data.site`); never test."""
 CSV_COLUMNS: tuple[str, ...] = (
     "path",
     "official_split",

@@ -21,6 +21,7 @@ from pneumonia_cxr.config import Preprocessing, RunConfig
 from pneumonia_cxr.data.datamodule import XrayDataModule
 from pneumonia_cxr.data.discovery import list_images, resolve_dataset
 from pneumonia_cxr.data.fingerprint import records_fingerprint
+from pneumonia_cxr.data.site import is_flat_site, list_site_images
 from pneumonia_cxr.data.split import (
     PatientSplit,
     make_patient_split,
@@ -128,11 +129,16 @@ def _best_stage(progress: dict[str, Any]) -> dict[str, Any]:
 
 def prepare_data(config: RunConfig, paths: RunPaths, resuming: bool) -> tuple[PatientSplit, Path]:
     """The patient-level split: read back on resume, else made from the seed (every DDP rank
-    computes the same one; only rank 0 writes it)."""
-    root = resolve_dataset(config.data.dataset_path)
+    computes the same one; only rank 0 writes it). A site's flat NORMAL/PNEUMONIA folder is
+    split as a whole (it has no official test split to keep apart)."""
+    flat = config.data.dataset_path is not None and is_flat_site(config.data.dataset_path)
+    root = Path(config.data.dataset_path) if flat else resolve_dataset(config.data.dataset_path)
     if resuming and paths.split.exists():
         return read_split_csv(paths.split), root
-    records = [r for r in list_images(root) if r.split in ("train", "val")]
+    if flat:
+        records = list_site_images(root)
+    else:
+        records = [r for r in list_images(root) if r.split in ("train", "val")]
     split_seed = config.data.split_seed
     split = make_patient_split(
         records,
@@ -204,7 +210,12 @@ def _train(
         weights=config.model.weights,
         head_dims=config.model.head_dims,
         head_dropouts=config.model.head_dropouts,
-    ).to(memory_format=torch.channels_last)
+    )
+    if config.model.init_from:
+        from pneumonia_cxr.training.init_from import load_parent_weights
+
+        load_parent_weights(net, config.model.init_from)
+    net = net.to(memory_format=torch.channels_last)
     progress = read_progress(paths)
     with workers_join(paths):
         for stage in (1, 2):
