@@ -4,6 +4,10 @@ Each run is `pneumonia-cxr train` in a subprocess with the CLI's defaults (2 loa
 augmentation, shuffling, class weights, early stopping, plateau LR, both stages, the threshold
 fit), on tiny images and 3 batches per epoch. The process kills itself with SIGKILL at a named
 point (`pneumonia_cxr.faults`), or the test kills it from outside; then `--resume` finishes it.
+
+The scenarios are independent processes, so one module fixture runs them two at a time (one
+per core, one intra-op thread each: the same for every run, the unbroken one included, so
+bit-identity is still between equal settings); each test then checks its own scenario.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -36,6 +42,7 @@ def _train(
     """`output=DEVNULL` for a caller that does not read the pipe while the run goes on."""
     # Outside pytest's environment, as a user runs it (libraries print differently under pytest).
     env = {k: v for k, v in os.environ.items() if k != FAULT_ENV and not k.startswith("PYTEST")}
+    env["OMP_NUM_THREADS"] = "1"  # two runs share the two cores (see the module docstring)
     if fault:
         env[FAULT_ENV] = fault
     command = [sys.executable, "-m", "pneumonia_cxr.cli", "train", *args]
@@ -67,14 +74,70 @@ def _rows(run: Path) -> list[tuple[str, ...]]:
         return [tuple(row[k] for k in ROW_KEYS) for row in csv.DictReader(handle)]
 
 
+FAULTS = [
+    "stage1:epoch1:batch1",  # in the middle of a stage-1 epoch
+    "after_stage1",  # between the two stages
+    "stage2:epoch1:batch1",  # in the middle of a stage-2 epoch
+    "checkpoint:stage2:epoch0",  # right after a checkpoint lands
+    "checkpoint:stage2:epoch1",  # right after the last stage-2 checkpoint lands
+    f"write:{FINAL}",  # while the final model file is being written
+]
+
+
+def _killed_then_resumed(data: Path, out: Path, fault: str) -> dict:
+    killed = _run(_new_run(data, out, "run"), fault)[0]
+    final_after_kill = (out / "run" / FINAL).exists()
+    return {
+        "run": out / "run",
+        "killed": killed,
+        "final_after_kill": final_after_kill,
+        "resumed": _run(["--resume", str(out / "run")])[0],
+    }
+
+
+def _killed_from_outside(data: Path, out: Path) -> dict:
+    process = _train(_new_run(data, out, "run"), output=subprocess.DEVNULL)
+    landed = out / "run" / "checkpoints" / "stage1" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    while not landed.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # somewhere in the next epoch
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    return {"run": out / "run", "resumed": _run(["--resume", str(out / "run")])[0]}
+
+
 @pytest.fixture(scope="module")
-def unbroken_run(
-    tiny_synthetic: Path, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[Path, str]:
-    out = tmp_path_factory.mktemp("unbroken")
-    code, output = _run(_new_run(tiny_synthetic, out, "run"))
-    assert code == 0
-    return out / "run", output
+def scenarios(tiny_synthetic: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    """Every run of this module, two at a time: name -> its outcome."""
+    jobs: dict[str, Callable[[], dict]] = {}
+
+    def unbroken() -> dict:
+        out = tmp_path_factory.mktemp("unbroken")
+        code, output = _run(_new_run(tiny_synthetic, out, "run"))
+        return {"run": out / "run", "code": code, "output": output}
+
+    jobs["unbroken"] = unbroken
+    for fault in FAULTS:
+        out = tmp_path_factory.mktemp("killed")
+        jobs[fault] = lambda out=out, fault=fault: _killed_then_resumed(tiny_synthetic, out, fault)
+    outside = tmp_path_factory.mktemp("outside")
+    jobs["outside"] = lambda: _killed_from_outside(tiny_synthetic, outside)
+    damaged = tmp_path_factory.mktemp("damaged")
+    jobs["damaged"] = lambda: {
+        "run": damaged / "run",
+        "killed": _run(_new_run(tiny_synthetic, damaged, "run"), "stage2:epoch1:batch1")[0],
+    }
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {name: pool.submit(job) for name, job in jobs.items()}
+        return {name: future.result() for name, future in futures.items()}
+
+
+@pytest.fixture(scope="module")
+def unbroken_run(scenarios: dict[str, dict]) -> tuple[Path, str]:
+    result = scenarios["unbroken"]
+    assert result["code"] == 0
+    return result["run"], result["output"]
 
 
 @pytest.fixture(scope="module")
@@ -99,48 +162,31 @@ def _assert_identical(run: Path, unbroken: Path) -> None:
     assert len(_rows(run)) == 4
 
 
-@pytest.mark.parametrize(
-    "fault",
-    [
-        "stage1:epoch1:batch1",  # in the middle of a stage-1 epoch
-        "after_stage1",  # between the two stages
-        "stage2:epoch1:batch1",  # in the middle of a stage-2 epoch
-        "checkpoint:stage2:epoch0",  # right after a checkpoint lands
-        "checkpoint:stage2:epoch1",  # right after the last stage-2 checkpoint lands
-        f"write:{FINAL}",  # while the final model file is being written
-    ],
-)
+@pytest.mark.parametrize("fault", FAULTS)
 def test_sigkill_then_resume_is_bit_identical(
-    fault: str, unbroken: Path, tiny_synthetic: Path, tmp_path: Path
+    fault: str, unbroken: Path, scenarios: dict[str, dict]
 ) -> None:
-    assert _run(_new_run(tiny_synthetic, tmp_path, "run"), fault)[0] == -signal.SIGKILL
-    run = tmp_path / "run"
-    assert not (run / FINAL).exists()
-    assert _run(["--resume", str(run)])[0] == 0
+    result = scenarios[fault]
+    assert result["killed"] == -signal.SIGKILL
+    assert not result["final_after_kill"]
+    assert result["resumed"] == 0
+    run = result["run"]
     _assert_identical(run, unbroken)
     assert any((run / "logs" / "stage1").glob("attempt*/metrics.csv"))  # earlier logs kept
 
 
 def test_external_sigkill_then_resume_is_bit_identical(
-    unbroken: Path, tiny_synthetic: Path, tmp_path: Path
+    unbroken: Path, scenarios: dict[str, dict]
 ) -> None:
-    process = _train(_new_run(tiny_synthetic, tmp_path, "run"), output=subprocess.DEVNULL)
-    landed = tmp_path / "run" / "checkpoints" / "stage1" / "last.ckpt"
-    deadline = time.monotonic() + 300
-    while not landed.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.5)  # somewhere in the next epoch
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=60)
-    assert _run(["--resume", str(tmp_path / "run")])[0] == 0
-    _assert_identical(tmp_path / "run", unbroken)
+    assert scenarios["outside"]["resumed"] == 0
+    _assert_identical(scenarios["outside"]["run"], unbroken)
 
 
 def test_damaged_last_checkpoint_falls_back_then_refuses_clearly(
-    unbroken: Path, tiny_synthetic: Path, tmp_path: Path
+    unbroken: Path, scenarios: dict[str, dict]
 ) -> None:
-    assert _run(_new_run(tiny_synthetic, tmp_path, "run"), "stage2:epoch1:batch1")[0] != 0
-    run = tmp_path / "run"
+    assert scenarios["damaged"]["killed"] != 0
+    run = scenarios["damaged"]["run"]
     stage2 = run / "checkpoints" / "stage2"
     last = stage2 / "last.ckpt"
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # truncated

@@ -135,8 +135,10 @@ def test_page_shows_predicts_probability_and_errors_in_words(
             )
             verdict = page.locator("[data-testid=label]").first
             verdict.filter(has_text="not assessed").wait_for(timeout=60_000)
-            assert "PNEUMONIA" not in page.locator("#results").text_content()
             assert page.locator(".label-PNEUMONIA, .label-NORMAL").count() == 0
+            details = page.locator("#results details").first
+            assert details.get_attribute("open") is None  # the probability stays folded away
+            assert "PNEUMONIA" not in page.locator("#results").inner_text()  # nothing visible
 
             page.set_input_files(
                 "#file",
