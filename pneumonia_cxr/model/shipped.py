@@ -10,11 +10,11 @@ from pneumonia_cxr.data.split import file_sha256
 from pneumonia_cxr.errors import ModelFileError
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
-SHIPPED_MODEL_FILE = "pneumonia_cxr_effnet_lite0_ensemble.pt"
-SHIPPED_METRICS_FILE = "pneumonia_cxr_effnet_lite0_ensemble.test_metrics.json"
+SHIPPED_MODEL_FILE = "pneumonia_cxr_effnet_lite0_distilled.pt"
+SHIPPED_METRICS_FILE = "pneumonia_cxr_effnet_lite0_distilled.test_metrics.json"
 """Its evaluation on the official test split (a copy of results/kermany_test/metrics.json)."""
 SHIPPED_MODEL_SHA256: str | None = (
-    "821c3a15e2a7fac8fcccda578212f5e16ae5af5b4efbc7b7eed57637af8fe1b0"
+    "205aae8fbe0668aa9d0563b4b51a691d4f680cd07a3668c4e170f8c27f7b528d"
 )
 """None until a model is committed: then every load checks the file against this digest."""
 

@@ -63,7 +63,7 @@ STUDIES = {
         Path("outputs/study3"),
         Path("outputs/study3_eval"),
         "final_fp16.pt",
-        {"teacher_study2": Path("pneumonia_cxr/weights/pneumonia_cxr_effnet_lite0_ensemble.pt")},
+        {"teacher_study2": Path("outputs/teacher_study2_ensemble.pt")},  # run_study3.sh
         Path("outputs/study3/d0_lite0_s31/split.csv"),
     ),
 }

@@ -9,7 +9,13 @@ cd "$(dirname "$0")/../.."
 DATA=${PNEUMONIA_CXR_DATA:-../shared/data/kermany_224}
 OUT=${STUDY_OUTPUT_DIR:-outputs/study3}
 CLI=${CLI:-.venv/bin/pneumonia-cxr}
+# The teacher: study 2's ensemble, shipped until study 3 replaced it (git history keeps it).
 TEACHER=${TEACHER:-pneumonia_cxr/weights/pneumonia_cxr_effnet_lite0_ensemble.pt}
+if [ ! -f "$TEACHER" ]; then
+  TEACHER=outputs/teacher_study2_ensemble.pt
+  mkdir -p outputs
+  [ -f "$TEACHER" ] || git show 165ba29:pneumonia_cxr/weights/pneumonia_cxr_effnet_lite0_ensemble.pt > "$TEACHER"
+fi
 COMMON="--dataset_path $DATA --output_dir $OUT --teacher $TEACHER --distill_alpha 0.5
   --weights imagenet --jpeg_quality 75 --stage1_epochs 1 --stage1_lr 1e-3 --stage2_lr 1e-4
   --unfreeze_layers -1 --stage2_epochs 4 --threshold_rule max_threshold_at_sensitivity
