@@ -86,6 +86,8 @@ def build_transforms(
         steps.append(v2.JPEG(quality=(augment.jpeg_quality_min, 100)))
     elif preprocessing.jpeg_quality:
         # The model's own compression step (deterministic): originals look like the copies.
+        # torchvision 0.29 deprecates this codec; the shipped model's thresholds were fitted
+        # through it, so a move to another encoder must re-check its committed test counts.
         steps.append(v2.JPEG(quality=preprocessing.jpeg_quality))
     if augment is not None:
         steps += _geometric(augment, size)
