@@ -223,48 +223,27 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     """Measure a model on a site's images, refit its operating point there, write a new file."""
     import json
 
-    from pneumonia_cxr.data.site import list_site_images, read_patients_csv, site_folds
-    from pneumonia_cxr.training.recalibrate import (
-        calibrate_model,
-        check_enough_images,
-        format_report,
-        held_out_figures,
-    )
+    from pneumonia_cxr.training.recalibrate import calibrate_site, format_held_out, format_report
 
-    model_path = _model_path_or_shipped(args.model_path)
-    records = list_site_images(args.dataset_path, args.split)
-    check_images: list = []
-    if args.check_fold is not None:
-        if not 0 <= args.check_fold < args.folds:
-            raise ValueError(f"--check_fold must be in 0..{args.folds - 1}")
-        folds = site_folds(
-            records, args.folds, args.seed, read_patients_csv(Path(args.dataset_path))
-        )
-        check_images = folds[args.check_fold]
-        records = [r for k, fold in enumerate(folds) if k != args.check_fold for r in fold]
-        check_enough_images(check_images, args.force, f"fold {args.check_fold}")
-    result = calibrate_model(
-        model_path,
-        records,
+    outcome = calibrate_site(
+        _model_path_or_shipped(args.model_path),
+        args.dataset_path,
         args.output,
+        split=args.split,
         rule=args.threshold_rule,
         min_sensitivity=args.min_sensitivity,
         force=args.force,
+        check_fold=args.check_fold,
+        folds=args.folds,
+        seed=args.seed,
         device=args.device,
         batch_size=args.batch_size,
     )
-    print(format_report(result, records, checked=bool(check_images)))
-    if check_images:
-        held = held_out_figures(args.output, check_images, device=args.device)
-        sens, spec = held["sensitivity"], held["specificity"]
-        print(
-            f"held-out fold {args.check_fold} ({held['n']} images of other patients): "
-            f"sensitivity {100 * sens:.1f}% [{100 * held['sensitivity_ci'][0]:.1f}, "
-            f"{100 * held['sensitivity_ci'][1]:.1f}] (target {args.min_sensitivity}), "
-            f"specificity {100 * spec:.1f}%"
-        )
+    print(format_report(outcome.result, outcome.records, checked=outcome.held_out is not None))
+    if outcome.held_out is not None:
+        print(format_held_out(outcome.held_out, args.check_fold, args.min_sensitivity))
         if args.check_output:
-            Path(args.check_output).write_text(json.dumps(held) + "\n")
+            Path(args.check_output).write_text(json.dumps(outcome.held_out) + "\n")
     print(f"written: {args.output}")
     return 0
 

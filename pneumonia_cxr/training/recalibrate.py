@@ -185,6 +185,66 @@ def held_out_figures(model_path: str | Path, records: Sequence[ImageRecord], **k
     }
 
 
+@dataclass
+class SiteOutcome:
+    """`calibrate_site`'s result: the fit, the images it stands on, the held-out check."""
+
+    result: SiteCalibration
+    records: list[ImageRecord]
+    held_out: dict[str, Any] | None = None
+
+
+def calibrate_site(
+    model_path: str | Path,
+    site: str | Path,
+    output: str | Path,
+    *,
+    split: str = "test",
+    rule: str,
+    min_sensitivity: float,
+    force: bool = False,
+    check_fold: int | None = None,
+    folds: int = 2,
+    seed: int = 0,
+    device: str | None = None,
+    batch_size: int = 32,
+) -> SiteOutcome:
+    """`pneumonia-cxr calibrate`: a site folder in, a calibrated model file out. With
+    `check_fold`, the site is split into `folds` by patient, the fit uses the other folds and
+    the new file is measured on that one (images of patients it never saw)."""
+    from pneumonia_cxr.data.site import list_site_images, read_patients_csv, site_folds
+
+    records = list_site_images(site, split)
+    check: list[ImageRecord] = []
+    if check_fold is not None:
+        if not 0 <= check_fold < folds:
+            raise ValueError(f"--check_fold must be in 0..{folds - 1}, not {check_fold}")
+        parts = site_folds(records, folds, seed, read_patients_csv(site))
+        check = parts[check_fold]
+        records = [r for k, part in enumerate(parts) if k != check_fold for r in part]
+        check_enough_images(check, force, f"fold {check_fold}")
+    result = calibrate_model(
+        model_path,
+        records,
+        output,
+        rule=rule,
+        min_sensitivity=min_sensitivity,
+        force=force,
+        device=device,
+        batch_size=batch_size,
+    )
+    held = held_out_figures(output, check, device=device, batch_size=batch_size) if check else None
+    return SiteOutcome(result, list(records), held)
+
+
+def format_held_out(held: dict[str, Any], fold: int, target: float) -> str:
+    return (
+        f"held-out fold {fold} ({held['n']} images of other patients): sensitivity "
+        f"{_pct(held['sensitivity'], held['sensitivity_ci'])} (target {target}), "
+        f"specificity {_pct(held['specificity'], held['specificity_ci'])}"
+    )
+
+
 def _pct(value: float, interval: Sequence[float] | None = None) -> str:
     text = f"{100 * value:.1f}%"
     return text + (f" [{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]" if interval else "")
