@@ -201,7 +201,11 @@ def cmd_distill(args: argparse.Namespace) -> int:
         return cmd_train(args)
     teacher = _model_path_or_shipped(args.teacher)
     config = config_from_args(args)
-    split_seed, val_fraction = teacher_split_settings(_load_model(teacher))
+    if args.init_from:
+        from pneumonia_cxr.training.init_from import adopt_parent
+
+        adopt_parent(config, args.init_from)
+    split_seed, val_fraction = teacher_split_settings(_load_model(teacher), teacher)
     if args.split_seed is None:
         config.data.split_seed = split_seed
     if args.val_fraction is None:
@@ -319,6 +323,12 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
         default=8,
         help="images per heatmap sanity check in the report (0: skip them)",
     )
+    parser.add_argument(
+        "--audit",
+        action="store_true",
+        help="add the shortcut audit: AUC when the model sees only the frame, only the lung "
+        "fields, or the image without its frame; Grad-CAM energy in the frame",
+    )
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -338,6 +348,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         seed=args.seed,
         gradcam_method=args.gradcam_method,
         explain_images=args.explain_images,
+        audit=args.audit,
     )
     print(headline(result.metrics))
     if result.metrics["skipped_files"]:

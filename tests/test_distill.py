@@ -125,3 +125,26 @@ def test_distill_command_inherits_the_teachers_split(
     assert saved["data"]["split_seed"] == 5
     assert saved["data"]["val_fraction"] == 0.25
     assert saved["distill"]["teacher_sha256"] == file_sha256(teacher)
+
+
+def test_scoring_the_teacher_leaves_the_random_stream_alone(
+    tiny_synthetic: Path, teacher: Path, tmp_path: Path
+) -> None:
+    """A fresh run scores the teacher, a resumed one reads the file: the network's initial
+    weights, drawn next, must be the same either way (exact resume)."""
+    from pneumonia_cxr.data.discovery import list_images
+    from pneumonia_cxr.data.split import make_patient_split
+    from pneumonia_cxr.run_folder import RunPaths
+    from pneumonia_cxr.training.run import _teacher
+
+    config = _student(tiny_synthetic, tmp_path, teacher)
+    records = [r for r in list_images(tiny_synthetic) if r.split != "test"]
+    split = make_patient_split(records, 0.25, 5)
+    paths = RunPaths(tmp_path)
+    torch.manual_seed(0)
+    scored = _teacher(config, split, paths)
+    after_scoring = torch.rand(3)
+    torch.manual_seed(0)
+    read_back = _teacher(config, split, paths)
+    assert torch.equal(torch.rand(3), after_scoring)
+    assert torch.equal(scored, read_back)

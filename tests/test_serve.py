@@ -269,3 +269,18 @@ def test_a_calibrated_model_says_so_and_shows_no_parent_test_figures(
     assert info["calibration_line"].startswith("calibrated on 100 local images")
     assert info["calibration"]["images"] == {"NORMAL": 40, "PNEUMONIA": 60}
     assert info["test_metrics"] is None
+
+
+def test_an_onnx_model_answers_without_overlays(
+    model_file: Path, xray: Path, tmp_path: Path
+) -> None:
+    from pneumonia_cxr.export import export_onnx
+    from pneumonia_cxr.model.model_file import load_model
+
+    onnx = export_onnx(load_model(model_file), tmp_path / "model.onnx")
+    with TestClient(create_app(ServeConfig(model_path=onnx, device="cpu"))) as client:
+        _wait_ready(client)
+        response = _upload(client, (xray.name, xray.read_bytes()), query="?gradcam=true")
+    assert response.status_code == 200
+    [result] = response.json()["results"]
+    assert 0.0 <= result["probability"] <= 1.0 and "gradcam_png_base64" not in result

@@ -213,3 +213,18 @@ def test_real_data_split_is_leak_free() -> None:
         total = sum(r.label == label for r in records)
         share = sum(r.label == label for r in split.val) / total
         assert abs(share - 0.15) < 0.02, (label, share)
+
+
+def test_a_sites_patients_csv_keeps_each_patient_on_one_side(tmp_path: Path) -> None:
+    from pneumonia_cxr.data.discovery import ImageRecord
+    from pneumonia_cxr.data.split import make_patient_split
+
+    records = []
+    for i in range(40):
+        path = tmp_path / f"scan{i}.png"
+        path.write_bytes(bytes([i]) * 10)  # distinct files
+        records.append(ImageRecord(path, "site", i % 2))
+    patients = {f"scan{i}.png": f"p{i // 4}" for i in range(40)}
+    split = make_patient_split(records, 0.25, 3, patients=patients)
+    sides = [{patients[r.path.name] for r in part} for part in (split.train, split.val)]
+    assert sides[1] and not sides[0] & sides[1]

@@ -14,7 +14,7 @@ import hashlib
 import io
 import random
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,13 +77,15 @@ class _UnionFind:
             self.parent[max(root_a, root_b)] = min(root_a, root_b)
 
 
-def _groups(records: Sequence[ImageRecord]) -> tuple[list[list[int]], int]:
+def _groups(
+    records: Sequence[ImageRecord], patients: Mapping[str, str] | None = None
+) -> tuple[list[list[int]], int]:
     """Group record indices by patient id and by file content; also count unrecognised names."""
     sets = _UnionFind(len(records))
     first_by_key: dict[str, int] = {}
     n_unrecognised = 0
     for index, record in enumerate(records):
-        patient = patient_id(record.path.name)
+        patient = (patients or {}).get(record.path.name) or patient_id(record.path.name)
         if patient is None:
             n_unrecognised += 1
         keys = [f"sha256:{file_sha256(record.path)}"]
@@ -146,7 +148,10 @@ def _warn_missing_classes(train: list[ImageRecord], val: list[ImageRecord]) -> N
 
 
 def make_patient_split(
-    records: Sequence[ImageRecord], val_fraction: float = 0.15, seed: int = 42
+    records: Sequence[ImageRecord],
+    val_fraction: float = 0.15,
+    seed: int = 42,
+    patients: Mapping[str, str] | None = None,
 ) -> PatientSplit:
     """Split official train + val images into train and validation by patient, per class.
 
@@ -154,12 +159,13 @@ def make_patient_split(
         records: Images of the official ``train`` and ``val`` splits (``test`` is refused).
         val_fraction: Share of each class's images that should go to validation.
         seed: Same seed, same split.
+        patients: File name -> patient id where the names carry none (a site's patients.csv).
 
     Raises:
         ValueError: on test records, an empty input or a fraction outside (0, 1).
     """
     _check_pool(records, val_fraction)
-    groups, n_unrecognised = _groups(records)
+    groups, n_unrecognised = _groups(records, patients)
     if n_unrecognised:
         warnings.warn(
             f"{n_unrecognised} file name(s) carry no recognisable patient id; each is kept as "

@@ -83,6 +83,7 @@ def build_transforms(
     steps: list[v2.Transform] = [_resize(size, augment)]
     if augment is not None and augment.jpeg_quality_min:
         # Re-encode at a random quality: the shared 224-px copies are JPEG q75, originals are not.
+        # In training it replaces the model's fixed step below (its quality lies in the range).
         steps.append(v2.JPEG(quality=(augment.jpeg_quality_min, 100)))
     elif preprocessing.jpeg_quality:
         # The model's own compression step (deterministic): originals look like the copies.

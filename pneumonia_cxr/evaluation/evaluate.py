@@ -34,9 +34,11 @@ from pneumonia_cxr.data.fingerprint import records_fingerprint
 from pneumonia_cxr.data.site import is_flat_site, list_site_images
 from pneumonia_cxr.errors import EvaluationInputError
 from pneumonia_cxr.evaluation import plots
+from pneumonia_cxr.evaluation.audit import run_audit
 from pneumonia_cxr.evaluation.calibration import expected_calibration_error
 from pneumonia_cxr.evaluation.metrics import ECE_BINS, evaluate_predictions, subgroup_sensitivity
 from pneumonia_cxr.evaluation.report import (
+    audit_section_html,
     explain_section_html,
     metrics_markdown,
     protocol_text,
@@ -56,6 +58,7 @@ log = logging.getLogger(__name__)
 
 METRICS_JSON, METRICS_MD, PREDICTIONS_CSV = "metrics.json", "metrics.md", "predictions.csv"
 REPORT_HTML, GRADCAM_GRID = "report.html", "gradcam_batch.png"
+AUDIT_FIGURE = "shortcut_audit.png"
 PLOT_FILES: dict[str, str] = {
     "Confusion matrix at the stored threshold": "confusion_matrix.png",
     "ROC curve": "roc.png",
@@ -270,6 +273,11 @@ def _write_report(
     data_counts: dict[str, dict[str, int]],
 ) -> Path:
     """The self-contained HTML report, with every figure written so far, in PLOT_FILES order."""
+    sections = {}
+    if explain:
+        sections["Explanation sanity checks"] = explain_section_html(explain)
+    if "audit" in metrics:
+        sections["Shortcut audit"] = audit_section_html(metrics["audit"], files.get("audit"))
     by_name = {path.name: path for path in files.values()}
     plots_in_order = {
         caption: by_name[name] for caption, name in PLOT_FILES.items() if name in by_name
@@ -282,9 +290,7 @@ def _write_report(
         plots=plots_in_order,
         data_counts=data_counts,
         protocol=protocol_text(bundle, split, metrics),
-        extra_sections=(
-            {"Explanation sanity checks": explain_section_html(explain)} if explain else None
-        ),
+        extra_sections=sections or None,
     )
 
 
@@ -301,6 +307,7 @@ def evaluate_model(
     seed: int = 0,
     gradcam_method: str = "gradcam",
     explain_images: int = EXPLAIN_IMAGES_IN_EVALUATE,
+    audit: bool = False,
 ) -> EvaluationResult:
     """Evaluate a model file on one split of a dataset and write every output file.
 
@@ -314,6 +321,8 @@ def evaluate_model(
         n_resamples, seed: Bootstrap of the confidence intervals.
         gradcam_method: CAM method of the grid and the sanity checks.
         explain_images: Images per sanity check (0 skips the checks).
+        audit: Add the shortcut audit (`evaluation.audit`): frame-only, lung-region-only and
+            frame-neutralised views, Grad-CAM energy in the frame.
 
     Raises:
         ModelFileError: unreadable model file, or preprocessing that does not match the data
@@ -380,6 +389,13 @@ def evaluate_model(
     files["gradcam"] = _gradcam_grid(
         predictor, evaluated, labels, probs, out / GRADCAM_GRID, gradcam_method, seed
     )
+    if audit:
+        metrics["audit"] = run_audit(
+            predictor, evaluated, batch_size=batch_size, n_resamples=n_resamples, seed=seed
+        )
+        files["audit"] = plots.plot_audit(
+            metrics["roc_auc"], metrics["audit"]["views"], out / AUDIT_FIGURE
+        )
     files["predictions"] = _write_predictions(out / PREDICTIONS_CSV, evaluated, scores, predictor)
     explain = _explain(bundle, root, split, evaluated, gradcam_method, seed, explain_images)
     if explain is not None:

@@ -350,3 +350,22 @@ def plot_learning_curves(
     auc_axes.set_title("Validation ROC AUC")
     figure.suptitle(title)
     return _save(figure, path)
+
+
+def plot_audit(whole_auc: dict, views: dict[str, dict], path: str | Path) -> Path:
+    """ROC AUC with its CI: the whole image, then each edited view of the shortcut audit."""
+    names = ["whole image", *(name.replace("_", " ") for name in views)]
+    entries = [whole_auc, *(view["roc_auc"] for view in views.values())]
+    values = np.array([entry["value"] for entry in entries])
+    low = values - np.array([entry.get("ci_low", entry["value"]) for entry in entries])
+    high = np.array([entry.get("ci_high", entry["value"]) for entry in entries]) - values
+    figure = Figure(figsize=(6.0, 3.0))
+    axes = figure.add_subplot()
+    axes.barh(names[::-1], values[::-1], xerr=[low[::-1], high[::-1]], color="#4c78a8")
+    axes.axvline(0.5, color="grey", linestyle=":", linewidth=1)
+    axes.set_xlim(0.4, 1.0)
+    axes.set_xlabel("ROC AUC (95% CI)")
+    axes.set_title("What the model sees: shortcut audit")
+    for y, value in enumerate(values[::-1]):
+        axes.text(min(value + 0.01, 0.93), y, f"{value:.3f}", va="center", fontsize=8)
+    return _save(figure, path)

@@ -386,3 +386,41 @@ def headline(metrics: dict[str, Any]) -> str:
         f"at threshold {metrics['threshold']:.3f}: sensitivity {fmt(at['sensitivity'], True)}, "
         f"specificity {fmt(at['specificity'], True)}  ({confidence:.0%} CI)"
     )
+
+
+def audit_section_html(audit: dict[str, Any], figure: Path | None) -> str:
+    """The shortcut audit: each view's AUC, sensitivity and specificity, and the CAM energy."""
+    rows = [
+        [
+            html.escape(view.replace("_", " ")),
+            str(entry["n"]),
+            _with_interval(entry["roc_auc"], percent=False),
+            _with_interval(entry["sensitivity"], percent=True),
+            _with_interval(entry["specificity"], percent=True),
+        ]
+        for view, entry in audit["views"].items()
+    ]
+    table = _html_table(["view", "images", "ROC AUC", "sensitivity", "specificity"], rows)
+    parts = [
+        f"<p>Frame: the outer {audit['frame']:.0%} of each side; lung-field box "
+        f"{html.escape(str(audit['lung_box']))} (top, left, bottom, right); fill: "
+        f"{html.escape(audit['fill'])}. The model's own threshold; 95% bootstrap CIs.</p>",
+        table,
+    ]
+    energy = audit.get("gradcam_frame_energy")
+    if energy:
+        per_class = "; ".join(
+            f"{html.escape(name)}: {entry['mean']:.2f} (sd {entry['sd']:.2f}, n = {entry['n']})"
+            for name, entry in energy["per_class"].items()
+        )
+        parts.append(
+            f"<p>Share of Grad-CAM energy in the frame, per class: {per_class}; a map spread "
+            f"evenly would put {energy['uniform_map_share']:.2f} there.</p>"
+        )
+    if figure is not None:
+        parts.append(
+            f'<figure><img src="{_image_data_uri(figure.name, figure)}" alt="shortcut audit">'
+            "<figcaption>ROC AUC of each view</figcaption></figure>"
+        )
+    parts.append(f"<p>{html.escape(audit['pointing_game_note'])}.</p>")
+    return "".join(parts)

@@ -322,6 +322,14 @@ class OpenVinoEngine(OnnxEngine):
         return [np.asarray(result[self._compiled.output(name)]) for name in outputs]
 
 
+def _readable_by_onnxruntime(path: Path) -> bool:
+    try:
+        OnnxEngine(path, num_threads=1)
+    except (ImportError, ModelFileError):
+        return False
+    return True
+
+
 def cached_onnx_engine(
     bundle: ModelBundle,
     cache_dir: str | Path | None = None,
@@ -361,6 +369,8 @@ def cached_onnx_engine(
         try:
             return engine(path)
         except ModelFileError:
-            pass  # a damaged cache entry (disk full, killed copy): export it again below
+            if runtime == "openvino" and _readable_by_onnxruntime(path):
+                raise  # the export is fine, OpenVINO is not: the caller falls back
+            # a damaged cache entry (disk full, killed copy): export it again below
     export_onnx(bundle, path)
     return engine(path)

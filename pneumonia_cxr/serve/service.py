@@ -169,20 +169,23 @@ class ModelService:
         batch = torch.stack(inputs)
         for index, result in zip(kept, predictor.results(predictor.scores(batch)), strict=True):
             results[index].update(asdict(result), threshold=predictor.threshold)
-        if gradcam:
-            explainer = self._gradcam_predictor()
+        explainer = self._gradcam_predictor() if gradcam else None
+        if explainer is not None:
             for index, png in zip(kept, _overlays(explainer, batch, originals), strict=True):
                 results[index]["gradcam_png_base64"] = png
         return results
 
-    def _gradcam_predictor(self) -> Predictor:
-        """The PyTorch engine Grad-CAM needs (gradients), opened on the first heatmap asked."""
+    def _gradcam_predictor(self) -> Predictor | None:
+        """The PyTorch engine Grad-CAM needs (gradients), opened on the first heatmap asked;
+        None for an ONNX export, which has no gradients (scores come without overlays)."""
         from pneumonia_cxr.inference.predictor import Predictor
 
         predictor = self.predictor
         assert predictor is not None and self.model_path is not None
         if predictor.bundle is not None:
             return predictor
+        if self.model_path.suffix.lower() == ".onnx":
+            return None
         if self._explainer is None:
             self._explainer = Predictor.open(
                 self.model_path, engine="torch", device=self.config.device

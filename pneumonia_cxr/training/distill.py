@@ -18,10 +18,9 @@ from pathlib import Path
 
 import torch
 
-from pneumonia_cxr.data import SPLITS
 from pneumonia_cxr.data.discovery import ImageRecord
 from pneumonia_cxr.data.fingerprint import records_fingerprint
-from pneumonia_cxr.data.split import PatientSplit, file_sha256, make_patient_split
+from pneumonia_cxr.data.split import POOL_SPLITS, PatientSplit, file_sha256, make_patient_split
 from pneumonia_cxr.errors import ModelFileError, RunFolderError
 from pneumonia_cxr.model.model_file import ModelBundle, load_model
 from pneumonia_cxr.storage import atomic_write_text
@@ -31,7 +30,7 @@ log = logging.getLogger(__name__)
 TEACHER_COLUMNS = ("path", "probability")
 
 
-def teacher_split_settings(teacher: ModelBundle) -> tuple[int, float]:
+def teacher_split_settings(teacher: ModelBundle, path: str | Path) -> tuple[int, float]:
     """(split seed, validation fraction) the teacher was trained with, from its config."""
     data = teacher.config.get("data", {})
     seed = data.get("split_seed")
@@ -39,7 +38,8 @@ def teacher_split_settings(teacher: ModelBundle) -> tuple[int, float]:
         seed = teacher.config.get("train", {}).get("seed")
     if seed is None or "val_fraction" not in data:
         raise ModelFileError(
-            "the teacher model file does not record its patient-level split (no data.split_seed/"
+            f"{path}: the teacher model file does not record its patient-level split (no "
+            "data.split_seed/"
             "train.seed or val_fraction in its config); distil from a model trained by "
             "`pneumonia-cxr train` or `ensemble`"
         )
@@ -57,9 +57,10 @@ def check_same_split(teacher: ModelBundle, teacher_path: str | Path, split: Pati
     would learn the teacher's answers on images the student is validated on, and the two
     validation AUCs the selection compares would be measured on different images.
     """
-    # `list_images` order, which the split's greedy draw depends on.
+    # The listing order (`list_images`, `list_site_images`), which the greedy draw depends on.
     records = sorted(
-        [*split.train, *split.val], key=lambda r: (SPLITS.index(r.split), r.label, r.path.name)
+        [*split.train, *split.val],
+        key=lambda r: (POOL_SPLITS.index(r.split), r.label, r.path.name),
     )
     fingerprint = records_fingerprint(records, "trainval")
     if teacher.data_fingerprint and teacher.data_fingerprint != fingerprint:
@@ -68,7 +69,7 @@ def check_same_split(teacher: ModelBundle, teacher_path: str | Path, split: Pati
             f"(data fingerprint {teacher.data_fingerprint}, the student's {fingerprint}); "
             "distil on the teacher's data set"
         )
-    seed, fraction = teacher_split_settings(teacher)
+    seed, fraction = teacher_split_settings(teacher, teacher_path)
     teacher_val = {_key(r) for r in make_patient_split(records, fraction, seed).val}
     if teacher_val != {_key(r) for r in split.val}:
         raise ModelFileError(
@@ -80,8 +81,14 @@ def check_same_split(teacher: ModelBundle, teacher_path: str | Path, split: Pati
 
 
 def _read(path: Path, records: Sequence[ImageRecord]) -> torch.Tensor:
-    with open(path, newline="", encoding="utf-8") as handle:
-        rows = {row["path"]: float(row["probability"]) for row in csv.DictReader(handle)}
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = {row["path"]: float(row["probability"]) for row in csv.DictReader(handle)}
+    except (KeyError, ValueError, UnicodeDecodeError) as error:
+        raise RunFolderError(
+            f"{path}: damaged ({type(error).__name__}: {error}); delete it and resume to score "
+            "the training images with the teacher again"
+        ) from error
     missing = [str(r.path) for r in records if str(r.path) not in rows]
     if missing:
         raise RunFolderError(

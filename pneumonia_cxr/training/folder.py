@@ -95,7 +95,7 @@ def workers_join(paths: RunPaths) -> Iterator[None]:
 
 def new_run_dir(config: RunConfig) -> Path:
     """Every DDP rank must land in the same folder: rank 0 hands its choice to the workers it
-    launches through the environment (`_workers_join`); under Slurm the job id names it."""
+    launches through the environment (`workers_join`); under Slurm the job id names it."""
     stamp = os.environ.get("SLURM_JOB_ID") or datetime.now().strftime("%Y%m%d-%H%M%S")
     name = (
         config.train.run_name or os.environ.get(RUN_NAME_ENV) or f"{config.model.backbone}-{stamp}"

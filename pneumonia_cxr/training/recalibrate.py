@@ -134,7 +134,7 @@ def calibrate_model(
 ) -> SiteCalibration:
     """Score, fit, and write the calibrated model file; nothing is written on any error."""
     model_path = Path(model_path)
-    check_enough_images(records, force, "the site")
+    check_enough_images(records, force, f"the site ({Path(records[0].path).parents[1]})")
     bundle = load_model(model_path)
     predictor = Predictor.open(model_path, device=device)
     scored = score_site(predictor, records, batch_size)
@@ -160,7 +160,12 @@ def calibrate_model(
     bundle.threshold_rule = rule
     if bundle.ood is not None and result.ood_cutoff is not None:
         bundle.ood.cutoff = result.ood_cutoff
-    bundle.extra = {**bundle.extra, "calibration": result.calibration}
+    bundle.extra = {
+        **bundle.extra,
+        "calibration": result.calibration,
+        "min_sensitivity": min_sensitivity,  # the target of this threshold, not the parent's
+        "val_n": len(records),
+    }
     save_model(bundle, output, half=bundle.stored_half)
     return result
 
@@ -233,7 +238,13 @@ def calibrate_site(
         device=device,
         batch_size=batch_size,
     )
-    held = held_out_figures(output, check, device=device, batch_size=batch_size) if check else None
+    try:
+        held = (
+            held_out_figures(output, check, device=device, batch_size=batch_size) if check else None
+        )
+    except Exception:
+        Path(output).unlink(missing_ok=True)  # an error means nothing written, as documented
+        raise
     return SiteOutcome(result, list(records), held)
 
 
@@ -267,13 +278,9 @@ def format_report(
         f"the model as it is (threshold {before['threshold']:.4f}): ROC AUC "
         f"{before['roc_auc']['value']:.3f} [{before['roc_auc']['ci_low']:.3f}, "
         f"{before['roc_auc']['ci_high']:.3f}], sensitivity "
-        + _pct(
-            at["sensitivity"]["value"], (at["sensitivity"]["ci_low"], at["sensitivity"]["ci_high"])
-        )
+        + _rate(at["sensitivity"])
         + ", specificity "
-        + _pct(
-            at["specificity"]["value"], (at["specificity"]["ci_low"], at["specificity"]["ci_high"])
-        ),
+        + _rate(at["specificity"]),
         f"calibrated ({result.calibration.get('threshold_rule')}, target sensitivity "
         f"{result.calibration.get('min_sensitivity')}): threshold {result.threshold:.4f}, "
         f"temperature {result.temperature:.3f}"

@@ -21,7 +21,7 @@ from pneumonia_cxr.config import Preprocessing, RunConfig
 from pneumonia_cxr.data.datamodule import XrayDataModule
 from pneumonia_cxr.data.discovery import list_images, resolve_dataset
 from pneumonia_cxr.data.fingerprint import records_fingerprint
-from pneumonia_cxr.data.site import is_flat_site, list_site_images
+from pneumonia_cxr.data.site import is_flat_site, list_site_images, read_patients_csv
 from pneumonia_cxr.data.split import (
     PatientSplit,
     make_patient_split,
@@ -135,8 +135,9 @@ def prepare_data(config: RunConfig, paths: RunPaths, resuming: bool) -> tuple[Pa
     root = Path(config.data.dataset_path) if flat else resolve_dataset(config.data.dataset_path)
     if resuming and paths.split.exists():
         return read_split_csv(paths.split), root
+    patients: dict[str, str] = {}
     if flat:
-        records = list_site_images(root)
+        records, patients = list_site_images(root), read_patients_csv(root)
     else:
         records = [r for r in list_images(root) if r.split in ("train", "val")]
     split_seed = config.data.split_seed
@@ -144,6 +145,7 @@ def prepare_data(config: RunConfig, paths: RunPaths, resuming: bool) -> tuple[Pa
         records,
         config.data.val_fraction,
         config.train.seed if split_seed is None else split_seed,
+        patients=patients,
     )
     if is_rank_zero():
         write_split_csv(split, paths.split)
@@ -240,13 +242,16 @@ def _teacher(config: RunConfig, split: PatientSplit, paths: RunPaths) -> torch.T
         return None
     from pneumonia_cxr.training.distill import teacher_probabilities
 
-    return teacher_probabilities(
-        config.distill.teacher,
-        config.distill.teacher_sha256,
-        split,
-        paths.teacher_probabilities,
-        batch_size=config.data.batch_size,
-    )
+    # A fresh run scores the teacher, a resumed one reads its file: neither may move the
+    # global generator that draws the network's initial weights next.
+    with torch.random.fork_rng():
+        return teacher_probabilities(
+            config.distill.teacher,
+            config.distill.teacher_sha256,
+            split,
+            paths.teacher_probabilities,
+            batch_size=config.data.batch_size,
+        )
 
 
 def finalize_model(
