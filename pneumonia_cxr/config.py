@@ -73,6 +73,11 @@ class AugmentConfig:
     """Re-encode as JPEG at a random quality in [this, 100]; 0 = off."""
     resample_jitter: bool = False
     """Resize with a random filter (bilinear, nearest, bicubic) instead of always bilinear."""
+    frame_fill_prob: float = 0.0
+    """With this probability, fill a band of random width (up to `frame_fill_max` of the side)
+    along each edge with the image's mean: the frame (markers, collimation, shoulders) stops
+    being a reliable cue (issue 18's shortcut audit); 0 = off."""
+    frame_fill_max: float = 0.2
 
 
 @dataclass

@@ -144,3 +144,20 @@ def test_jpeg_quality_step_reproduces_the_copies_compression() -> None:
     assert Preprocessing.from_dict(raw).jpeg_quality == 0
     with pytest.raises(ValueError, match="jpeg_quality"):
         Preprocessing(jpeg_quality=101)
+
+
+def test_frame_fill_replaces_edge_bands_with_the_mean_and_only_them() -> None:
+    from pneumonia_cxr.data.transforms import RandomFrameFill
+
+    torch.manual_seed(1)
+    image = torch.rand(3, 60, 50)
+    never, always = RandomFrameFill(0.0, 0.2), RandomFrameFill(1.0, 0.2)
+    assert torch.equal(never(image), image)
+    filled = always(image)
+    assert torch.equal(filled[:, 12:48, 10:40], image[:, 12:48, 10:40])  # the centre stays
+    changed = (filled != image).any(dim=0)
+    assert changed.any()
+    assert torch.allclose(filled[:, changed], image.mean().expand(3, int(changed.sum())))
+    config = AugmentConfig(frame_fill_prob=0.5)
+    names = [type(t).__name__ for t in build_transforms(Preprocessing(), config).transforms]
+    assert "RandomFrameFill" in names

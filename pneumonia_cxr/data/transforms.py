@@ -24,6 +24,33 @@ class RandomGamma(v2.Transform):
         return TF.adjust_gamma(inpt, params["gamma"])
 
 
+class RandomFrameFill(v2.Transform):
+    """With probability `p`, fill a band along each edge (each side its own random width, up to
+    `max_width` of that dimension) with the image's mean, on a float image: the frame of a chest
+    X-ray (laterality letters, collimation, shoulders, abdomen) carries shortcuts."""
+
+    def __init__(self, p: float, max_width: float) -> None:
+        super().__init__()
+        self.p, self.max_width = p, max_width
+
+    def make_params(self, flat_inputs: list) -> dict[str, object]:
+        apply = bool(torch.rand(1) < self.p)
+        return {"apply": apply, "widths": (torch.rand(4) * self.max_width).tolist()}
+
+    def transform(self, inpt, params: dict[str, object]):
+        if not params["apply"]:
+            return inpt
+        top, bottom, left, right = params["widths"]
+        height, width = inpt.shape[-2:]
+        out = inpt.clone()
+        fill = inpt.mean()
+        out[..., : round(top * height), :] = fill
+        out[..., height - round(bottom * height) :, :] = fill
+        out[..., :, : round(left * width)] = fill
+        out[..., :, width - round(right * width) :] = fill
+        return out
+
+
 def _resize(size: tuple[int, int], augment: AugmentConfig | None) -> v2.Transform:
     """The evaluation resize (bilinear, antialiased); with `resample_jitter`, one of several
     filters, so the model does not learn one resampler's fingerprint (originals vs copies)."""
@@ -68,6 +95,8 @@ def _intensity(augment: AugmentConfig) -> list[v2.Transform]:
         steps.append(v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 1.5))], p=augment.blur_prob))
     if augment.noise_std:
         steps.append(v2.GaussianNoise(sigma=augment.noise_std, clip=True))
+    if augment.frame_fill_prob:
+        steps.append(RandomFrameFill(augment.frame_fill_prob, augment.frame_fill_max))
     return steps
 
 
