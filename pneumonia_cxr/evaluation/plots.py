@@ -367,5 +367,5 @@ def plot_audit(whole_auc: dict, views: dict[str, dict], path: str | Path) -> Pat
     axes.set_xlabel("ROC AUC (95% CI)")
     axes.set_title("What the model sees: shortcut audit")
     for y, value in enumerate(values[::-1]):
-        axes.text(min(value + 0.01, 0.93), y, f"{value:.3f}", va="center", fontsize=8)
+        axes.text(0.41, y, f"{value:.3f}", va="center", fontsize=8, color="white")
     return _save(figure, path)
