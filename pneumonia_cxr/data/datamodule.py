@@ -13,6 +13,7 @@ from pneumonia_cxr.data.dataset import XrayDataset, collate_skipping_bad
 from pneumonia_cxr.data.discovery import ImageRecord
 from pneumonia_cxr.data.epoch_seeding import EpochClock, EpochSampler
 from pneumonia_cxr.data.transforms import build_transforms
+from pneumonia_cxr.data.workers import worker_init
 
 
 def balanced_class_weights(labels: Sequence[int]) -> tuple[float, float]:
@@ -79,6 +80,7 @@ class XrayDataModule(L.LightningDataModule):
             persistent_workers=False,
             prefetch_factor=4 if workers > 0 else None,
             collate_fn=collate_skipping_bad,
+            worker_init_fn=worker_init() if workers > 0 else None,
             # Its own generator: creating an iterator never draws from the global RNG, which
             # drives dropout in the main process (reseeded per epoch by EpochSeeding).
             generator=torch.Generator().manual_seed(self.seed),

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from pneumonia_cxr.data.discovery import ImageRecord
 from pneumonia_cxr.data.loader import decode_xray, load_xray
 from pneumonia_cxr.data.transforms import build_transforms
+from pneumonia_cxr.data.workers import worker_init
 from pneumonia_cxr.errors import ImageLoadError, ModelFileError
 from pneumonia_cxr.inference import AUTO_CPU_ENGINES, ENGINES
 from pneumonia_cxr.inference.contract import check_model_contract
@@ -322,6 +323,7 @@ class Predictor:
             num_workers=num_workers,
             collate_fn=_collate,
             pin_memory=self.device.type == "cuda",
+            worker_init_fn=worker_init() if num_workers > 0 else None,
         )
 
     def iter_files(
