@@ -15,7 +15,7 @@ import json
 import logging
 import math
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -111,23 +111,67 @@ def predict_paths(
     """
     if isinstance(predictor, ModelBundle):
         predictor = Predictor.from_bundle(predictor, device)
-    if gradcam_dir and predictor.bundle is None:
-        raise ValueError("Grad-CAM needs the PyTorch model file (.pt), not an ONNX export")
     files = expand_paths(paths)
-    rows = [PredictionRow(path=str(path)) for path in files]
-    writer = _OverlayWriter(Path(gradcam_dir), gradcam_method) if gradcam_dir else None
-    batches = predictor.iter_files(
-        files, batch_size=batch_size, num_workers=num_workers, keep_original=writer is not None
-    )
+    rows: list[PredictionRow] = []
     with tqdm(
         total=len(files), desc="predict", unit="img", file=sys.stderr, disable=not progress
     ) as bar:
+        for batch in iter_prediction_batches(
+            predictor,
+            files,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            gradcam_dir=gradcam_dir,
+            gradcam_method=gradcam_method,
+        ):
+            rows.extend(batch)
+            bar.update(len(batch))
+    return rows
+
+
+def iter_prediction_batches(
+    predictor: Predictor,
+    files: Iterable[Path],
+    *,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    gradcam_dir: str | Path | None = None,
+    gradcam_method: str = "gradcam",
+    chunk_batches: int = 64,
+) -> Iterator[list[PredictionRow]]:
+    """The rows of each batch of files, in file order, as soon as the batch is scored.
+
+    `files` is consumed lazily, `chunk_batches` batches at a time, so memory does not grow with
+    the number of files; every batch holds `batch_size` consecutive files (the last one fewer),
+    whatever the chunking, so a resumed run scores the same batches as an unbroken one.
+    """
+    if gradcam_dir and predictor.bundle is None:
+        raise ValueError("Grad-CAM needs the PyTorch model file (.pt), not an ONNX export")
+    writer = _OverlayWriter(Path(gradcam_dir), gradcam_method) if gradcam_dir else None
+    for chunk in _chunks(files, batch_size * chunk_batches):
+        rows = [PredictionRow(path=str(path)) for path in chunk]
+        batches = predictor.iter_files(
+            chunk, batch_size=batch_size, num_workers=num_workers, keep_original=writer is not None
+        )
+        done = 0
         for batch in batches:
             _fill_rows(rows, batch, predictor)
             if writer is not None and batch.inputs is not None:
                 writer.write(predictor, batch, rows)
-            bar.update(len(batch.indices) + len(batch.errors))
-    return rows
+            size = len(batch.indices) + len(batch.errors)
+            yield rows[done : done + size]
+            done += size
+
+
+def _chunks(items: Iterable[Path], size: int) -> Iterator[list[Path]]:
+    chunk: list[Path] = []
+    for item in items:
+        chunk.append(Path(item))
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def _fill_rows(rows: list[PredictionRow], batch: ScoredBatch, predictor: Predictor) -> None:
@@ -178,9 +222,9 @@ def _record(row: PredictionRow, columns: Sequence[str]) -> dict[str, Any]:
     return {column: values[column] for column in columns}
 
 
-def rows_to_csv(rows: Sequence[PredictionRow]) -> str:
+def rows_to_csv(rows: Sequence[PredictionRow], columns: Sequence[str] | None = None) -> str:
     """CSV text; an unreadable file has an empty probability and label and its error."""
-    columns = _columns(rows)
+    columns = list(columns) if columns is not None else _columns(rows)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()

@@ -223,7 +223,7 @@ def calibrate_site(
     check: list[ImageRecord] = []
     if check_fold is not None:
         if not 0 <= check_fold < folds:
-            raise ValueError(f"--check_fold must be in 0..{folds - 1}, not {check_fold}")
+            raise EvaluationInputError(f"--check_fold must be in 0..{folds - 1}, not {check_fold}")
         parts = site_folds(records, folds, seed, read_patients_csv(site))
         check = parts[check_fold]
         records = [r for k, part in enumerate(parts) if k != check_fold for r in part]

@@ -1,0 +1,126 @@
+"""Scoring an archive: streamed rows, SIGKILL then --resume, changed files, shards and merge."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tiny_runs import train_tiny_model
+
+from pneumonia_cxr.archive import PROGRESS_SUFFIX, ArchiveError, Shard, walk_files
+from pneumonia_cxr.cli import main
+from pneumonia_cxr.data.discovery import list_images
+from pneumonia_cxr.faults import FAULT_ENV
+
+
+@pytest.fixture(scope="module")
+def model(tiny_synthetic: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_tiny_model(tiny_synthetic, tmp_path_factory.mktemp("archive_model"))
+
+
+@pytest.fixture(scope="module")
+def archive(tiny_synthetic: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every synthetic image linked three times in two sub-folders, plus one unreadable file."""
+    root = tmp_path_factory.mktemp("archive") / "pacs"
+    for copy in range(3):
+        for record in list_images(tiny_synthetic):
+            target = root / f"batch{copy % 2}" / f"c{copy}_{record.path.name}"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.symlink_to(record.path)
+    (root / "batch0" / "zz_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n cut")
+    return root
+
+
+def _predict(model: Path, archive: Path, output: Path, *extra: str, fault: str = "") -> int:
+    """`pneumonia-cxr predict` in its own process, as a user (or a killed job) runs it."""
+    env = {k: v for k, v in os.environ.items() if k != FAULT_ENV}
+    if fault:
+        env[FAULT_ENV] = fault
+    command = [sys.executable, "-m", "pneumonia_cxr.cli", "predict", str(archive)]
+    command += ["--model_path", str(model), "--output", str(output), "--batch_size", "8"]
+    done = subprocess.run(
+        [*command, "--no_progress", *extra], env=env, capture_output=True, text=True, timeout=300
+    )
+    return done.returncode
+
+
+@pytest.fixture(scope="module")
+def unbroken(model: Path, archive: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    output = tmp_path_factory.mktemp("unbroken") / "all.csv"
+    assert _predict(model, archive, output) == 0
+    return output
+
+
+def test_rows_stream_in_listing_order_with_bad_files_as_rows(unbroken: Path, archive: Path):
+    lines = unbroken.read_text().splitlines()
+    assert lines[0] == "path,probability,label,ood_score,out_of_distribution,error"
+    listed = [str(p) for p in walk_files([archive])]
+    assert [line.split(",")[0] for line in lines[1:]] == listed
+    broken = [line for line in lines if "zz_broken" in line]
+    assert len(broken) == 1 and broken[0].split(",")[1] == ""  # no probability, an error
+
+
+@pytest.mark.parametrize("fault", ["archive:batch3", "archive:batch5:rows"])
+def test_sigkill_then_resume_gives_every_file_once_and_the_same_rows(
+    model: Path, archive: Path, unbroken: Path, tmp_path: Path, fault: str
+) -> None:
+    output = tmp_path / "all.csv"
+    assert _predict(model, archive, output, fault=fault) == -signal.SIGKILL
+    partial = output.read_text().splitlines()
+    assert 1 < len(partial) < len(unbroken.read_text().splitlines())
+    assert _predict(model, archive, output, "--resume") == 0
+    assert output.read_text() == unbroken.read_text()  # every file once, same numbers
+
+
+def test_a_changed_file_is_rescored_and_another_models_output_refused(
+    model: Path, archive: Path, tiny_synthetic: Path, tmp_path: Path, capsys
+) -> None:
+    copy = tmp_path / "pacs"
+    copy.mkdir()
+    for path in sorted(archive.glob("batch0/*"))[:6]:
+        (copy / path.name).write_bytes(path.read_bytes())
+    output = tmp_path / "out.csv"
+    assert _predict(model, copy, output) == 0
+    first = output.read_text().splitlines()
+    changed = sorted(copy.iterdir())[1]
+    changed.write_bytes(sorted(copy.iterdir())[2].read_bytes())  # new content, new mtime
+    assert _predict(model, copy, output, "--resume") == 0
+    rows = {line.split(",")[0]: line for line in output.read_text().splitlines()[1:]}
+    assert len(rows) == len(first) - 1  # each file once
+    assert rows[str(changed)].split(",")[1] == rows[str(sorted(copy.iterdir())[2])].split(",")[1]
+    other = train_tiny_model(tiny_synthetic, tmp_path / "other")
+    assert main(["predict", str(copy), "--model_path", str(other), "--output", str(output),
+                 "--resume", "--no_progress"]) == 2  # fmt: skip
+    assert "another model" in capsys.readouterr().err
+
+
+def test_two_shards_merged_equal_the_unsharded_output(
+    model: Path, archive: Path, unbroken: Path, tmp_path: Path
+) -> None:
+    shards = [tmp_path / f"shard{i}.csv" for i in range(2)]
+    for i, shard in enumerate(shards):
+        assert _predict(model, archive, shard, "--shard", f"{i}/2") == 0
+    merged = tmp_path / "merged.csv"
+    assert main(["merge-predictions", *map(str, shards), "--output", str(merged)]) == 0
+    assert merged.read_text() == unbroken.read_text()
+    assert (tmp_path / ("merged.csv" + PROGRESS_SUFFIX)).is_file()
+
+
+@pytest.mark.parametrize("spec", ["3/2", "0/0", "x", "1/-2"])
+def test_a_bad_shard_spec_is_a_clear_error(spec: str) -> None:
+    with pytest.raises(ArchiveError, match="shard"):
+        Shard.parse(spec)
+
+
+def test_file_lists_in_txt_and_csv(archive: Path, tmp_path: Path) -> None:
+    files = [str(p) for p in walk_files([archive])][:5]
+    (tmp_path / "list.txt").write_text("\n".join(files) + "\n")
+    (tmp_path / "list.csv").write_text(
+        "id,path\n" + "".join(f"{i},{f}\n" for i, f in enumerate(files))
+    )
+    for name in ("list.txt", "list.csv"):
+        assert [str(p) for p in walk_files([], tmp_path / name)] == files
