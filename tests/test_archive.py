@@ -36,16 +36,14 @@ def archive(tiny_synthetic: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
 
 def _predict(model: Path, archive: Path, output: Path, *extra: str, fault: str = "") -> int:
-    """`pneumonia-cxr predict` in its own process, as a user (or a killed job) runs it."""
-    env = {k: v for k, v in os.environ.items() if k != FAULT_ENV}
-    if fault:
-        env[FAULT_ENV] = fault
-    command = [sys.executable, "-m", "pneumonia_cxr.cli", "predict", str(archive)]
-    command += ["--model_path", str(model), "--output", str(output), "--batch_size", "8"]
-    done = subprocess.run(
-        [*command, "--no_progress", *extra], env=env, capture_output=True, text=True, timeout=300
-    )
-    return done.returncode
+    """`pneumonia-cxr predict`; with a fault in its own process, which kills itself there."""
+    args = ["predict", str(archive), "--model_path", str(model), "--output", str(output)]
+    args += ["--batch_size", "8", "--no_progress", *extra]
+    if not fault:
+        return main(args)
+    env = {k: v for k, v in os.environ.items() if k != FAULT_ENV} | {FAULT_ENV: fault}
+    command = [sys.executable, "-m", "pneumonia_cxr.cli", *args]
+    return subprocess.run(command, env=env, capture_output=True, timeout=300).returncode
 
 
 @pytest.fixture(scope="module")
