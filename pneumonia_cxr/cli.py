@@ -364,6 +364,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from pneumonia_cxr.inference.predictor import Predictor
 
     archive = bool(args.output and args.output.lower().endswith(".csv"))
+    if args.devices:
+        return _predict_distributed(args)
     if (args.resume or args.shard or args.files) and not archive:
         from pneumonia_cxr.archive import ArchiveError
 
@@ -431,6 +433,33 @@ def _predict_archive(args: argparse.Namespace, predictor, model_path: Path) -> i
         file=sys.stderr,
     )
     return 0 if summary.scored else 1
+
+
+def _predict_distributed(args: argparse.Namespace) -> int:
+    """`predict --devices N`: Lightning's prediction loop, one process per device (DDP)."""
+    from pneumonia_cxr.archive import ArchiveError
+    from pneumonia_cxr.distributed_predict import predict_distributed
+
+    if not (args.output and args.output.lower().endswith(".csv")):
+        raise ArchiveError("--devices writes a CSV: pass --output results.csv")
+    if args.resume or args.shard or args.files or args.gradcam:
+        raise ArchiveError(
+            "--devices scores a whole listing: no --resume, --shard, --files or --gradcam"
+        )
+    count = predict_distributed(
+        _model_path_or_shipped(args.model_path),
+        args.paths,
+        args.output,
+        accelerator=args.accelerator,
+        devices=int(args.devices) if str(args.devices).isdigit() else args.devices,
+        num_nodes=args.num_nodes,
+        strategy=args.strategy,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+    )
+    if count:
+        print(f"{count} image(s) -> {args.output}", file=sys.stderr)
+    return 0
 
 
 def _warn_flagged(count: int, examples: list[str]) -> None:
@@ -637,6 +666,15 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--shard", metavar="i/N", help="score only files i, i+N, ... of the listing (0 <= i < N)"
     )
+    lightning = predict.add_argument_group(
+        "several GPUs or nodes (Lightning's prediction loop; DDP; Slurm via run/run.sh predict)"
+    )
+    lightning.add_argument(
+        "--devices", help="e.g. 4 (GPUs of this node) or 2 with --accelerator cpu"
+    )
+    lightning.add_argument("--accelerator", default="auto")
+    lightning.add_argument("--num_nodes", type=int, default=1)
+    lightning.add_argument("--strategy", default="ddp")
     predict.add_argument("--gradcam", metavar="OUT_DIR", help="write one overlay PNG per image")
     predict.add_argument("--gradcam_method", default="gradcam", choices=CAM_METHODS)
     predict.add_argument("--batch_size", type=_positive_int, default=32)

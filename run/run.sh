@@ -3,6 +3,9 @@
 # Under Slurm, srun starts one task per GPU and Lightning's DDP picks up the Slurm environment.
 # Extra arguments are passed to `pneumonia-cxr train`, e.g.:
 #   sbatch run/run.sh --dataset_path /data/chest_xray --backbone resnet50
+# Scoring mode: a first argument `predict` runs `pneumonia-cxr predict` on Lightning's
+# prediction loop instead (one task per GPU, rows joined by rank 0), e.g.:
+#   sbatch run/run.sh predict /archive --output results.csv --model_path model.pt
 #SBATCH --job-name=pneumonia-cxr
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=4
@@ -21,6 +24,11 @@ STAGE1_EPOCHS="${STAGE1_EPOCHS:-8}"
 STAGE2_EPOCHS="${STAGE2_EPOCHS:-5}"
 ARGS=(-m pneumonia_cxr.cli train --stage1_epochs "$STAGE1_EPOCHS" --stage2_epochs "$STAGE2_EPOCHS")
 if [ -n "${DATASET_PATH:-}" ]; then ARGS+=(--dataset_path "$DATASET_PATH"); fi
+if [ "${1:-}" = "predict" ]; then
+  shift
+  ARGS=(-m pneumonia_cxr.cli predict)
+  if [ -z "${SLURM_JOB_ID:-}" ]; then ARGS+=(--devices auto); fi
+fi
 
 if [ -n "${SLURM_JOB_ID:-}" ]; then
   GPUS="${SLURM_GPUS_ON_NODE:-${SLURM_NTASKS_PER_NODE:-1}}"

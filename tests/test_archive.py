@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from tiny_runs import train_tiny_model
 
-from pneumonia_cxr.archive import PROGRESS_SUFFIX, ArchiveError, Shard, walk_files
+from pneumonia_cxr.archive import PROGRESS_SUFFIX, ArchiveError, Shard, read_table, walk_files
 from pneumonia_cxr.cli import main
 from pneumonia_cxr.data.discovery import list_images
 from pneumonia_cxr.faults import FAULT_ENV
@@ -122,3 +122,27 @@ def test_file_lists_in_txt_and_csv(archive: Path, tmp_path: Path) -> None:
     )
     for name in ("list.txt", "list.csv"):
         assert [str(p) for p in walk_files([], tmp_path / name)] == files
+
+
+def test_two_ddp_processes_write_the_rows_of_one_process(
+    model: Path, archive: Path, tmp_path: Path
+) -> None:
+    """Lightning's prediction loop on 2 CPU processes (gloo): every file once, in order, with
+    the single-process rows (PyTorch on both sides; batches differ, so equal to 2e-6)."""
+    single = tmp_path / "single.csv"
+    assert main(["predict", str(archive), "--model_path", str(model), "--engine", "torch",
+                 "--output", str(single), "--no_progress"]) == 0  # fmt: skip
+    ddp = tmp_path / "ddp.csv"
+    command = [sys.executable, "-m", "pneumonia_cxr.cli", "predict", str(archive),
+               "--model_path", str(model), "--output", str(ddp), "--devices", "2",
+               "--accelerator", "cpu", "--strategy", "ddp", "--batch_size", "8"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    expected = read_table(single)
+    got = read_table(ddp)
+    assert [r["path"] for r in got] == [r["path"] for r in expected]
+    for a, b in zip(got, expected, strict=True):
+        assert (a["label"], a["error"]) == (b["label"], b["error"])
+        if b["probability"]:
+            assert abs(float(a["probability"]) - float(b["probability"])) <= 2e-6
+    assert not list(tmp_path.glob(".*.part"))  # the per-rank parts are gone

@@ -304,6 +304,27 @@ class Predictor:
         output = self.engine.score(images)
         return self.scores_from_outputs(output.logits, output.ood_scores)
 
+    def input_loader(
+        self,
+        paths: Sequence[str | Path],
+        *,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        keep_original: bool = False,
+    ) -> DataLoader:
+        """The DataLoader behind `iter_inputs` (Lightning's prediction loop shards it)."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        return DataLoader(
+            _FileInputs([Path(p) for p in paths], self.transform, self.image_size, keep_original),
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=num_workers,
+            collate_fn=_collate,
+            pin_memory=self.device.type == "cuda",
+            worker_init_fn=worker_init() if num_workers > 0 else None,
+        )
+
     def iter_inputs(
         self,
         paths: Sequence[str | Path],
@@ -314,16 +335,8 @@ class Predictor:
     ) -> Iterator[dict[str, Any]]:
         """Decoded, transformed batches in file order: {"image" (or None), "index", "original",
         "errors"}; an unreadable file is an error entry, never a default image."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        yield from DataLoader(
-            _FileInputs([Path(p) for p in paths], self.transform, self.image_size, keep_original),
-            batch_size=batch_size,
-            shuffle=False,
-            num_workers=num_workers,
-            collate_fn=_collate,
-            pin_memory=self.device.type == "cuda",
-            worker_init_fn=worker_init() if num_workers > 0 else None,
+        yield from self.input_loader(
+            paths, batch_size=batch_size, num_workers=num_workers, keep_original=keep_original
         )
 
     def iter_files(

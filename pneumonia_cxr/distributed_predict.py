@@ -1,0 +1,112 @@
+"""`predict --devices N`: scoring on Lightning's prediction loop, DDP across GPUs and nodes.
+
+Each rank scores its share of the files (Lightning's distributed sampler) through the model
+file's own PyTorch network and the one decision path (`Predictor.scores_from_outputs`,
+`Predictor.results`); a prediction writer appends each batch's rows to a per-rank part file;
+rank 0 then joins the parts in file order, each file once (the sampler pads ranks with
+repeats), into the CSV a single process writes. Under Slurm, `run/run.sh predict ...` starts
+one task per GPU and Lightning reads the Slurm environment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+
+from pneumonia_cxr.inference.predictor import Predictor
+from pneumonia_cxr.model.model_file import load_model
+from pneumonia_cxr.predict import PredictionRow, expand_paths, rows_to_csv
+from pneumonia_cxr.storage import atomic_write_text
+
+
+class ScoringModule(L.LightningModule):
+    """The model file's network (moved to each rank's device by Lightning) and its decisions."""
+
+    def __init__(self, predictor: Predictor) -> None:
+        super().__init__()
+        self.predictor = predictor
+        self.scoring = predictor.engine.scoring  # a submodule: Lightning places it
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[tuple[int, dict]]:
+        out: list[tuple[int, dict]] = [(i, {"error": e}) for i, e in batch["errors"]]
+        if batch["image"] is not None:
+            images = batch["image"].to(self.device).contiguous(memory_format=torch.channels_last)
+            logits, ood = self.scoring(images)
+            scores = self.predictor.scores_from_outputs(
+                logits[:, 0].float().cpu().numpy(), ood.float().cpu().numpy().reshape(-1)
+            )
+            for index, result in zip(batch["index"], self.predictor.results(scores), strict=True):
+                out.append((index, vars(result)))
+        return out
+
+
+class PartWriter(BasePredictionWriter):
+    """Each rank appends its batches' rows (file index, then the row) to its own part file."""
+
+    def __init__(self, output: Path, paths: Sequence[Path]) -> None:
+        super().__init__(write_interval="batch")
+        self.output, self.paths = output, paths
+
+    def part(self, rank: int) -> Path:
+        return self.output.with_name(f".{self.output.name}.rank{rank}.part")
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, *_):
+        rows = []
+        for index, values in prediction:
+            row = PredictionRow(path=str(self.paths[index]), **values)
+            rows.append((index, rows_to_csv([row]).split("\n")[1]))
+        with open(self.part(trainer.global_rank), "a", encoding="utf-8") as handle:
+            handle.write("".join(f"{index}\t{line}\n" for index, line in rows))
+
+
+def predict_distributed(
+    model_path: str | Path,
+    paths: Sequence[str | Path],
+    output: str | Path,
+    *,
+    accelerator: str = "auto",
+    devices: int | str = "auto",
+    num_nodes: int = 1,
+    strategy: str = "auto",
+    batch_size: int = 32,
+    num_workers: int = 0,
+) -> int:
+    """Score every file on `devices` processes; rank 0 writes `output`. Returns the rows."""
+    output = Path(output)
+    files = expand_paths(paths)
+    predictor = Predictor.from_bundle(load_model(model_path), "cpu", source=str(model_path))
+    writer = PartWriter(output, files)
+    trainer = L.Trainer(
+        accelerator=accelerator,
+        devices=devices,
+        num_nodes=num_nodes,
+        strategy=strategy,
+        callbacks=[writer],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    if trainer.is_global_zero:
+        for rank in range(trainer.world_size):
+            writer.part(rank).unlink(missing_ok=True)
+    trainer.strategy.barrier()
+    loader = predictor.input_loader(files, batch_size=batch_size, num_workers=num_workers)
+    trainer.predict(ScoringModule(predictor), loader, return_predictions=False)
+    trainer.strategy.barrier()
+    if not trainer.is_global_zero:
+        return 0
+    rows: dict[int, str] = {}
+    for rank in range(trainer.world_size):
+        part = writer.part(rank)
+        for line in part.read_text(encoding="utf-8").splitlines():
+            index, row = line.split("\t", 1)
+            rows.setdefault(int(index), row)  # the sampler's padding repeats a few files
+        part.unlink()
+    header = rows_to_csv([]).split("\n")[0]
+    atomic_write_text(output, "\n".join([header, *(rows[i] for i in sorted(rows))]) + "\n")
+    return len(rows)
