@@ -62,12 +62,29 @@ def test_rows_stream_in_listing_order_with_bad_files_as_rows(unbroken: Path, arc
     assert len(broken) == 1 and broken[0].split(",")[1] == ""  # no probability, an error
 
 
-@pytest.mark.parametrize("fault", ["archive:batch3", "archive:batch5:rows"])
+FAULTS = ("archive:batch3", "archive:batch5:rows")  # after a flush; rows out, records not
+
+
+@pytest.fixture(scope="module")
+def killed(model: Path, archive: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Both killed runs at once (each is its own process): fault -> (exit code, its output)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    outputs = {fault: tmp_path_factory.mktemp("killed") / "all.csv" for fault in FAULTS}
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        codes = {
+            fault: pool.submit(_predict, model, archive, outputs[fault], fault=fault)
+            for fault in FAULTS
+        }
+        return {fault: (codes[fault].result(), outputs[fault]) for fault in FAULTS}
+
+
+@pytest.mark.parametrize("fault", FAULTS)
 def test_sigkill_then_resume_gives_every_file_once_and_the_same_rows(
-    model: Path, archive: Path, unbroken: Path, tmp_path: Path, fault: str
+    model: Path, archive: Path, unbroken: Path, killed: dict, fault: str
 ) -> None:
-    output = tmp_path / "all.csv"
-    assert _predict(model, archive, output, fault=fault) == -signal.SIGKILL
+    code, output = killed[fault]
+    assert code == -signal.SIGKILL
     partial = output.read_text().splitlines()
     assert 1 < len(partial) < len(unbroken.read_text().splitlines())
     assert _predict(model, archive, output, "--resume") == 0
