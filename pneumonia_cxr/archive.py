@@ -201,7 +201,15 @@ def score_archive(
                 positions[str(path)] = position
                 yield path
 
-    bar = tqdm(desc="predict", unit="img", file=sys.stderr, disable=not progress)
+    # A counting pass (a directory walk, nothing kept) gives the bar its total, hence an ETA.
+    total = None
+    if progress:
+        total = sum(
+            1
+            for position, path in enumerate(walk_files(paths, files_from))
+            if position % shard.count == shard.index and str(path) not in done
+        )
+    bar = tqdm(total=total, desc="predict", unit="img", file=sys.stderr, disable=not progress)
     batches = 0
     with (
         open(output, "a", encoding="utf-8", newline="") as table,

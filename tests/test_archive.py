@@ -163,3 +163,34 @@ def test_two_ddp_processes_write_the_rows_of_one_process(
         if b["probability"]:
             assert abs(float(a["probability"]) - float(b["probability"])) <= 2e-6
     assert not list(tmp_path.glob(".*.part"))  # the per-rank parts are gone
+
+
+def test_the_progress_bar_knows_the_total_and_the_summary_counts(
+    model: Path, archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    output = tmp_path / "bar.csv"
+    args = ["predict", str(archive), "--model_path", str(model), "--output", str(output)]
+    assert main([*args, "--shard", "1/3"]) == 0
+    mine = [p.name for p in walk_files([archive])][1::3]
+    total, broken = len(mine), int("zz_broken.png" in mine)
+    err = capsys.readouterr().err
+    assert f"{total}/{total}" in err and "img/s" in err  # a total, hence an ETA
+    assert f"{total} image(s) in {output}: {total - broken} scored" in err
+    assert f"{broken} unreadable; 0 kept from before" in err
+
+
+def test_run_sh_scoring_mode_on_a_workstation(
+    model: Path, archive: Path, unbroken: Path, tmp_path: Path
+) -> None:
+    """`bash run/run.sh predict ...` (no Slurm): Lightning's loop on this machine's devices."""
+    root = Path(__file__).resolve().parents[1]
+    output = tmp_path / "run_sh.csv"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env["PYTHON"] = sys.executable
+    command = ["bash", str(root / "run" / "run.sh"), "predict", str(archive)]
+    command += ["--model_path", str(model), "--output", str(output), "--accelerator", "cpu"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    got, expected = read_table(output), read_table(unbroken)
+    assert [r["path"] for r in got] == [r["path"] for r in expected]
+    assert [r["label"] for r in got] == [r["label"] for r in expected]
