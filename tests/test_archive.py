@@ -141,19 +141,23 @@ def test_file_lists_in_txt_and_csv(archive: Path, tmp_path: Path) -> None:
         assert [str(p) for p in walk_files([], tmp_path / name)] == files
 
 
-def test_two_ddp_processes_write_the_rows_of_one_process(
+def test_two_ddp_processes_through_run_sh_write_the_rows_of_one_process(
     model: Path, archive: Path, tmp_path: Path
 ) -> None:
-    """Lightning's prediction loop on 2 CPU processes (gloo): every file once, in order, with
-    the single-process rows (PyTorch on both sides; batches differ, so equal to 2e-6)."""
+    """`bash run/run.sh predict ...` (its scoring mode, no Slurm) with Lightning's prediction
+    loop on 2 CPU processes (gloo): every file once, in order, with the single-process rows
+    (PyTorch on both sides; the batches differ, so equal to 2e-6)."""
     single = tmp_path / "single.csv"
     assert main(["predict", str(archive), "--model_path", str(model), "--engine", "torch",
                  "--output", str(single), "--no_progress"]) == 0  # fmt: skip
     ddp = tmp_path / "ddp.csv"
-    command = [sys.executable, "-m", "pneumonia_cxr.cli", "predict", str(archive),
-               "--model_path", str(model), "--output", str(ddp), "--devices", "2",
-               "--accelerator", "cpu", "--strategy", "ddp", "--batch_size", "8"]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    root = Path(__file__).resolve().parents[1]
+    command = ["bash", str(root / "run" / "run.sh"), "predict", str(archive)]
+    command += ["--model_path", str(model), "--output", str(ddp), "--devices", "2"]
+    command += ["--accelerator", "cpu", "--strategy", "ddp", "--batch_size", "8"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env["PYTHON"] = sys.executable
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     expected = read_table(single)
     got = read_table(ddp)
@@ -177,20 +181,3 @@ def test_the_progress_bar_knows_the_total_and_the_summary_counts(
     assert f"{total}/{total}" in err and "img/s" in err  # a total, hence an ETA
     assert f"{total} image(s) in {output}: {total - broken} scored" in err
     assert f"{broken} unreadable; 0 kept from before" in err
-
-
-def test_run_sh_scoring_mode_on_a_workstation(
-    model: Path, archive: Path, unbroken: Path, tmp_path: Path
-) -> None:
-    """`bash run/run.sh predict ...` (no Slurm): Lightning's loop on this machine's devices."""
-    root = Path(__file__).resolve().parents[1]
-    output = tmp_path / "run_sh.csv"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
-    env["PYTHON"] = sys.executable
-    command = ["bash", str(root / "run" / "run.sh"), "predict", str(archive)]
-    command += ["--model_path", str(model), "--output", str(output), "--accelerator", "cpu"]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    got, expected = read_table(output), read_table(unbroken)
-    assert [r["path"] for r in got] == [r["path"] for r in expected]
-    assert [r["label"] for r in got] == [r["label"] for r in expected]
