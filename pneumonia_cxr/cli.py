@@ -194,6 +194,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_distill(args: argparse.Namespace) -> int:
     """`train` with a teacher: same pipeline, the teacher's split, soft targets."""
     from pneumonia_cxr.data.split import file_sha256
+    from pneumonia_cxr.model.model_file import load_model
     from pneumonia_cxr.training.distill import teacher_split_settings
     from pneumonia_cxr.training.run import train
 
@@ -205,7 +206,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
         from pneumonia_cxr.training.init_from import adopt_parent
 
         adopt_parent(config, args.init_from)
-    split_seed, val_fraction = teacher_split_settings(_load_model(teacher), teacher)
+    split_seed, val_fraction = teacher_split_settings(load_model(teacher), teacher)
     if args.split_seed is None:
         config.data.split_seed = split_seed
     if args.val_fraction is None:
@@ -215,12 +216,6 @@ def cmd_distill(args: argparse.Namespace) -> int:
     config.distill.alpha = args.distill_alpha
     print(f"run folder: {train(config)}")
     return 0
-
-
-def _load_model(path: Path):
-    from pneumonia_cxr.model.model_file import load_model
-
-    return load_model(path)
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:

@@ -39,8 +39,9 @@ LUNG_BOX = (0.12, 0.15, 0.80, 0.85)
 VIEWS: tuple[str, ...] = ("frame_only", "lung_region_only", "frame_neutralised")
 
 
-def _box(gray: torch.Tensor, top: float, left: float, bottom: float, right: float):
-    height, width = gray.shape[-2:]
+def _box(shape: Sequence[int], top: float, left: float, bottom: float, right: float):
+    """Row and column slices of a box given as shares of an image of `shape` (..., H, W)."""
+    height, width = shape[-2:]
     return (
         slice(round(top * height), round(bottom * height)),
         slice(round(left * width), round(right * width)),
@@ -58,13 +59,13 @@ def _keep(gray: torch.Tensor, box: tuple[slice, slice], inside: bool) -> torch.T
 
 def edit(view: str, gray: torch.Tensor) -> torch.Tensor:
     """The edited uint8 (1, H, W) image of one view."""
-    centre = _box(gray, FRAME, FRAME, 1 - FRAME, 1 - FRAME)
+    centre = _box(gray.shape, FRAME, FRAME, 1 - FRAME, 1 - FRAME)
     if view == "frame_only":
         return _keep(gray, centre, inside=False)
     if view == "frame_neutralised":
         return _keep(gray, centre, inside=True)
     if view == "lung_region_only":
-        return _keep(gray, _box(gray, *LUNG_BOX), inside=True)
+        return _keep(gray, _box(gray.shape, *LUNG_BOX), inside=True)
     raise ValueError(f"unknown view {view!r}; one of {VIEWS}")
 
 
@@ -89,7 +90,7 @@ def _score_view(
     return np.asarray(labels), np.concatenate(probabilities) if probabilities else np.zeros(0)
 
 
-def frame_energy(predictor: Predictor, records: Sequence[ImageRecord], seed: int = 0) -> dict:
+def frame_energy(predictor: Predictor, records: Sequence[ImageRecord]) -> dict:
     """Mean share of Grad-CAM energy inside the frame, per class (PyTorch engine)."""
     from pneumonia_cxr.explain.gradcam import predictor_cams
 
@@ -99,17 +100,16 @@ def frame_energy(predictor: Predictor, records: Sequence[ImageRecord], seed: int
         images = torch.stack([predictor.load_input(r.path)[0] for r in chunk])
         for record, cam in zip(chunk, predictor_cams(predictor, images), strict=True):
             cam = np.clip(np.asarray(cam, dtype=np.float64), 0, None)
-            rows, cols = _box(torch.from_numpy(cam), FRAME, FRAME, 1 - FRAME, 1 - FRAME)
+            rows, cols = _box(cam.shape, FRAME, FRAME, 1 - FRAME, 1 - FRAME)
             total = cam.sum()
             if total > 0:
                 inner = cam[rows, cols].sum()
                 shares.setdefault(record.class_name, []).append(float(1 - inner / total))
-    height = width = predictor.image_size
-    centre = (round((1 - FRAME) * height) - round(FRAME * height)) * (
-        round((1 - FRAME) * width) - round(FRAME * width)
-    )
+    size = (predictor.image_size, predictor.image_size)
+    centre = np.zeros(size)
+    centre[_box(size, FRAME, FRAME, 1 - FRAME, 1 - FRAME)] = 1.0
     return {
-        "uniform_map_share": 1 - centre / (height * width),
+        "uniform_map_share": float(1 - centre.mean()),
         "per_class": {
             name: {"n": len(values), "mean": float(np.mean(values)), "sd": float(np.std(values))}
             for name, values in sorted(shares.items())
@@ -163,5 +163,5 @@ def run_audit(
         "pointing_game_note": "Kermany has no finding boxes: no pointing game on real images",
     }
     if predictor.bundle is not None and chosen:
-        audit["gradcam_frame_energy"] = frame_energy(predictor, chosen, seed)
+        audit["gradcam_frame_energy"] = frame_energy(predictor, chosen)
     return audit

@@ -213,10 +213,26 @@ class Predictor:
             if engine == "torch" or gradcam:
                 raise ModelFileError(f"{path}: an ONNX export runs without PyTorch or Grad-CAM")
             return cls(_first_runtime(runtimes, lambda r: _onnx_file_engine(path, r)), path)
-        bundle = load_model(path)
+        return cls.from_bundle(load_model(path), device, path, engine=engine, gradcam=gradcam)
+
+    @classmethod
+    def from_bundle(
+        cls,
+        bundle: ModelBundle,
+        device: str | torch.device | None = None,
+        source: str | Path = "model",
+        *,
+        engine: str = "torch",
+        gradcam: bool = False,
+    ) -> Predictor:
+        """A model in memory (the end of training, tests, a caller that also needs the bundle)
+        on the PyTorch engine, or on the engine `open` would pick (`engine="auto"`)."""
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
         on_cpu = resolve_device(device).type == "cpu"
         if engine == "torch" or gradcam or (engine == "auto" and not on_cpu):
-            return cls(TorchEngine(bundle, device), path)
+            return cls(TorchEngine(bundle, device), source)
+        runtimes = AUTO_CPU_ENGINES if engine == "auto" else (engine,)
         try:
             fast = _first_runtime(runtimes, lambda r: cached_onnx_engine(bundle, runtime=r))
         except (ImportError, OSError, RuntimeError, ValueError, ModelFileError) as error:
@@ -224,15 +240,8 @@ class Predictor:
                 raise
             # Same labels either way, only slower: never fail a prediction over the fast path.
             log.warning("no exported-graph engine available (%s); predicting with PyTorch", error)
-            return cls(TorchEngine(bundle, device), path)
-        return cls(fast, path)
-
-    @classmethod
-    def from_bundle(
-        cls, bundle: ModelBundle, device: str | torch.device | None = None, source: str = "model"
-    ) -> Predictor:
-        """A model in memory (the end of training, tests) on the PyTorch engine."""
-        return cls(TorchEngine(bundle, device), source)
+            return cls(TorchEngine(bundle, device), source)
+        return cls(fast, source)
 
     @property
     def bundle(self) -> ModelBundle | None:

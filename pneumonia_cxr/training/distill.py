@@ -126,8 +126,9 @@ def teacher_probabilities(
             f"{teacher_path}: sha256 {actual[:12]}... is not the teacher this run was started "
             f"with ({expected_sha256[:12]}...)"
         )
-    check_same_split(load_model(teacher_path), teacher_path, split)
-    predictor = Predictor.open(teacher_path, device=device)
+    bundle = load_model(teacher_path)
+    check_same_split(bundle, teacher_path, split)
+    predictor = Predictor.from_bundle(bundle, device, teacher_path, engine="auto")
     log.info("teacher %s scores %d training images", teacher_path, len(split.train))
     scored = predictor.score_records(split.train, batch_size=batch_size)
     by_path = {

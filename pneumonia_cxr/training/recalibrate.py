@@ -136,7 +136,7 @@ def calibrate_model(
     model_path = Path(model_path)
     check_enough_images(records, force, f"the site ({Path(records[0].path).parents[1]})")
     bundle = load_model(model_path)
-    predictor = Predictor.open(model_path, device=device)
+    predictor = Predictor.from_bundle(bundle, device, model_path, engine="auto")
     scored = score_site(predictor, records, batch_size)
     result = fit_site(
         bundle, scored, rule=rule, min_sensitivity=min_sensitivity, n_resamples=n_resamples
@@ -170,10 +170,16 @@ def calibrate_model(
     return result
 
 
-def held_out_figures(model_path: str | Path, records: Sequence[ImageRecord], **kwargs) -> dict:
+def held_out_figures(
+    model_path: str | Path,
+    records: Sequence[ImageRecord],
+    *,
+    device: str | None = None,
+    batch_size: int = 32,
+) -> dict:
     """Sensitivity and specificity (Wilson CIs) of a model file on images it was not fitted on."""
-    predictor = Predictor.open(model_path, device=kwargs.get("device"))
-    scored = score_site(predictor, records, kwargs.get("batch_size", 32))
+    predictor = Predictor.open(model_path, device=device)
+    scored = score_site(predictor, records, batch_size)
     labels, decisions = scored.labels, scored.scores.decisions
     hits = int(decisions[labels == 1].sum())
     passes = int((decisions[labels == 0] == 0).sum())
