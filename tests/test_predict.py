@@ -189,6 +189,23 @@ def test_auto_engine_uses_onnx_runtime_on_cpu_and_torch_for_gradcam(model_file: 
     assert isinstance(Predictor.open(model_file, engine="torch").engine, TorchEngine)
 
 
+def test_preprocessing_runs_on_one_torch_thread_only_beside_onnx_runtime(
+    model_file: Path, folder: Path
+) -> None:
+    """ORT/OpenVINO own the cores while they score; PyTorch keeps its threads for its engine and
+    gets them back after the loop."""
+    from pneumonia_cxr.inference.predictor import Predictor
+
+    paths = sorted(folder.glob("*.png"))
+    before = torch.get_num_threads()
+    seen = {}
+    for engine in ("onnx", "torch"):
+        predictor = Predictor.open(model_file, engine=engine, device="cpu")
+        seen[engine] = {torch.get_num_threads() for _ in predictor.iter_files(paths)}
+        assert torch.get_num_threads() == before
+    assert seen == {"onnx": {1}, "torch": {before}}
+
+
 def test_export_then_predict_with_onnx_matches_torch(
     model_file: Path, folder: Path, tmp_path: Path, capsys
 ) -> None:

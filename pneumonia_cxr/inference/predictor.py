@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -357,12 +358,32 @@ class Predictor:
         keep_original: bool = False,
     ) -> Iterator[ScoredBatch]:
         """`iter_inputs`, scored."""
-        for batch in self.iter_inputs(
-            paths, batch_size=batch_size, num_workers=num_workers, keep_original=keep_original
-        ):
-            images = batch["image"]
-            scores = self.scores(images) if images is not None else Scores.concat([])
-            yield ScoredBatch(batch["index"], scores, images, batch["original"], batch["errors"])
+        with self._preprocessing_threads():
+            for batch in self.iter_inputs(
+                paths, batch_size=batch_size, num_workers=num_workers, keep_original=keep_original
+            ):
+                images = batch["image"]
+                scores = self.scores(images) if images is not None else Scores.concat([])
+                yield ScoredBatch(
+                    batch["index"], scores, images, batch["original"], batch["errors"]
+                )
+
+    @contextmanager
+    def _preprocessing_threads(self) -> Iterator[None]:
+        """One PyTorch thread while ONNX Runtime or OpenVINO scores: they run the network on
+        their own thread pools, and PyTorch then only decodes and transforms one small image at
+        a time, where its intra-op threads cost more than they give (the JPEG step and the
+        normalisation ran several times slower on two threads than on one, measured with
+        `benchmarks/predict_speed.py`'s folder). The PyTorch engine keeps every thread."""
+        if isinstance(self.engine, TorchEngine):
+            yield
+            return
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
 
     def score_files(
         self, paths: Sequence[str | Path], *, batch_size: int = 32, num_workers: int = 0
