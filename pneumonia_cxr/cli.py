@@ -488,7 +488,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_explain_check(args: argparse.Namespace) -> int:
-    from pneumonia_cxr.explain.check import explain_check_job
+    from pneumonia_cxr.explain.check import explain_check_job, pointing_game_summary
 
     result, path = explain_check_job(
         args.model_path,
@@ -512,10 +512,7 @@ def cmd_explain_check(args: argparse.Namespace) -> int:
     )
     game = result["pointing_game"]
     if game and game.get("accuracy") is not None:
-        print(
-            f"pointing game: {game['hits']}/{game['n']} = {game['accuracy']:.1%} "
-            f"(random peak: {game['chance']:.1%})"
-        )
+        print(f"pointing game: {pointing_game_summary(game)}")
     else:
         print(f"pointing game: not run ({result['pointing_game_note'] or 'no boxed image'})")
     print(f"written: {path}")

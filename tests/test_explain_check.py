@@ -16,6 +16,7 @@ from pneumonia_cxr.data.synthetic import SYNTHETIC_BOXES_FILE
 from pneumonia_cxr.explain.check import (
     EXPLAIN_CHECK_FILE,
     explain_check_job,
+    pointing_game_summary,
     run_explain_check,
     sample_records,
     scale_box,
@@ -67,6 +68,11 @@ def test_pointing_game_figures_are_in_range(job: tuple[dict, Path], tiny_synthet
     assert game["accuracy"] == pytest.approx(game["hits"] / game["n"])
     assert 0.0 < game["chance"] < 1.0
     assert all("/test/PNEUMONIA/" in path for path in game["paths"])
+    fine = game["fine_layer"]  # the same images, on the stride-16 maps: finer
+    assert fine["n"] == game["n"] and 0 <= fine["hits"] <= fine["n"]
+    assert (game["map_cells"], fine["map_cells"]) == (2, 3)  # 48 px: 2 x 2 and 3 x 3 cells
+    summary = pointing_game_summary(game)
+    assert f"{game['hits']}/{game['n']}" in summary and "stride-16" in summary
 
 
 def test_without_boxes_the_pointing_game_is_skipped_with_a_reason(

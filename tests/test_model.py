@@ -32,9 +32,23 @@ def test_registry_lists_valid_names_on_unknown() -> None:
 @pytest.mark.parametrize("name", ["resnet18", "resnet50", "densenet121", "efficientnet_lite0"])
 def test_every_backbone_gives_one_logit_and_a_cam_layer(name: str) -> None:
     net = PneumoniaNet(name, weights="none").eval()
+    sizes: dict[str, torch.Size] = {}
+
+    def keep_size(key: str):
+        def hook(_module, _inputs, output) -> None:  # None: the output stays as it is
+            sizes[key] = output.shape
+
+        return hook
+
+    hooks = [
+        layer.register_forward_hook(keep_size(key))
+        for key, layer in (("last", net.cam_target_layer), ("fine", net.cam_fine_layers[0]))
+    ]
     with torch.no_grad():
         assert net(torch.randn(2, 3, 64, 64)).shape == (2, 1)
-    assert isinstance(net.cam_target_layer, nn.Module)
+    for hook in hooks:
+        hook.remove()
+    assert sizes["last"][-2:] == (2, 2) and sizes["fine"][-2:] == (4, 4)  # stride 32 and 16
 
 
 def test_stage1_moves_only_the_head() -> None:

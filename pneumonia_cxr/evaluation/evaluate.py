@@ -404,6 +404,9 @@ def evaluate_model(
             "file": EXPLAIN_CHECK_FILE,
             "mean_spearman": (explain["randomization"] or {}).get("mean_spearman"),
             "pointing_game_accuracy": (explain["pointing_game"] or {}).get("accuracy"),
+            "pointing_game_accuracy_fine": (
+                (explain["pointing_game"] or {}).get("fine_layer") or {}
+            ).get("accuracy"),
         }
 
     files.update(_write_texts(out, metrics, model_path.name))

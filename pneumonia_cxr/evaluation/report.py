@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pneumonia_cxr.evaluation.metrics import RATE_NAMES
+from pneumonia_cxr.explain.check import pointing_game_summary
 from pneumonia_cxr.model.model_file import calibration_line
 from pneumonia_cxr.storage import atomic_write_text
 
@@ -348,8 +349,7 @@ def explain_section_html(result: dict[str, Any]) -> str:
         rows.append(
             (
                 "Pointing game: map peak inside the opacity box",
-                f"{game['hits']}/{game['n']} = {game['accuracy']:.1%} of PNEUMONIA images "
-                f"(a random peak: {game['chance']:.1%}; flat maps: {game['n_flat']}).",
+                f"PNEUMONIA images: {pointing_game_summary(game)}.",
             )
         )
     elif result.get("pointing_game_note"):

@@ -7,7 +7,9 @@ Two checks from `pneumonia_cxr.explain.sanity`, run on a trained model file and 
     Spearman rank correlation between original and randomized maps should be low;
 (b) the pointing game (Zhang et al. 2016, §4.1), only where the dataset records where the
     finding is (the synthetic set's `opacity_boxes.csv`): how often the map's peak falls inside
-    the opacity box of a PNEUMONIA image, next to the rate a random peak would reach.
+    the opacity box of a PNEUMONIA image, next to the rate a random peak would reach; scored on
+    the maps the overlays show (the last layer, stride 32: 4 x 4 cells at 128 px, too coarse to
+    point at a small box) and on the stride-16 layer (`fine_layer`, twice as fine).
 
 `run_explain_check` is shared: `pneumonia-cxr explain-check` calls it, and so does `evaluate`
 (with a few images) so both figures land in the evaluation report.
@@ -177,6 +179,7 @@ def pointing_game_check(
     if not kept:
         return {"n": 0, "hits": 0, "accuracy": None, "chance": None, "n_flat": 0}
     cams = model_cams(bundle.model, images, method=method)
+    fine_cams = model_cams(bundle.model, images, method=method, fine=True)
     height, width = cams.shape[1:]
     scaled = [
         scale_box(
@@ -192,9 +195,29 @@ def pointing_game_check(
         chance=float(np.mean(areas)),
         tolerance_px=0,
         method=method,
+        map_cells=_map_cells(bundle, 32),
+        fine_layer={**pointing_game(fine_cams, scaled), "map_cells": _map_cells(bundle, 16)},
         paths=[str(record.path) for record in kept],
     )
     return result
+
+
+def pointing_game_summary(game: dict[str, Any]) -> str:
+    """One line for the CLI and the report: both layers' hit rates next to chance."""
+    text = f"{game['hits']}/{game['n']} = {game['accuracy']:.1%}"
+    if "map_cells" in game:
+        text += f" on the last layer's {game['map_cells']} x {game['map_cells']} map"
+    fine = game.get("fine_layer")
+    if fine and fine.get("accuracy") is not None:
+        cells = fine["map_cells"]
+        text += f", {fine['hits']}/{fine['n']} = {fine['accuracy']:.1%} on the {cells} x {cells}"
+        text += " stride-16 map"
+    return text + f" (a random peak: {game['chance']:.1%}; flat maps: {game['n_flat']})"
+
+
+def _map_cells(bundle: ModelBundle, stride: int) -> int:
+    """Cells per side of the feature map Grad-CAM reads (its upscaled map holds no more)."""
+    return math.ceil(bundle.preprocessing.image_size / stride)  # padded convolutions round up
 
 
 def run_explain_check(

