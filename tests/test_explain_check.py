@@ -70,9 +70,14 @@ def test_pointing_game_figures_are_in_range(job: tuple[dict, Path], tiny_synthet
     assert all("/test/PNEUMONIA/" in path for path in game["paths"])
     fine = game["fine_layer"]  # the same images, on the stride-16 maps: finer
     assert fine["n"] == game["n"] and 0 <= fine["hits"] <= fine["n"]
-    assert (game["map_cells"], fine["map_cells"]) == (2, 3)  # 48 px: 2 x 2 and 3 x 3 cells
+    assert (game["map_cells"], fine["map_cells"]) == (2, 3)  # ResNet-18 at 48 px, measured
     summary = pointing_game_summary(game)
-    assert f"{game['hits']}/{game['n']}" in summary and "stride-16" in summary
+    assert f"{game['hits']}/{game['n']}" in summary and "3 x 3 stride-16" in summary
+
+
+def test_summary_reads_files_written_before_the_stride_16_layer() -> None:
+    old = {"hits": 1, "n": 4, "accuracy": 0.25, "chance": 0.05, "n_flat": 0}
+    assert pointing_game_summary(old) == "1/4 = 25.0% (a random peak: 5.0%; flat maps: 0)"
 
 
 def test_without_boxes_the_pointing_game_is_skipped_with_a_reason(

@@ -361,3 +361,18 @@ def test_grid_png_written_and_readable(tmp_path) -> None:
 def test_grid_needs_examples(tmp_path) -> None:
     with pytest.raises(ValueError, match="no examples"):
         save_gradcam_grid([], tmp_path / "grid.png")
+
+
+def test_fine_maps_come_from_the_stride_16_layer() -> None:
+    """`model_cams(fine=True)` explains `cam_fine_layers`, not the last layer: other maps, the
+    same as computing them on that layer directly."""
+    from pneumonia_cxr.explain.gradcam import model_cams
+    from pneumonia_cxr.model.classifier import PneumoniaNet
+
+    torch.manual_seed(0)
+    net = PneumoniaNet("resnet18", weights="none").eval()
+    batch = images(2, 64, 64)
+    fine = model_cams(net, batch, fine=True)
+    direct = compute_cams(net, net.cam_fine_layers, batch)
+    np.testing.assert_allclose(fine, direct, atol=1e-6)
+    assert not np.allclose(fine, model_cams(net, batch), atol=1e-3)

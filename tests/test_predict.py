@@ -189,6 +189,14 @@ def test_auto_engine_uses_onnx_runtime_on_cpu_and_torch_for_gradcam(model_file: 
     assert isinstance(Predictor.open(model_file, engine="torch").engine, TorchEngine)
 
 
+def _recording_threads(score, threads: list[int]):
+    def recorded(images):
+        threads.append(torch.get_num_threads())
+        return score(images)
+
+    return recorded
+
+
 def test_preprocessing_runs_on_one_torch_thread_only_beside_onnx_runtime(
     model_file: Path, folder: Path
 ) -> None:
@@ -197,13 +205,25 @@ def test_preprocessing_runs_on_one_torch_thread_only_beside_onnx_runtime(
     from pneumonia_cxr.inference.predictor import Predictor
 
     paths = sorted(folder.glob("*.png"))
-    before = torch.get_num_threads()
-    seen = {}
-    for engine in ("onnx", "torch"):
-        predictor = Predictor.open(model_file, engine=engine, device="cpu")
-        seen[engine] = {torch.get_num_threads() for _ in predictor.iter_files(paths)}
-        assert torch.get_num_threads() == before
-    assert seen == {"onnx": {1}, "torch": {before}}
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)  # so that one thread is a change even where the default is one
+    try:
+        onnx = Predictor.open(model_file, engine="onnx", device="cpu")
+        seen = []
+        for _ in onnx.iter_files(paths, batch_size=1):
+            seen.append(torch.get_num_threads())  # the caller's code between batches: all
+            break  # an early exit leaves nothing behind either
+        assert seen == [2] and torch.get_num_threads() == 2
+        torch_engine = Predictor.open(model_file, engine="torch", device="cpu")
+        assert {torch.get_num_threads() for _ in torch_engine.iter_files(paths)} == {2}
+        for engine, predictor in (("onnx", onnx), ("torch", torch_engine)):
+            threads: list[int] = []
+            predictor.engine.score = _recording_threads(predictor.engine.score, threads)
+            list(predictor.iter_files(paths))
+            assert set(threads) == ({1} if engine == "onnx" else {2}), engine
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)
 
 
 def test_export_then_predict_with_onnx_matches_torch(

@@ -165,7 +165,9 @@ def pointing_game_check(
 
     Boxes are stored in the pixels of the image file; the maps come at the model's input size,
     so each box is scaled from the image's own size. `chance` is the mean share of the map the
-    boxes cover: the hit rate of a peak placed at random, the figure to beat.
+    boxes cover: the hit rate of a peak placed at random, the figure to beat. Scored on the
+    last layer's maps (the overlays') and, as `fine_layer`, on the stride-16 layer's; each with
+    `map_cells`, the cells per side of the feature map read (its upscaled map holds no more).
     """
     if not (root / SYNTHETIC_BOXES_FILE).is_file():
         return None
@@ -195,8 +197,11 @@ def pointing_game_check(
         chance=float(np.mean(areas)),
         tolerance_px=0,
         method=method,
-        map_cells=_map_cells(bundle, 32),
-        fine_layer={**pointing_game(fine_cams, scaled), "map_cells": _map_cells(bundle, 16)},
+        map_cells=_map_cells(bundle.model, bundle.model.cam_target_layers, images[:1]),
+        fine_layer={
+            **pointing_game(fine_cams, scaled),
+            "map_cells": _map_cells(bundle.model, bundle.model.cam_fine_layers, images[:1]),
+        },
         paths=[str(record.path) for record in kept],
     )
     return result
@@ -205,19 +210,36 @@ def pointing_game_check(
 def pointing_game_summary(game: dict[str, Any]) -> str:
     """One line for the CLI and the report: both layers' hit rates next to chance."""
     text = f"{game['hits']}/{game['n']} = {game['accuracy']:.1%}"
-    if "map_cells" in game:
+    flat = str(game["n_flat"])
+    if "map_cells" in game:  # files written before the stride-16 layer was scored lack it
         text += f" on the last layer's {game['map_cells']} x {game['map_cells']} map"
     fine = game.get("fine_layer")
     if fine and fine.get("accuracy") is not None:
         cells = fine["map_cells"]
         text += f", {fine['hits']}/{fine['n']} = {fine['accuracy']:.1%} on the {cells} x {cells}"
         text += " stride-16 map"
-    return text + f" (a random peak: {game['chance']:.1%}; flat maps: {game['n_flat']})"
+        flat += f" / {fine['n_flat']}"
+    return text + f" (a random peak: {game['chance']:.1%}; flat maps: {flat})"
 
 
-def _map_cells(bundle: ModelBundle, stride: int) -> int:
-    """Cells per side of the feature map Grad-CAM reads (its upscaled map holds no more)."""
-    return math.ceil(bundle.preprocessing.image_size / stride)  # padded convolutions round up
+def _map_cells(
+    model: torch.nn.Module, layers: Sequence[torch.nn.Module], image: torch.Tensor
+) -> int:
+    """Cells per side of the feature map Grad-CAM reads, measured (padding and pooling round
+    differently per backbone); the smaller side if it is not square."""
+    sizes: list[int] = []
+
+    def keep(_module, _inputs, output) -> None:
+        sizes.append(int(min(output.shape[-2:])))
+
+    hooks = [layer.register_forward_hook(keep) for layer in layers]
+    try:
+        with torch.no_grad():
+            model(image)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return min(sizes)
 
 
 def run_explain_check(

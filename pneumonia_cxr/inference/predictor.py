@@ -358,15 +358,19 @@ class Predictor:
         keep_original: bool = False,
     ) -> Iterator[ScoredBatch]:
         """`iter_inputs`, scored."""
-        with self._preprocessing_threads():
-            for batch in self.iter_inputs(
+        batches = iter(
+            self.iter_inputs(
                 paths, batch_size=batch_size, num_workers=num_workers, keep_original=keep_original
-            ):
+            )
+        )
+        while True:
+            with self._preprocessing_threads():  # only while decoding and scoring, not the caller
+                batch = next(batches, None)
+                if batch is None:
+                    return
                 images = batch["image"]
                 scores = self.scores(images) if images is not None else Scores.concat([])
-                yield ScoredBatch(
-                    batch["index"], scores, images, batch["original"], batch["errors"]
-                )
+            yield ScoredBatch(batch["index"], scores, images, batch["original"], batch["errors"])
 
     @contextmanager
     def _preprocessing_threads(self) -> Iterator[None]:
@@ -374,7 +378,9 @@ class Predictor:
         their own thread pools, and PyTorch then only decodes and transforms one small image at
         a time, where its intra-op threads cost more than they give (the JPEG step and the
         normalisation ran several times slower on two threads than on one, measured with
-        `benchmarks/predict_speed.py`'s folder). The PyTorch engine keeps every thread."""
+        `benchmarks/predict_speed.py`'s folder). The PyTorch engine keeps every thread. Not
+        in the service: one request is one image, and a process-wide setting would race
+        between its request threads."""
         if isinstance(self.engine, TorchEngine):
             yield
             return

@@ -9,7 +9,10 @@ TEACHER=${TEACHER:-pneumonia_cxr/weights/pneumonia_cxr_effnet_lite0_ensemble.pt}
 if [ ! -f "$TEACHER" ]; then
   TEACHER=outputs/teacher_study2_ensemble.pt
   mkdir -p outputs
-  [ -f "$TEACHER" ] || git show 165ba29:pneumonia_cxr/weights/pneumonia_cxr_effnet_lite0_ensemble.pt > "$TEACHER"
+  if [ ! -f "$TEACHER" ]; then  # written whole or not at all: a failed `git show` leaves nothing
+    git show 165ba29:pneumonia_cxr/weights/pneumonia_cxr_effnet_lite0_ensemble.pt > "$TEACHER.tmp" \
+      && mv "$TEACHER.tmp" "$TEACHER" || { rm -f "$TEACHER.tmp"; echo "teacher not found" >&2; }
+  fi
 fi
 COMMON="--dataset_path $DATA --output_dir $OUT --teacher $TEACHER --distill_alpha 0.5
   --weights imagenet --jpeg_quality 75 --stage1_epochs 1 --stage1_lr 1e-3 --stage2_lr 1e-4
