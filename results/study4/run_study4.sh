@@ -15,6 +15,9 @@ args_for() {
     f1_lite0_s31_fill) echo "$BASE --aug_frame_fill_prob 0.5 --aug_frame_fill_max 0.2" ;;
     f2_lite0_s31_fillcrop)
       echo "$BASE --aug_frame_fill_prob 0.8 --aug_frame_fill_max 0.25 --aug_crop_scale_min 0.6" ;;
+    f3_lite0_s31_fillcrop_long)  # the addendum of PLAN.md: exploratory, not eligible to ship
+      echo "$BASE --aug_frame_fill_prob 0.8 --aug_frame_fill_max 0.25 --aug_crop_scale_min 0.6
+        --stage2_epochs 8" ;;
     *) echo "unknown candidate $1" >&2; return 1 ;;
   esac
 }
