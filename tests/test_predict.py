@@ -189,6 +189,20 @@ def test_auto_engine_uses_onnx_runtime_on_cpu_and_torch_for_gradcam(model_file: 
     assert isinstance(Predictor.open(model_file, engine="torch").engine, TorchEngine)
 
 
+def test_batches_of_files_equal_the_single_image_transform_exactly(real_data_root: Path) -> None:
+    """Scoring files finishes each batch at once (`evaluation_stages`); the numbers must be the
+    single-image pipeline's, bit for bit (the shipped model: its JPEG q75 step included)."""
+    from pneumonia_cxr.inference.predictor import Predictor
+    from pneumonia_cxr.model.shipped import resolve_model_path
+
+    predictor = Predictor.open(resolve_model_path(None), engine="torch", device="cpu")
+    assert predictor.engine.preprocessing.jpeg_quality  # the per-image part is not a no-op
+    paths = sorted((real_data_root / "test").glob("*/*.jpeg"))[::60]
+    batches = [b["image"] for b in predictor.iter_inputs(paths, batch_size=4)]
+    single = torch.stack([predictor.load_input(p)[0] for p in paths])
+    assert torch.equal(torch.cat(batches), single)
+
+
 def _recording_threads(score, threads: list[int]):
     def recorded(images):
         threads.append(torch.get_num_threads())

@@ -106,8 +106,23 @@ def build_transforms(
     """Turn the loader's uint8 (1, H, W) gray tensor into normalized float (3, S, S) input.
 
     Resizing happens first, on uint8, so augmentation always works on the small image.
-    `augment=None` gives the deterministic evaluation pipeline.
+    `augment=None` gives the deterministic evaluation pipeline, which is exactly
+    `evaluation_stages`' two parts one after the other.
     """
+    return v2.Compose(_pixel_steps(preprocessing, augment) + _tensor_steps(preprocessing, augment))
+
+
+def evaluation_stages(preprocessing: Preprocessing) -> tuple[v2.Compose, v2.Compose]:
+    """The evaluation pipeline in two parts: per image on uint8 (resize, the JPEG step), then
+    on a stacked float batch (scale, channels, normalisation: the same arithmetic per element).
+    Scoring many files applies the second part once per batch: a quarter of the memory to
+    stack, no per-image Python overhead."""
+    return v2.Compose(_pixel_steps(preprocessing, None)), v2.Compose(
+        _tensor_steps(preprocessing, None)
+    )
+
+
+def _pixel_steps(preprocessing: Preprocessing, augment: AugmentConfig | None) -> list[v2.Transform]:
     size = (preprocessing.image_size, preprocessing.image_size)
     steps: list[v2.Transform] = [_resize(size, augment)]
     if augment is not None and augment.jpeg_quality_min:
@@ -121,11 +136,15 @@ def build_transforms(
         steps.append(v2.JPEG(quality=preprocessing.jpeg_quality))
     if augment is not None:
         steps += _geometric(augment, size)
-    steps.append(v2.ToDtype(torch.float32, scale=True))
+    return steps
+
+
+def _tensor_steps(
+    preprocessing: Preprocessing, augment: AugmentConfig | None
+) -> list[v2.Transform]:
+    steps: list[v2.Transform] = [v2.ToDtype(torch.float32, scale=True)]
     if augment is not None:
         steps += _intensity(augment)
-    steps += [
-        v2.RGB() if preprocessing.channels == 3 else v2.Identity(),
-        v2.Normalize(mean=list(preprocessing.mean), std=list(preprocessing.std)),
-    ]
-    return v2.Compose(steps)
+    steps.append(v2.RGB() if preprocessing.channels == 3 else v2.Identity())
+    steps.append(v2.Normalize(mean=list(preprocessing.mean), std=list(preprocessing.std)))
+    return steps

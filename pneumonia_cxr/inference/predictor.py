@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from pneumonia_cxr.data.discovery import ImageRecord
 from pneumonia_cxr.data.loader import decode_xray, load_xray
-from pneumonia_cxr.data.transforms import build_transforms
+from pneumonia_cxr.data.transforms import build_transforms, evaluation_stages
 from pneumonia_cxr.data.workers import worker_init
 from pneumonia_cxr.errors import ImageLoadError, ModelFileError
 from pneumonia_cxr.inference import AUTO_CPU_ENGINES, ENGINES
@@ -134,7 +134,8 @@ def load_input(
 
 
 class _FileInputs(Dataset):
-    """Path -> model input, or the error text; keeps the original pixels when asked (overlays).
+    """Path -> the per-image part of the model's input (uint8, resized, the JPEG step), or the
+    error text; keeps the original pixels when asked (overlays). `_Collate` finishes the batch.
 
     Decoding uses JPEG draft mode (a speed hint) unless the originals are kept: overlays want
     the full-resolution film.
@@ -158,14 +159,22 @@ class _FileInputs(Dataset):
         return {"index": index, "image": image, "original": gray if self.keep_original else None}
 
 
-def _collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    good = [s for s in samples if "image" in s]
-    return {
-        "image": torch.stack([s["image"] for s in good]) if good else None,
-        "index": [s["index"] for s in good],
-        "original": [s["original"] for s in good],
-        "errors": [(s["index"], s["error"]) for s in samples if "error" in s],
-    }
+class _Collate:
+    """Stack the readable images (uint8) and finish them as one batch (`evaluation_stages`);
+    a class, not a closure, so that loader workers can receive it."""
+
+    def __init__(self, batch_transform) -> None:
+        self.batch_transform = batch_transform
+
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        good = [s for s in samples if "image" in s]
+        images = self.batch_transform(torch.stack([s["image"] for s in good])) if good else None
+        return {
+            "image": images,
+            "index": [s["index"] for s in good],
+            "original": [s["original"] for s in good],
+            "errors": [(s["index"], s["error"]) for s in samples if "error" in s],
+        }
 
 
 def _onnx_file_engine(path: Path, runtime: str) -> OnnxEngine:
@@ -189,6 +198,7 @@ class Predictor:
         check_model_contract(engine, source)
         self.engine, self.source = engine, str(source)
         self.transform = build_transforms(engine.preprocessing)
+        self._file_stages = evaluation_stages(engine.preprocessing)  # the same steps, in two
 
     @classmethod
     def open(
@@ -325,12 +335,13 @@ class Predictor:
         """The DataLoader behind `iter_inputs` (Lightning's prediction loop shards it)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        per_image, per_batch = self._file_stages
         return DataLoader(
-            _FileInputs([Path(p) for p in paths], self.transform, self.image_size, keep_original),
+            _FileInputs([Path(p) for p in paths], per_image, self.image_size, keep_original),
             batch_size=batch_size,
             shuffle=False,
             num_workers=num_workers,
-            collate_fn=_collate,
+            collate_fn=_Collate(per_batch),
             pin_memory=self.device.type == "cuda",
             worker_init_fn=worker_init() if num_workers > 0 else None,
         )
