@@ -20,10 +20,11 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
 
 from pneumonia_cxr.data.discovery import ImageRecord
 from pneumonia_cxr.data.loader import decode_xray, load_xray
-from pneumonia_cxr.data.transforms import build_transforms, evaluation_stages
+from pneumonia_cxr.data.transforms import evaluation_stages
 from pneumonia_cxr.data.workers import worker_init
 from pneumonia_cxr.errors import ImageLoadError, ModelFileError
 from pneumonia_cxr.inference import AUTO_CPU_ENGINES, ENGINES
@@ -197,8 +198,10 @@ class Predictor:
     def __init__(self, engine: Engine, source: str | Path = "model file") -> None:
         check_model_contract(engine, source)
         self.engine, self.source = engine, str(source)
-        self.transform = build_transforms(engine.preprocessing)
-        self._file_stages = evaluation_stages(engine.preprocessing)  # the same steps, in two
+        # Files are finished batch by batch (the two stages); one image runs both in a row,
+        # which is `build_transforms(preprocessing)` step for step.
+        self._file_stages = evaluation_stages(engine.preprocessing)
+        self.transform = v2.Compose(list(self._file_stages))
 
     @classmethod
     def open(
