@@ -1,10 +1,10 @@
 """Tabulate the study: every candidate's validation and test figures, from the files the
 pre-registered commands wrote. Run: `.venv/bin/python results/study/study_tables.py` (study 1) or
 `.venv/bin/python results/study/study_tables.py --study 2` (results/study2/PLAN.md) or `--study 3`
-or `--study 4`.
+or `--study 4` or `--study 5`.
 
 Validation = the patient-level validation subset of official train + val (the split.csv every
-candidate of a study shares; studies 1-4 all use split seed 1), scored here through the
+candidate of a study shares; studies 1-5 all use split seed 1), scored here through the
 inference path at each model's stored threshold (cached in
 outputs/study*_eval/<id>/patient_val/metrics.json); test = the
 `pneumonia-cxr evaluate --split test` outputs."""
@@ -72,6 +72,16 @@ STUDIES = {
         Path("outputs/study4_eval"),
         "final_fp16.pt",
         {"d0_lite0_s31": Path("outputs/study3/d0_lite0_s31/final_fp16.pt")},  # the baseline
+        Path("outputs/study3/d0_lite0_s31/split.csv"),
+    ),
+    "5": Study(
+        Path("outputs/study5"),
+        Path("outputs/study5_eval"),
+        "final_fp16.pt",
+        {  # the baseline is the one of these that study 3's rule leaves shipped
+            "d0_lite0_s31": Path("outputs/study3/d0_lite0_s31/final_fp16.pt"),
+            "d2_lite0_s33": Path("outputs/study3/d2_lite0_s33/final_fp16.pt"),
+        },
         Path("outputs/study3/d0_lite0_s31/split.csv"),
     ),
 }
