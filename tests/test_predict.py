@@ -8,6 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -203,41 +204,90 @@ def test_batches_of_files_equal_the_single_image_transform_exactly(real_data_roo
     assert torch.equal(torch.cat(batches), single)
 
 
-def _recording_threads(score, threads: list[int]):
-    def recorded(images):
-        threads.append(torch.get_num_threads())
-        return score(images)
-
-    return recorded
-
-
-def test_preprocessing_runs_on_one_torch_thread_only_beside_onnx_runtime(
-    model_file: Path, folder: Path
+def test_a_reader_thread_decodes_on_one_torch_thread_only_beside_onnx_runtime(
+    model_file: Path, folder: Path, monkeypatch
 ) -> None:
-    """ORT/OpenVINO own the cores while they score; PyTorch keeps its threads for its engine and
-    gets them back after the loop."""
-    from pneumonia_cxr.inference.predictor import Predictor
+    """ORT/OpenVINO own the cores while they score: a reader thread decodes ahead on one
+    PyTorch thread; the PyTorch engine decodes in the caller's thread with all of them, and the
+    caller's code keeps its threads throughout (an early exit leaves no reader behind)."""
+    import threading
 
+    from pneumonia_cxr.inference import predictor as module
+
+    decoded: list[tuple[str, int]] = []
+    real_load_input = module.load_input
+
+    def recording_load_input(*args, **kwargs):
+        decoded.append((threading.current_thread().name, torch.get_num_threads()))
+        return real_load_input(*args, **kwargs)
+
+    monkeypatch.setattr(module, "load_input", recording_load_input)
     paths = sorted(folder.glob("*.png"))
     previous = torch.get_num_threads()
     torch.set_num_threads(2)  # so that one thread is a change even where the default is one
     try:
-        onnx = Predictor.open(model_file, engine="onnx", device="cpu")
-        seen = []
+        onnx = module.Predictor.open(model_file, engine="onnx", device="cpu")
+        seen = [torch.get_num_threads() for _ in onnx.iter_files(paths, batch_size=1)]
+        assert set(seen) == {2} and torch.get_num_threads() == 2
+        assert {n.startswith(module.READER_THREAD) for n, _ in decoded} == {True}
+        assert {threads for _, threads in decoded} == {1}
         for _ in onnx.iter_files(paths, batch_size=1):
-            seen.append(torch.get_num_threads())  # the caller's code between batches: all
-            break  # an early exit leaves nothing behind either
-        assert seen == [2] and torch.get_num_threads() == 2
-        torch_engine = Predictor.open(model_file, engine="torch", device="cpu")
+            break
+        assert not [t for t in threading.enumerate() if t.name.startswith(module.READER_THREAD)]
+        decoded.clear()
+        torch_engine = module.Predictor.open(model_file, engine="torch", device="cpu")
         assert {torch.get_num_threads() for _ in torch_engine.iter_files(paths)} == {2}
-        for engine, predictor in (("onnx", onnx), ("torch", torch_engine)):
-            threads: list[int] = []
-            predictor.engine.score = _recording_threads(predictor.engine.score, threads)
-            list(predictor.iter_files(paths))
-            assert set(threads) == ({1} if engine == "onnx" else {2}), engine
-        assert torch.get_num_threads() == 2
+        assert set(decoded) == {(threading.current_thread().name, 2)}
     finally:
         torch.set_num_threads(previous)
+
+
+def test_reading_ahead_keeps_file_order_errors_and_scores(
+    model_file: Path, folder: Path, tiny_synthetic: Path
+) -> None:
+    """The reader thread changes when files are decoded, never what comes out."""
+    from pneumonia_cxr.inference.predictor import Predictor
+
+    good = sorted(tiny_synthetic.glob("test/*/*.png"))[:6]
+    paths = [*good[:3], folder / "corrupt.png", *good[3:], folder / "empty.png"]
+    runs = {}
+    for engine in ("onnx", "torch"):
+        predictor = Predictor.open(model_file, engine=engine, device="cpu")
+        runs[engine] = predictor.score_files(paths, batch_size=2)
+    fast, reference = runs["onnx"], runs["torch"]
+    assert fast.indices == reference.indices == [0, 1, 2, 4, 5, 6]
+    assert fast.errors.keys() == reference.errors.keys() == {3, 7}
+    np.testing.assert_allclose(fast.scores.probabilities, reference.scores.probabilities, atol=1e-5)
+
+
+def test_a_cached_export_of_a_model_file_opens_without_building_the_network(
+    model_file: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """The file's bytes key its export: the second start skips timm and the network build; a
+    rewritten file (a new threshold) is a new key, never the stale export."""
+    from pneumonia_cxr.inference import predictor as module
+    from pneumonia_cxr.model.model_file import load_model, save_model
+
+    monkeypatch.setenv("PNEUMONIA_CXR_CACHE", str(tmp_path / "cache"))
+    builds: list[Path] = []
+    real_build = module.bundle_from_payload
+
+    def counting_build(payload, path):
+        builds.append(Path(path))
+        return real_build(payload, path)
+
+    monkeypatch.setattr(module, "bundle_from_payload", counting_build)
+    copy = shutil.copy(model_file, tmp_path / "model.pt")
+    first = module.Predictor.open(copy, engine="onnx")
+    again = module.Predictor.open(copy, engine="onnx")
+    assert len(builds) == 1 and again.engine.path == first.engine.path
+    assert again.threshold == first.threshold
+    bundle = load_model(copy)
+    bundle.threshold = 0.61
+    save_model(bundle, copy)
+    rewritten = module.Predictor.open(copy, engine="onnx")
+    assert len(builds) == 2 and rewritten.threshold == pytest.approx(0.61)
+    assert module.Predictor.open(copy, engine="torch").threshold == pytest.approx(0.61)
 
 
 def test_export_then_predict_with_onnx_matches_torch(

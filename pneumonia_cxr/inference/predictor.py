@@ -10,8 +10,10 @@ The probability formula and the threshold decision are `model.decision`'s, appli
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,13 +36,17 @@ from pneumonia_cxr.inference.engines import (
     OnnxEngine,
     OpenVinoEngine,
     TorchEngine,
+    cached_file_engine,
     cached_onnx_engine,
     resolve_device,
 )
 from pneumonia_cxr.model.decision import decide, label_name, probability
-from pneumonia_cxr.model.model_file import ModelBundle, load_model
+from pneumonia_cxr.model.model_file import ModelBundle, bundle_from_payload, read_payload
 
 log = logging.getLogger(__name__)
+
+READER_THREAD = "pneumonia-cxr-reader"
+"""Name prefix of the thread that decodes ahead of ONNX Runtime / OpenVINO (`iter_files`)."""
 
 
 @dataclass
@@ -218,16 +224,26 @@ class Predictor:
         opens (a cached export of a `.pt` file; several times PyTorch eager here, identical
         labels: benchmarks/inference_throughput.py); PyTorch on a GPU or when Grad-CAM is
         asked for. A failing fast path falls back to the next one, never fails a prediction.
+        A `.pt` file whose export is cached opens without building its PyTorch network.
         """
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
         path = Path(model_path)
-        runtimes = AUTO_CPU_ENGINES if engine == "auto" else (engine,)
         if path.suffix.lower() == ".onnx":
             if engine == "torch" or gradcam:
                 raise ModelFileError(f"{path}: an ONNX export runs without PyTorch or Grad-CAM")
+            runtimes = AUTO_CPU_ENGINES if engine == "auto" else (engine,)
             return cls(_first_runtime(runtimes, lambda r: _onnx_file_engine(path, r)), path)
-        return cls.from_bundle(load_model(path), device, path, engine=engine, gradcam=gradcam)
+        payload = read_payload(path)  # every file error first, before any engine is tried
+        bundle = functools.cache(lambda: bundle_from_payload(payload, path))  # when needed
+        return cls._on_engine(
+            bundle,
+            lambda runtime: cached_file_engine(path, bundle, runtime=runtime),
+            device,
+            path,
+            engine=engine,
+            gradcam=gradcam,
+        )
 
     @classmethod
     def from_bundle(
@@ -241,20 +257,43 @@ class Predictor:
     ) -> Predictor:
         """A model in memory (the end of training, tests, a caller that also needs the bundle)
         on the PyTorch engine, or on the engine `open` would pick (`engine="auto"`)."""
+        return cls._on_engine(
+            lambda: bundle,
+            lambda runtime: cached_onnx_engine(bundle, runtime=runtime),
+            device,
+            source,
+            engine=engine,
+            gradcam=gradcam,
+        )
+
+    @classmethod
+    def _on_engine(
+        cls,
+        bundle: Callable[[], ModelBundle],
+        open_export: Callable[[str], OnnxEngine],
+        device: str | torch.device | None,
+        source: str | Path,
+        *,
+        engine: str,
+        gradcam: bool,
+    ) -> Predictor:
+        """The one engine policy: PyTorch when asked, for Grad-CAM, or on a GPU under "auto";
+        else the first exported-graph runtime that opens, and under "auto" PyTorch when none
+        does. `bundle()` is only called when PyTorch runs or an export must be made."""
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
         on_cpu = resolve_device(device).type == "cpu"
         if engine == "torch" or gradcam or (engine == "auto" and not on_cpu):
-            return cls(TorchEngine(bundle, device), source)
+            return cls(TorchEngine(bundle(), device), source)
         runtimes = AUTO_CPU_ENGINES if engine == "auto" else (engine,)
         try:
-            fast = _first_runtime(runtimes, lambda r: cached_onnx_engine(bundle, runtime=r))
+            fast = _first_runtime(runtimes, open_export)
         except (ImportError, OSError, RuntimeError, ValueError, ModelFileError) as error:
             if engine != "auto":
                 raise
             # Same labels either way, only slower: never fail a prediction over the fast path.
             log.warning("no exported-graph engine available (%s); predicting with PyTorch", error)
-            return cls(TorchEngine(bundle, device), source)
+            return cls(TorchEngine(bundle(), device), source)
         return cls(fast, source)
 
     @property
@@ -371,30 +410,44 @@ class Predictor:
         num_workers: int = 0,
         keep_original: bool = False,
     ) -> Iterator[ScoredBatch]:
-        """`iter_inputs`, scored."""
+        """`iter_inputs`, scored. Beside ONNX Runtime or OpenVINO, one background thread
+        decodes the next batch while the current one is scored: decoding and the JPEG step
+        release the GIL and fill the gaps the engine's thread pool leaves (about 4% on 1,872
+        test files here, benchmarks/predict_speed.py). The PyTorch engine decodes in turn: its
+        own thread pool would compete with the reader's."""
         batches = iter(
             self.iter_inputs(
                 paths, batch_size=batch_size, num_workers=num_workers, keep_original=keep_original
             )
         )
-        while True:
-            with self._preprocessing_threads():  # only while decoding and scoring, not the caller
-                batch = next(batches, None)
-                if batch is None:
-                    return
-                images = batch["image"]
-                scores = self.scores(images) if images is not None else Scores.concat([])
-            yield ScoredBatch(batch["index"], scores, images, batch["original"], batch["errors"])
+        if isinstance(self.engine, TorchEngine):
+            for batch in batches:
+                yield self._scored(batch)
+            return
+        with ThreadPoolExecutor(1, thread_name_prefix=READER_THREAD) as reader:
+            with self._preprocessing_threads():
+                # PyTorch fixes a thread's own count at its first call: the reader keeps one
+                # and the caller's thread keeps all of its own.
+                reader.submit(torch.get_num_threads).result()
+            pending = reader.submit(next, batches, None)
+            while (batch := pending.result()) is not None:
+                pending = reader.submit(next, batches, None)
+                yield self._scored(batch)
+
+    def _scored(self, batch: dict[str, Any]) -> ScoredBatch:
+        images = batch["image"]
+        scores = self.scores(images) if images is not None else Scores.concat([])
+        return ScoredBatch(batch["index"], scores, images, batch["original"], batch["errors"])
 
     @contextmanager
     def _preprocessing_threads(self) -> Iterator[None]:
-        """One PyTorch thread while ONNX Runtime or OpenVINO scores: they run the network on
-        their own thread pools, and PyTorch then only decodes and transforms one small image at
-        a time, where its intra-op threads cost more than they give (the JPEG step and the
-        normalisation ran several times slower on two threads than on one, measured with
-        `benchmarks/predict_speed.py`'s folder). The PyTorch engine keeps every thread. Not
-        in the service: one request is one image, and a process-wide setting would race
-        between its request threads."""
+        """One PyTorch thread for the reader beside ONNX Runtime or OpenVINO: they run the
+        network on their own thread pools, and PyTorch then only decodes and transforms one
+        small image at a time, where its intra-op threads cost more than they give (the JPEG
+        step and the normalisation ran several times slower on two threads than on one,
+        measured with `benchmarks/predict_speed.py`'s folder). The PyTorch engine keeps every
+        thread. Not in the service: one request is one image, and a process-wide setting would
+        race between its request threads."""
         if isinstance(self.engine, TorchEngine):
             yield
             return

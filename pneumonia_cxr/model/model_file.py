@@ -122,7 +122,10 @@ def save_model(bundle: ModelBundle, path: str | Path, *, half: bool = False) -> 
     return Path(path)
 
 
-def _read_payload(path: Path) -> dict[str, Any]:
+def read_payload(path: str | Path) -> dict[str, Any]:
+    """The file's checked contents (every file error is raised here), before any network is
+    built: `bundle_from_payload` builds it, `load_model` does both."""
+    path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: model file not found; train one with `pneumonia-cxr train`")
     try:
@@ -179,8 +182,11 @@ def _build_model(payload: dict[str, Any]) -> PneumoniaNet | PneumoniaEnsemble:
 
 def load_model(path: str | Path) -> ModelBundle:
     """Rebuild the model and its preprocessing; the weights are never downloaded again."""
-    path = Path(path)
-    payload = _read_payload(path)
+    return bundle_from_payload(read_payload(path), path)
+
+
+def bundle_from_payload(payload: dict[str, Any], path: str | Path) -> ModelBundle:
+    """The model of a `read_payload` result; `path` names the file in errors."""
     try:
         model = _build_model(payload)
         preprocessing = Preprocessing.from_dict(payload["preprocessing"])
