@@ -260,13 +260,10 @@ def test_reading_ahead_keeps_file_order_errors_and_scores(
     np.testing.assert_allclose(fast.scores.probabilities, reference.scores.probabilities, atol=1e-5)
 
 
-def test_a_cached_export_of_a_model_file_opens_without_building_the_network(
-    model_file: Path, tmp_path: Path, monkeypatch
-) -> None:
-    """The file's bytes key its export: the second start skips timm and the network build; a
-    rewritten file (a new threshold) is a new key, never the stale export."""
+@pytest.fixture
+def counted_builds(monkeypatch, tmp_path: Path) -> list[Path]:
+    """Every network `Predictor.open` builds, with a cache of its own."""
     from pneumonia_cxr.inference import predictor as module
-    from pneumonia_cxr.model.model_file import load_model, save_model
 
     monkeypatch.setenv("PNEUMONIA_CXR_CACHE", str(tmp_path / "cache"))
     builds: list[Path] = []
@@ -277,17 +274,59 @@ def test_a_cached_export_of_a_model_file_opens_without_building_the_network(
         return real_build(payload, path)
 
     monkeypatch.setattr(module, "bundle_from_payload", counting_build)
+    return builds
+
+
+def test_a_cached_export_of_a_model_file_opens_without_building_the_network(
+    model_file: Path, tmp_path: Path, counted_builds: list[Path]
+) -> None:
+    """The file's bytes key its export: the second start skips timm and the network build; a
+    rewritten file (a new threshold) is a new key, never the stale export."""
+    from pneumonia_cxr.inference.predictor import Predictor
+    from pneumonia_cxr.model.model_file import load_model, save_model
+
     copy = shutil.copy(model_file, tmp_path / "model.pt")
-    first = module.Predictor.open(copy, engine="onnx")
-    again = module.Predictor.open(copy, engine="onnx")
-    assert len(builds) == 1 and again.engine.path == first.engine.path
-    assert again.threshold == first.threshold
+    first = Predictor.open(copy, engine="onnx")
+    again = Predictor.open(copy, engine="onnx")
+    assert len(counted_builds) == 1 and again.engine.path == first.engine.path
     bundle = load_model(copy)
     bundle.threshold = 0.61
     save_model(bundle, copy)
-    rewritten = module.Predictor.open(copy, engine="onnx")
-    assert len(builds) == 2 and rewritten.threshold == pytest.approx(0.61)
-    assert module.Predictor.open(copy, engine="torch").threshold == pytest.approx(0.61)
+    rewritten = Predictor.open(copy, engine="onnx")
+    assert len(counted_builds) == 2 and rewritten.threshold == pytest.approx(0.61)
+    assert rewritten.engine.path != first.engine.path
+    assert Predictor.open(copy, engine="torch").threshold == pytest.approx(0.61)
+
+
+def test_an_inconsistent_model_file_fails_once_with_its_own_error(
+    model_file: Path, tmp_path: Path, counted_builds: list[Path]
+) -> None:
+    from pneumonia_cxr.errors import ModelFileError
+    from pneumonia_cxr.inference.predictor import Predictor
+
+    payload = torch.load(model_file, weights_only=True)
+    state = payload["members"][0]["state_dict"]
+    state.pop(sorted(state)[0])
+    broken = tmp_path / "broken.pt"
+    torch.save(payload, broken)
+    with pytest.raises(ModelFileError, match="incomplete or inconsistent"):
+        Predictor.open(broken, device="cpu")
+    assert counted_builds == [broken]
+
+
+def test_without_any_exported_graph_runtime_auto_falls_back_to_pytorch(
+    model_file: Path, tmp_path: Path, counted_builds: list[Path], monkeypatch
+) -> None:
+    import sys
+
+    from pneumonia_cxr.inference.engines import TorchEngine
+    from pneumonia_cxr.inference.predictor import Predictor
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    copy = shutil.copy(model_file, tmp_path / "model.pt")
+    predictor = Predictor.open(copy, device="cpu")
+    assert isinstance(predictor.engine, TorchEngine) and len(counted_builds) == 1
 
 
 def test_export_then_predict_with_onnx_matches_torch(

@@ -5,6 +5,7 @@ after that (probability, decision, flag) happens once, in `inference.predictor`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -359,13 +360,20 @@ def cached_onnx_engine(
         ImportError: onnx or the runtime is missing (names the extra to install).
     """
     key = hashlib.sha256(json.dumps(onnx_metadata(bundle), sort_keys=True).encode()).hexdigest()
-    return _cached_export(
-        f"model-{key[:16]}.onnx", lambda: bundle, cache_dir, num_threads, runtime, precision
-    )
+    path = Path(cache_dir or cache_root() / "onnx") / f"model-{key[:16]}.onnx"
+    return _cached_export(path, lambda: bundle, num_threads, runtime, precision)
+
+
+def file_export_path(model_sha256: str, cache_dir: str | Path | None = None) -> Path:
+    """Where `cached_file_engine` keeps the export of the model file with these bytes; the
+    key also covers the code that reads model files and exports them, so an upgraded package
+    never reuses an export its own code would make differently."""
+    digest = hashlib.sha256(f"{_export_code_stamp()}:{model_sha256}".encode()).hexdigest()
+    return Path(cache_dir or cache_root() / "onnx") / f"file-{digest[:16]}.onnx"
 
 
 def cached_file_engine(
-    model_path: str | Path,
+    model_sha256: str,
     load: Callable[[], ModelBundle],
     cache_dir: str | Path | None = None,
     *,
@@ -373,30 +381,45 @@ def cached_file_engine(
     runtime: str = "onnx",
     precision: str = "f32",
 ) -> OnnxEngine:
-    """`cached_onnx_engine` for a `.pt` model file, keyed by the file's bytes (and this
-    package's version): a cache hit opens the export without building the PyTorch network,
+    """`cached_onnx_engine` for a `.pt` model file (`model_file.read_model_file`), keyed by
+    the file's bytes: a cache hit opens the export without building the PyTorch network,
     which saves about half a second at every start (timm's import and the network's
-    construction, paid by one network as by an ensemble). Any change to the file (a
-    recalibration rewrites it) is a new key; `load()` gives the bundle on a miss.
+    construction, paid by one network as by an ensemble). A rewritten file (recalibration) is
+    a new key; `load()` gives the bundle on a miss.
     """
-    digest = hashlib.sha256(f"{ONNX_FORMAT_NAME}:{ONNX_FORMAT_VERSION}:{__version__}:".encode())
-    with open(model_path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    name = f"file-{digest.hexdigest()[:16]}.onnx"
-    return _cached_export(name, load, cache_dir, num_threads, runtime, precision)
+    path = file_export_path(model_sha256, cache_dir)
+    return _cached_export(path, load, num_threads, runtime, precision)
+
+
+@functools.cache
+def _export_code_stamp() -> str:
+    """A digest of this package's version, the library versions and the source of the modules
+    that read model files and build and export their networks."""
+    import importlib.metadata
+
+    package = Path(__file__).resolve().parents[1]
+    sources = [package / "config.py", package / "export.py", *sorted(package.glob("model/*.py"))]
+    digest = hashlib.sha256(f"{ONNX_FORMAT_NAME}:{ONNX_FORMAT_VERSION}:{__version__}".encode())
+    for library in ("torch", "timm", "onnx"):
+        try:
+            version = importlib.metadata.version(library)
+        except importlib.metadata.PackageNotFoundError:
+            version = "absent"
+        digest.update(f":{library}={version}".encode())
+    for source in sources:
+        digest.update(source.read_bytes())
+    return digest.hexdigest()
 
 
 def _cached_export(
-    name: str,
+    path: Path,
     load: Callable[[], ModelBundle],
-    cache_dir: str | Path | None,
     num_threads: int | None,
     runtime: str,
     precision: str,
 ) -> OnnxEngine:
-    """Open `<cache>/<name>` with the runtime, exporting `load()` there first when it is
-    missing or damaged."""
+    """Open the cached export at `path` with the runtime, exporting `load()` there first when
+    it is missing or damaged."""
 
     def engine(path: Path) -> OnnxEngine:
         if runtime == "openvino":
@@ -404,7 +427,6 @@ def _cached_export(
         return OnnxEngine(path, num_threads=num_threads)
 
     require_optional("openvino" if runtime == "openvino" else "onnxruntime")
-    path = Path(cache_dir or cache_root() / "onnx") / name
     if path.is_file():
         try:
             return engine(path)

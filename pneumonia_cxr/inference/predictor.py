@@ -14,7 +14,6 @@ import functools
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,10 +37,11 @@ from pneumonia_cxr.inference.engines import (
     TorchEngine,
     cached_file_engine,
     cached_onnx_engine,
+    file_export_path,
     resolve_device,
 )
 from pneumonia_cxr.model.decision import decide, label_name, probability
-from pneumonia_cxr.model.model_file import ModelBundle, bundle_from_payload, read_payload
+from pneumonia_cxr.model.model_file import ModelBundle, bundle_from_payload, read_model_file
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +198,33 @@ def _first_runtime(runtimes: Sequence[str], open_one: Any) -> OnnxEngine:
     return open_one(runtimes[-1])
 
 
+def _read_ahead(batches: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """The same batches, each decoded by a reader thread while the caller scores the one before.
+
+    Decoding and the JPEG step release the GIL and fill the gaps that ONNX Runtime's and
+    OpenVINO's thread pools leave (a few percent on 1,872 test files, benchmarks/
+    predict_speed.py). The reader runs PyTorch on one thread: those pools own the cores, and on
+    one small image PyTorch's intra-op threads cost more than they give (the JPEG step and the
+    normalisation ran several times slower on two threads than on one). PyTorch fixes a
+    thread's count at its first call, so the caller's thread keeps all of its own. Not in the
+    service: one request is one image.
+    """
+    reader = ThreadPoolExecutor(1, thread_name_prefix=READER_THREAD)
+    try:
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            reader.submit(torch.get_num_threads).result()  # the reader's first call: one
+        finally:
+            torch.set_num_threads(before)
+        pending = reader.submit(next, batches, None)
+        while (batch := pending.result()) is not None:
+            pending = reader.submit(next, batches, None)
+            yield batch
+    finally:
+        reader.shutdown(cancel_futures=True)
+
+
 class Predictor:
     """A model ready to score images: engine, contract, transforms, threshold and OOD cut-off."""
 
@@ -234,11 +261,13 @@ class Predictor:
                 raise ModelFileError(f"{path}: an ONNX export runs without PyTorch or Grad-CAM")
             runtimes = AUTO_CPU_ENGINES if engine == "auto" else (engine,)
             return cls(_first_runtime(runtimes, lambda r: _onnx_file_engine(path, r)), path)
-        payload = read_payload(path)  # every file error first, before any engine is tried
-        bundle = functools.cache(lambda: bundle_from_payload(payload, path))  # when needed
+        model_file = read_model_file(path)  # missing, foreign, corrupt: raised before any engine
+        bundle = functools.cache(lambda: bundle_from_payload(model_file.payload, path))
+        if not file_export_path(model_file.sha256).is_file():
+            bundle()  # no export stands in: build now, so an inconsistent file fails here, once
         return cls._on_engine(
             bundle,
-            lambda runtime: cached_file_engine(path, bundle, runtime=runtime),
+            lambda runtime: cached_file_engine(model_file.sha256, bundle, runtime=runtime),
             device,
             path,
             engine=engine,
@@ -410,53 +439,20 @@ class Predictor:
         num_workers: int = 0,
         keep_original: bool = False,
     ) -> Iterator[ScoredBatch]:
-        """`iter_inputs`, scored. Beside ONNX Runtime or OpenVINO, one background thread
-        decodes the next batch while the current one is scored: decoding and the JPEG step
-        release the GIL and fill the gaps the engine's thread pool leaves (about 4% on 1,872
-        test files here, benchmarks/predict_speed.py). The PyTorch engine decodes in turn: its
-        own thread pool would compete with the reader's."""
+        """`iter_inputs`, scored. Beside ONNX Runtime or OpenVINO, files decoded in this
+        process are read ahead by a thread (`_read_ahead`); loader workers
+        (`num_workers > 0`) read ahead by themselves."""
         batches = iter(
             self.iter_inputs(
                 paths, batch_size=batch_size, num_workers=num_workers, keep_original=keep_original
             )
         )
-        if isinstance(self.engine, TorchEngine):
-            for batch in batches:
-                yield self._scored(batch)
-            return
-        with ThreadPoolExecutor(1, thread_name_prefix=READER_THREAD) as reader:
-            with self._preprocessing_threads():
-                # PyTorch fixes a thread's own count at its first call: the reader keeps one
-                # and the caller's thread keeps all of its own.
-                reader.submit(torch.get_num_threads).result()
-            pending = reader.submit(next, batches, None)
-            while (batch := pending.result()) is not None:
-                pending = reader.submit(next, batches, None)
-                yield self._scored(batch)
-
-    def _scored(self, batch: dict[str, Any]) -> ScoredBatch:
-        images = batch["image"]
-        scores = self.scores(images) if images is not None else Scores.concat([])
-        return ScoredBatch(batch["index"], scores, images, batch["original"], batch["errors"])
-
-    @contextmanager
-    def _preprocessing_threads(self) -> Iterator[None]:
-        """One PyTorch thread for the reader beside ONNX Runtime or OpenVINO: they run the
-        network on their own thread pools, and PyTorch then only decodes and transforms one
-        small image at a time, where its intra-op threads cost more than they give (the JPEG
-        step and the normalisation ran several times slower on two threads than on one,
-        measured with `benchmarks/predict_speed.py`'s folder). The PyTorch engine keeps every
-        thread. Not in the service: one request is one image, and a process-wide setting would
-        race between its request threads."""
-        if isinstance(self.engine, TorchEngine):
-            yield
-            return
-        before = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(before)
+        if isinstance(self.engine, OnnxEngine) and num_workers == 0:
+            batches = _read_ahead(batches)
+        for batch in batches:
+            images = batch["image"]
+            scores = self.scores(images) if images is not None else Scores.concat([])
+            yield ScoredBatch(batch["index"], scores, images, batch["original"], batch["errors"])
 
     def score_files(
         self, paths: Sequence[str | Path], *, batch_size: int = 32, num_workers: int = 0

@@ -6,6 +6,8 @@ It is a plain dict of tensors, strings and numbers written with torch.save, so i
 
 from __future__ import annotations
 
+import hashlib
+import io
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,8 +67,6 @@ class ModelBundle:
 
     def fingerprint(self) -> str:
         """A short hash of the weights: which model produced a result."""
-        import hashlib
-
         digest = hashlib.sha256()
         for name, tensor in sorted(self.model.state_dict().items()):
             digest.update(name.encode())
@@ -122,14 +122,26 @@ def save_model(bundle: ModelBundle, path: str | Path, *, half: bool = False) -> 
     return Path(path)
 
 
-def read_payload(path: str | Path) -> dict[str, Any]:
-    """The file's checked contents (every file error is raised here), before any network is
-    built: `bundle_from_payload` builds it, `load_model` does both."""
+@dataclass(frozen=True)
+class ModelFile:
+    """A model file's checked contents and the SHA-256 of the very bytes they came from (the
+    key of its cached ONNX export: a file replaced meanwhile cannot pair old contents with a
+    new key)."""
+
+    payload: dict[str, Any]
+    sha256: str
+
+
+def read_model_file(path: str | Path) -> ModelFile:
+    """Read and check a model file without building its network (`bundle_from_payload` does,
+    `load_model` does both). Raises `ModelFileError` for a missing, unreadable, foreign or
+    newer file; an inconsistent one is only found when it is built."""
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: model file not found; train one with `pneumonia-cxr train`")
+    data = path.read_bytes()
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as error:  # truncated zip, foreign pickle, random bytes
         raise ModelFileError(
             f"{path}: not a readable pneumonia-cxr model file ({type(error).__name__}: "
@@ -146,7 +158,7 @@ def read_payload(path: str | Path) -> dict[str, Any]:
             f"{path}: written by a newer pneumonia-cxr (format {payload['format_version']}); "
             "upgrade the package"
         )
-    return payload
+    return ModelFile(payload, hashlib.sha256(data).hexdigest())
 
 
 def round_to_half(model: torch.nn.Module) -> torch.nn.Module:
@@ -182,11 +194,11 @@ def _build_model(payload: dict[str, Any]) -> PneumoniaNet | PneumoniaEnsemble:
 
 def load_model(path: str | Path) -> ModelBundle:
     """Rebuild the model and its preprocessing; the weights are never downloaded again."""
-    return bundle_from_payload(read_payload(path), path)
+    return bundle_from_payload(read_model_file(path).payload, path)
 
 
 def bundle_from_payload(payload: dict[str, Any], path: str | Path) -> ModelBundle:
-    """The model of a `read_payload` result; `path` names the file in errors."""
+    """The model of a `read_model_file` payload; `path` names the file in errors."""
     try:
         model = _build_model(payload)
         preprocessing = Preprocessing.from_dict(payload["preprocessing"])

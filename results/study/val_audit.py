@@ -27,9 +27,10 @@ AUDITED = ("4", "5")  # the studies whose plans name this audit
 
 
 def pool(study: Study) -> list[tuple[str, Path]]:
-    """The baselines and every candidate whose float16 file exists."""
+    """The baselines (a missing one is reported, not skipped) and every candidate whose
+    float16 file exists."""
     runs = sorted(p for p in study.runs.iterdir() if p.is_dir()) if study.runs.is_dir() else []
-    baselines = [(name, path) for name, path in study.extra_models.items() if path.is_file()]
+    baselines = list(study.extra_models.items())
     return baselines + [
         (r.name, r / study.model_file) for r in runs if (r / study.model_file).is_file()
     ]
@@ -57,6 +58,9 @@ def main() -> None:
     print("| model | " + " | ".join(f"{v} AUC" for v in VIEWS) + " | CAM frame share P / N |")
     print("| --- |" + " --- |" * (len(VIEWS) + 1))
     for name, model in pool(study):
+        if not model.is_file():
+            print(f"| {name} | not found: {model} |")
+            continue
         result = audit(study, name, model)
         energy = result.get("gradcam_frame_energy", {}).get("per_class", {})
         share = " / ".join(
