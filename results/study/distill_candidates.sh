@@ -43,3 +43,15 @@ run_one() {
   fi
   echo "$name: done in $(( $(date +%s) - start )) s"
 }
+
+# `run_candidates "DEFAULT ..." [NAME ...]`: each named candidate (default: the plan's list, in
+# its order) through `run_one`, with the flags the calling script's `args_for NAME` prints.
+run_candidates() {
+  local defaults=$1 name extra
+  shift
+  local names=("$@")
+  [ ${#names[@]} -eq 0 ] && read -r -a names <<< "$defaults"
+  for name in "${names[@]}"; do
+    extra=$(args_for "$name") && run_one "$name" "$extra"
+  done
+}

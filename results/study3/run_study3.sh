@@ -17,8 +17,4 @@ args_for() {
   esac
 }
 
-CANDIDATES=("$@")
-[ ${#CANDIDATES[@]} -eq 0 ] && CANDIDATES=(d0_lite0_s31 d1_lite1_s32 d2_lite0_s33)
-for name in "${CANDIDATES[@]}"; do
-  extra=$(args_for "$name") && run_one "$name" "$extra"
-done
+run_candidates "d0_lite0_s31 d1_lite1_s32 d2_lite0_s33" "$@"

@@ -22,8 +22,4 @@ args_for() {
   esac
 }
 
-CANDIDATES=("$@")
-[ ${#CANDIDATES[@]} -eq 0 ] && CANDIDATES=(f1_lite0_s31_fill f2_lite0_s31_fillcrop)
-for name in "${CANDIDATES[@]}"; do
-  extra=$(args_for "$name") && run_one "$name" "$extra"
-done
+run_candidates "f1_lite0_s31_fill f2_lite0_s31_fillcrop" "$@"

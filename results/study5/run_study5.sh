@@ -19,8 +19,4 @@ args_for() {
   esac
 }
 
-CANDIDATES=("$@")
-[ ${#CANDIDATES[@]} -eq 0 ] && CANDIDATES=(g1_lite0_s35_fillcrop_long g2_lite0_s36_fillcrop_long)
-for name in "${CANDIDATES[@]}"; do
-  extra=$(args_for "$name") && run_one "$name" "$extra"
-done
+run_candidates "g1_lite0_s35_fillcrop_long g2_lite0_s36_fillcrop_long" "$@"
