@@ -78,10 +78,8 @@ STUDIES = {
         Path("outputs/study5"),
         Path("outputs/study5_eval"),
         "final_fp16.pt",
-        {  # the baseline is the one of these that study 3's rule leaves shipped
-            "d0_lite0_s31": Path("outputs/study3/d0_lite0_s31/final_fp16.pt"),
-            "d2_lite0_s33": Path("outputs/study3/d2_lite0_s33/final_fp16.pt"),
-        },
+        # the baseline B: study 3's rule left d0 shipped (late d2 not eligible, its RESULTS.md)
+        {"d0_lite0_s31": Path("outputs/study3/d0_lite0_s31/final_fp16.pt")},
         Path("outputs/study3/d0_lite0_s31/split.csv"),
     ),
 }
