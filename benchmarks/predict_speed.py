@@ -4,7 +4,9 @@ What a user waits for: the command on a folder of files, decoding included. The 
 every official test image `--copies` times (symbolic links, 624 x 3 = 1,872 files by default).
 Each (model, engine) is run once on a small warm-up folder (it builds and caches the ONNX
 export), then timed on the whole folder, all in one run of this script so the machine is the
-same for every figure. Then the default engine's labels are compared with `--engine torch`'s
+same for every figure; with `--repeats N` the timed runs alternate between the models N times
+and each figure is the median (runs of one command vary by 5-10% on a shared 2-core machine).
+Then the default engine's labels are compared with `--engine torch`'s
 on the 624 test images (PyTorch float32, the reference).
 
 Run: `.venv/bin/python benchmarks/predict_speed.py --model_path NEW.pt --baseline_path OLD.pt`
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -61,6 +64,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=shared, help="the kermany_224 folder")
     parser.add_argument("--copies", type=int, default=3)
     parser.add_argument("--engines", nargs="+", default=["onnx", "auto"])
+    parser.add_argument("--repeats", type=int, default=1, help="alternating timed runs each")
     args = parser.parse_args()
     test_files = sorted((args.data / "test").glob("*/*.jpeg"))
     with tempfile.TemporaryDirectory(prefix="predict_speed_") as tmp:
@@ -70,17 +74,24 @@ def main() -> None:
         models = {"model": args.model_path}
         if args.baseline_path:
             models["baseline"] = args.baseline_path
-        rates: dict[tuple[str, str], float] = {}
-        for name, path in models.items():
+        for path in models.values():
             for engine in args.engines:
                 _predict(path, engine, work / "warmup", work / "warmup.csv")
-                seconds = _predict(path, engine, work / "all", work / f"{name}_{engine}.csv")
-                rates[name, engine] = n / seconds
-                print(
-                    f"{name} ({path.name}), --engine {engine}: {n} files in {seconds:.1f} s, "
-                    f"{n / seconds:.1f} img/s",
-                    flush=True,
-                )
+        runs: dict[tuple[str, str], list[float]] = {}
+        for repeat in range(args.repeats):
+            for name, path in models.items():
+                for engine in args.engines:
+                    seconds = _predict(path, engine, work / "all", work / f"{name}_{engine}.csv")
+                    runs.setdefault((name, engine), []).append(n / seconds)
+                    print(
+                        f"run {repeat + 1}: {name} ({path.name}), --engine {engine}: {n} files "
+                        f"in {seconds:.1f} s, {n / seconds:.1f} img/s",
+                        flush=True,
+                    )
+        rates = {key: statistics.median(values) for key, values in runs.items()}
+        if args.repeats > 1:
+            for (name, engine), rate in rates.items():
+                print(f"{name}, --engine {engine}: median {rate:.1f} img/s of {args.repeats}")
         if args.baseline_path:
             for engine in args.engines:
                 ratio = rates["model", engine] / rates["baseline", engine]

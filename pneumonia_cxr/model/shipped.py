@@ -10,11 +10,11 @@ from pneumonia_cxr.data.split import file_sha256
 from pneumonia_cxr.errors import ModelFileError
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
-SHIPPED_MODEL_FILE = "pneumonia_cxr_effnet_lite0_distilled.pt"
-SHIPPED_METRICS_FILE = "pneumonia_cxr_effnet_lite0_distilled.test_metrics.json"
+SHIPPED_MODEL_FILE = "pneumonia_cxr_effnet_lite0_distilled_framefill.pt"
+SHIPPED_METRICS_FILE = "pneumonia_cxr_effnet_lite0_distilled_framefill.test_metrics.json"
 """Its evaluation on the official test split (a copy of results/kermany_test/metrics.json)."""
 SHIPPED_MODEL_SHA256: str | None = (
-    "205aae8fbe0668aa9d0563b4b51a691d4f680cd07a3668c4e170f8c27f7b528d"
+    "cec57782ddbb74a2d1342c142f6f0ba6d48d9c6edab328df7475edc15cafcae8"
 )
 """None until a model is committed: then every load checks the file against this digest."""
 
