@@ -202,12 +202,12 @@ def _read_ahead(batches: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
     """The same batches, each decoded by a reader thread while the caller scores the one before.
 
     Decoding and the JPEG step release the GIL and fill the gaps that ONNX Runtime's and
-    OpenVINO's thread pools leave (a few percent on 1,872 test files, benchmarks/
-    predict_speed.py). The reader runs PyTorch on one thread: those pools own the cores, and on
-    one small image PyTorch's intra-op threads cost more than they give (the JPEG step and the
-    normalisation ran several times slower on two threads than on one). PyTorch fixes a
-    thread's count at its first call, so the caller's thread keeps all of its own. Not in the
-    service: one request is one image.
+    OpenVINO's thread pools leave (0.4-0.9 s of 18 s on 1,872 test files in alternated runs
+    here, within the noise in others: a small gain, never a loss measured). The reader runs
+    PyTorch on one thread: those pools own the cores, and on one small image PyTorch's
+    intra-op threads cost more than they give (the JPEG step and the normalisation ran several
+    times slower on two threads than on one). PyTorch fixes a thread's count at its first call,
+    so the caller's thread keeps all of its own. Not in the service: one request is one image.
     """
     reader = ThreadPoolExecutor(1, thread_name_prefix=READER_THREAD)
     try:
