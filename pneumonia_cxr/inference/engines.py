@@ -348,7 +348,7 @@ def cached_onnx_engine(
     export costs seconds, so it is cached under a key of the weights and every metadata field
     (threshold, temperature, preprocessing, OOD cut-off, package version): a recalibrated or
     retrained model never reuses a stale export. A cached file that no longer opens is exported
-    again. A model *file* is looked up by its bytes instead (`cached_file_engine`).
+    again. A model *file* is looked up by its bytes instead (`file_export_path`).
 
     Args:
         bundle: A loaded model file.
@@ -360,35 +360,25 @@ def cached_onnx_engine(
         ImportError: onnx or the runtime is missing (names the extra to install).
     """
     key = hashlib.sha256(json.dumps(onnx_metadata(bundle), sort_keys=True).encode()).hexdigest()
-    path = Path(cache_dir or cache_root() / "onnx") / f"model-{key[:16]}.onnx"
-    return _cached_export(path, lambda: bundle, num_threads, runtime, precision)
+    path = _export_dir(cache_dir) / f"model-{key[:16]}.onnx"
+    return cached_export(
+        path, lambda: bundle, num_threads=num_threads, runtime=runtime, precision=precision
+    )
 
 
 def file_export_path(model_sha256: str, cache_dir: str | Path | None = None) -> Path:
-    """Where `cached_file_engine` keeps the export of the model file with these bytes; the
-    key also covers the code that reads model files and exports them, so an upgraded package
-    never reuses an export its own code would make differently."""
+    """Where the export of the model file with these bytes (`model_file.read_model_file`) is
+    cached: opening it needs no PyTorch network, which saves about half a second at every start
+    (timm's import and the network's construction, paid by one network as by an ensemble). A
+    rewritten file (recalibration) is a new key; the key also covers the code that reads model
+    files and exports them, so an upgraded package never reuses an export its own code would
+    make differently."""
     digest = hashlib.sha256(f"{_export_code_stamp()}:{model_sha256}".encode()).hexdigest()
-    return Path(cache_dir or cache_root() / "onnx") / f"file-{digest[:16]}.onnx"
+    return _export_dir(cache_dir) / f"file-{digest[:16]}.onnx"
 
 
-def cached_file_engine(
-    model_sha256: str,
-    load: Callable[[], ModelBundle],
-    cache_dir: str | Path | None = None,
-    *,
-    num_threads: int | None = None,
-    runtime: str = "onnx",
-    precision: str = "f32",
-) -> OnnxEngine:
-    """`cached_onnx_engine` for a `.pt` model file (`model_file.read_model_file`), keyed by
-    the file's bytes: a cache hit opens the export without building the PyTorch network,
-    which saves about half a second at every start (timm's import and the network's
-    construction, paid by one network as by an ensemble). A rewritten file (recalibration) is
-    a new key; `load()` gives the bundle on a miss.
-    """
-    path = file_export_path(model_sha256, cache_dir)
-    return _cached_export(path, load, num_threads, runtime, precision)
+def _export_dir(cache_dir: str | Path | None) -> Path:
+    return Path(cache_dir or cache_root() / "onnx")
 
 
 @functools.cache
@@ -411,15 +401,16 @@ def _export_code_stamp() -> str:
     return digest.hexdigest()
 
 
-def _cached_export(
+def cached_export(
     path: Path,
     load: Callable[[], ModelBundle],
-    num_threads: int | None,
-    runtime: str,
-    precision: str,
+    *,
+    num_threads: int | None = None,
+    runtime: str = "onnx",
+    precision: str = "f32",
 ) -> OnnxEngine:
     """Open the cached export at `path` with the runtime, exporting `load()` there first when
-    it is missing or damaged."""
+    it is missing or damaged (`load` is only called then)."""
 
     def engine(path: Path) -> OnnxEngine:
         if runtime == "openvino":

@@ -35,7 +35,7 @@ from pneumonia_cxr.inference.engines import (
     OnnxEngine,
     OpenVinoEngine,
     TorchEngine,
-    cached_file_engine,
+    cached_export,
     cached_onnx_engine,
     file_export_path,
     resolve_device,
@@ -263,11 +263,12 @@ class Predictor:
             return cls(_first_runtime(runtimes, lambda r: _onnx_file_engine(path, r)), path)
         model_file = read_model_file(path)  # missing, foreign, corrupt: raised before any engine
         bundle = functools.cache(lambda: bundle_from_payload(model_file.payload, path))
-        if not file_export_path(model_file.sha256).is_file():
+        export = file_export_path(model_file.sha256)
+        if not export.is_file():
             bundle()  # no export stands in: build now, so an inconsistent file fails here, once
         return cls._on_engine(
             bundle,
-            lambda runtime: cached_file_engine(model_file.sha256, bundle, runtime=runtime),
+            lambda runtime: cached_export(export, bundle, runtime=runtime),
             device,
             path,
             engine=engine,
