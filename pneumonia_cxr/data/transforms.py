@@ -1,4 +1,5 @@
-"""Transforms built from the model's own preprocessing, so training and inference cannot drift."""
+"""Training's transforms: the model's own deterministic steps (`data.preprocess`, which inference
+uses alone) with torchvision's random ones around them, so training and inference cannot drift."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from pneumonia_cxr.config import AugmentConfig, Preprocessing
+from pneumonia_cxr.data import preprocess
 
 
 class RandomGamma(v2.Transform):
@@ -51,10 +53,11 @@ class RandomFrameFill(v2.Transform):
         return out
 
 
-def _resize(size: tuple[int, int], augment: AugmentConfig | None) -> v2.Transform:
+def _resize(preprocessing: Preprocessing, augment: AugmentConfig | None) -> v2.Transform:
     """The evaluation resize (bilinear, antialiased); with `resample_jitter`, one of several
     filters, so the model does not learn one resampler's fingerprint (originals vs copies)."""
-    exact = v2.Resize(size, antialias=True)
+    exact = v2.Lambda(preprocess.resize_step(preprocessing))
+    size = (preprocessing.image_size, preprocessing.image_size)
     if augment is None or not augment.resample_jitter:
         return exact
     modes = (v2.InterpolationMode.NEAREST, v2.InterpolationMode.BICUBIC)
@@ -106,45 +109,30 @@ def build_transforms(
     """Turn the loader's uint8 (1, H, W) gray tensor into normalized float (3, S, S) input.
 
     Resizing happens first, on uint8, so augmentation always works on the small image.
-    `augment=None` gives the deterministic evaluation pipeline, which is exactly
-    `evaluation_stages`' two parts one after the other.
+    `augment=None` gives the deterministic evaluation pipeline: `preprocess.evaluation_stages`'
+    steps one after the other.
     """
     return v2.Compose(_pixel_steps(preprocessing, augment) + _tensor_steps(preprocessing, augment))
 
 
-def evaluation_stages(preprocessing: Preprocessing) -> tuple[v2.Compose, v2.Compose]:
-    """The evaluation pipeline in two parts: per image on uint8 (resize, the JPEG step), then
-    on a stacked float batch (scale, channels, normalisation: the same arithmetic per element).
-    Scoring many files applies the second part once per batch: a quarter of the memory to
-    stack, no per-image Python overhead."""
-    return v2.Compose(_pixel_steps(preprocessing, None)), v2.Compose(
-        _tensor_steps(preprocessing, None)
-    )
-
-
 def _pixel_steps(preprocessing: Preprocessing, augment: AugmentConfig | None) -> list[v2.Transform]:
-    size = (preprocessing.image_size, preprocessing.image_size)
-    steps: list[v2.Transform] = [_resize(size, augment)]
+    steps: list[v2.Transform] = [_resize(preprocessing, augment)]
     if augment is not None and augment.jpeg_quality_min:
         # Re-encode at a random quality: the shared 224-px copies are JPEG q75, originals are not.
         # In training it replaces the model's fixed step below (its quality lies in the range).
         steps.append(v2.JPEG(quality=(augment.jpeg_quality_min, 100)))
-    elif preprocessing.jpeg_quality:
+    elif (fixed := preprocess.jpeg_step(preprocessing)) is not None:
         # The model's own compression step (deterministic): originals look like the copies.
-        # torchvision 0.29 deprecates this codec; the shipped model's thresholds were fitted
-        # through it, so a move to another encoder must re-check its committed test counts.
-        steps.append(v2.JPEG(quality=preprocessing.jpeg_quality))
+        steps.append(v2.Lambda(fixed))
     if augment is not None:
-        steps += _geometric(augment, size)
+        steps += _geometric(augment, (preprocessing.image_size, preprocessing.image_size))
     return steps
 
 
 def _tensor_steps(
     preprocessing: Preprocessing, augment: AugmentConfig | None
 ) -> list[v2.Transform]:
-    steps: list[v2.Transform] = [v2.ToDtype(torch.float32, scale=True)]
+    steps: list[v2.Transform] = [v2.Lambda(preprocess.to_unit_float)]
     if augment is not None:
         steps += _intensity(augment)
-    steps.append(v2.RGB() if preprocessing.channels == 3 else v2.Identity())
-    steps.append(v2.Normalize(mean=list(preprocessing.mean), std=list(preprocessing.std)))
-    return steps
+    return steps + [v2.Lambda(step) for step in preprocess.output_steps(preprocessing)]

@@ -21,11 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms import v2
 
 from pneumonia_cxr.data.discovery import ImageRecord
 from pneumonia_cxr.data.loader import decode_xray, load_xray
-from pneumonia_cxr.data.transforms import evaluation_stages
+from pneumonia_cxr.data.preprocess import Steps, evaluation_stages
 from pneumonia_cxr.data.workers import worker_init
 from pneumonia_cxr.errors import ImageLoadError, ModelFileError
 from pneumonia_cxr.inference import AUTO_CPU_ENGINES, ENGINES
@@ -234,7 +233,7 @@ class Predictor:
         # Files are finished batch by batch (the two stages); one image runs both in a row,
         # which is `build_transforms(preprocessing)` step for step.
         self._file_stages = evaluation_stages(engine.preprocessing)
-        self.transform = v2.Compose(list(self._file_stages))
+        self.transform = Steps([*self._file_stages[0].steps, *self._file_stages[1].steps])
 
     @classmethod
     def open(

@@ -15,13 +15,16 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
-from torchvision import models
 
 from pneumonia_cxr.config import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from pneumonia_cxr.errors import WeightsUnavailableError
+
+if TYPE_CHECKING:
+    from torchvision import models
 
 
 @dataclass(frozen=True)
@@ -120,9 +123,22 @@ def _resnet_features(model: models.ResNet) -> nn.Sequential:
     return nn.Sequential(OrderedDict((n, getattr(model, n)) for n in names))
 
 
-def _torchvision_resnet(arch: str, weights_enum) -> Callable[[str], nn.Module]:
+def _torchvision_models():
+    """torchvision's model zoo, imported when a network is built: not at import, because
+    inference from an exported file needs no network and torchvision's import costs ~1.2 s."""
+    from torchvision import models
+
+    return models
+
+
+def _torchvision_resnet(arch: str, weights_name: str) -> Callable[[str], nn.Module]:
+    """`weights_name`: the ImageNet weights, e.g. "ResNet50_Weights.IMAGENET1K_V2"."""
+
     def build(weights: str) -> nn.Module:
+        models = _torchvision_models()
         factory = getattr(models, arch)
+        enum_name, member = weights_name.split(".")
+        weights_enum = getattr(getattr(models, enum_name), member)
         if weights == "imagenet":
             return _resnet_features(_download(lambda: factory(weights=weights_enum), arch))
         features = _resnet_features(factory(weights=None))
@@ -139,6 +155,8 @@ _DENSENET_OLD_KEY = re.compile(
 
 
 def _densenet121(weights: str) -> nn.Module:
+    models = _torchvision_models()
+
     def wrap(model: models.DenseNet) -> nn.Module:
         # torchvision's DenseNet.forward applies ReLU after `features`; keep that here.
         return nn.Sequential(OrderedDict(features=model.features, relu=nn.ReLU()))
@@ -171,7 +189,7 @@ def _efficientnet_lite(variant: str) -> Callable[[str], nn.Module]:
 register(
     BackboneSpec(
         "resnet50",
-        _torchvision_resnet("resnet50", models.ResNet50_Weights.IMAGENET1K_V2),
+        _torchvision_resnet("resnet50", "ResNet50_Weights.IMAGENET1K_V2"),
         2048,
         "layer4",
         "layer3",
@@ -180,7 +198,7 @@ register(
 register(
     BackboneSpec(
         "resnet18",
-        _torchvision_resnet("resnet18", models.ResNet18_Weights.IMAGENET1K_V1),
+        _torchvision_resnet("resnet18", "ResNet18_Weights.IMAGENET1K_V1"),
         512,
         "layer4",
         "layer3",
