@@ -43,6 +43,8 @@ class Preprocessing:
             self.mean, self.std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
         self.mean = tuple(float(v) for v in self.mean)
         self.std = tuple(float(v) for v in self.std)
+        if not all(self.std):
+            raise ValueError(f"std must be non-zero in every channel, not {self.std}")
         if not 0 <= self.jpeg_quality <= 100:
             raise ValueError(f"jpeg_quality must be in 0..100 (0 = off), not {self.jpeg_quality}")
 

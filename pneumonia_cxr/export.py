@@ -6,8 +6,8 @@ nothing else.
 
 Graph contract (opset `DEFAULT_OPSET` unless asked otherwise):
 
-- input  ``image``: float32 (N, 3, S, S), already normalized by the transforms that
-  `build_transforms(preprocessing)` builds; N is dynamic.
+- input  ``image``: float32 (N, 3, S, S), already normalized by the model's own steps
+  (`data.preprocess.evaluation_transform(preprocessing)`); N is dynamic.
 - output ``logit``: float32 (N, 1), the network's raw PNEUMONIA logit (what PyTorch returns).
 - output ``probability``: float32 (N, 1), ``sigmoid(logit / temperature)`` = P(PNEUMONIA), traced
   from `model.decision.probability`. The temperature is baked into the graph so a

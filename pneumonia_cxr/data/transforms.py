@@ -56,7 +56,7 @@ class RandomFrameFill(v2.Transform):
 def _resize(preprocessing: Preprocessing, augment: AugmentConfig | None) -> v2.Transform:
     """The evaluation resize (bilinear, antialiased); with `resample_jitter`, one of several
     filters, so the model does not learn one resampler's fingerprint (originals vs copies)."""
-    exact = v2.Lambda(preprocess.resize_step(preprocessing))
+    exact = _step(preprocess.resize_step(preprocessing))
     size = (preprocessing.image_size, preprocessing.image_size)
     if augment is None or not augment.resample_jitter:
         return exact
@@ -123,7 +123,7 @@ def _pixel_steps(preprocessing: Preprocessing, augment: AugmentConfig | None) ->
         steps.append(v2.JPEG(quality=(augment.jpeg_quality_min, 100)))
     elif (fixed := preprocess.jpeg_step(preprocessing)) is not None:
         # The model's own compression step (deterministic): originals look like the copies.
-        steps.append(v2.Lambda(fixed))
+        steps.append(_step(fixed))
     if augment is not None:
         steps += _geometric(augment, (preprocessing.image_size, preprocessing.image_size))
     return steps
@@ -132,7 +132,13 @@ def _pixel_steps(preprocessing: Preprocessing, augment: AugmentConfig | None) ->
 def _tensor_steps(
     preprocessing: Preprocessing, augment: AugmentConfig | None
 ) -> list[v2.Transform]:
-    steps: list[v2.Transform] = [v2.Lambda(preprocess.to_unit_float)]
+    steps: list[v2.Transform] = [_step(preprocess.to_unit_float)]
     if augment is not None:
         steps += _intensity(augment)
-    return steps + [v2.Lambda(step) for step in preprocess.output_steps(preprocessing)]
+    return steps + [_step(step) for step in preprocess.output_steps(preprocessing)]
+
+
+def _step(step: preprocess.Step) -> v2.Transform:
+    """One of the model's own steps inside a v2 pipeline; applied to tensors only, so a label
+    passed along with the image is left alone."""
+    return v2.Lambda(step, torch.Tensor)

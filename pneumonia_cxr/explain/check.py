@@ -29,8 +29,8 @@ import torch
 
 from pneumonia_cxr import CLASS_NAMES
 from pneumonia_cxr.data.discovery import ImageRecord, list_images
+from pneumonia_cxr.data.preprocess import evaluation_transform
 from pneumonia_cxr.data.synthetic import SYNTHETIC_BOXES_FILE, read_opacity_boxes
-from pneumonia_cxr.data.transforms import build_transforms
 from pneumonia_cxr.errors import ImageLoadError
 from pneumonia_cxr.explain.gradcam import cam_class, model_cams
 from pneumonia_cxr.explain.sanity import pointing_game, randomization_test
@@ -73,7 +73,7 @@ def load_inputs(
     records: Sequence[ImageRecord], bundle: ModelBundle
 ) -> tuple[torch.Tensor, list[torch.Tensor], list[ImageRecord]]:
     """Model inputs and original pixels of the readable records; unreadable ones warned, skipped."""
-    transform = build_transforms(bundle.preprocessing)
+    transform = evaluation_transform(bundle.preprocessing)
     size = bundle.preprocessing.image_size
     inputs, originals, kept = [], [], []
     for record in records:

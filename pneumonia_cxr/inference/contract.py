@@ -14,7 +14,7 @@ MIN_IMAGE_SIZE = 32
 """Smallest model input the registered backbones accept (five stride-2 stages: 32 -> 1 px)."""
 
 SUPPORTED_RESIZE: frozenset[str] = frozenset({"squash"})
-"""Resize modes `build_transforms` implements; a model file asking for another is refused."""
+"""Resize modes `data.preprocess.resize` implements; a model file asking for another is refused."""
 
 _MEAN_STD_TOLERANCE = 1e-6
 

@@ -177,7 +177,8 @@ class OnnxEngine:
     Attributes:
         path: The .onnx file.
         preprocessing, threshold, threshold_rule, temperature, class_names: as stored by
-            `export_onnx`, so `build_transforms(predictor.preprocessing)` gives its input.
+            `export_onnx`, so `data.preprocess.evaluation_transform(preprocessing)` gives its
+            input.
         backbone_name: The backbone the file was exported from.
         metadata: The whole metadata document.
     """
@@ -236,7 +237,7 @@ class OnnxEngine:
             raise ValueError(
                 f"{self.path.name} takes normalized images of shape (N, {expected[0]}, {size}, "
                 f"{size}); got {tuple(array.shape)}. Build them with "
-                "build_transforms(predictor.preprocessing)."
+                "Predictor.transform (data.preprocess.evaluation_transform)."
             )
         return array
 

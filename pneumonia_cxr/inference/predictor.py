@@ -230,10 +230,10 @@ class Predictor:
     def __init__(self, engine: Engine, source: str | Path = "model file") -> None:
         check_model_contract(engine, source)
         self.engine, self.source = engine, str(source)
-        # Files are finished batch by batch (the two stages); one image runs both in a row,
-        # which is `build_transforms(preprocessing)` step for step.
+        # Files are finished batch by batch (the two stages); one image runs both in a row
+        # (training's `build_transforms(preprocessing)` wraps the same steps).
         self._file_stages = evaluation_stages(engine.preprocessing)
-        self.transform = Steps([*self._file_stages[0].steps, *self._file_stages[1].steps])
+        self.transform = Steps(*self._file_stages)
 
     @classmethod
     def open(

@@ -15,6 +15,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 import torch
@@ -123,7 +124,7 @@ def _resnet_features(model: models.ResNet) -> nn.Sequential:
     return nn.Sequential(OrderedDict((n, getattr(model, n)) for n in names))
 
 
-def _torchvision_models():
+def _torchvision_models() -> ModuleType:
     """torchvision's model zoo, imported when a network is built: not at import, because
     inference from an exported file needs no network and torchvision's import costs ~1.2 s."""
     from torchvision import models
@@ -137,9 +138,8 @@ def _torchvision_resnet(arch: str, weights_name: str) -> Callable[[str], nn.Modu
     def build(weights: str) -> nn.Module:
         models = _torchvision_models()
         factory = getattr(models, arch)
-        enum_name, member = weights_name.split(".")
-        weights_enum = getattr(getattr(models, enum_name), member)
         if weights == "imagenet":
+            weights_enum = models.get_weight(weights_name)
             return _resnet_features(_download(lambda: factory(weights=weights_enum), arch))
         features = _resnet_features(factory(weights=None))
         if weights != "none":
