@@ -10,7 +10,13 @@ from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 
-from pneumonia_cxr.config import NORMALIZATIONS, AugmentConfig, RunConfig
+from pneumonia_cxr.config import (
+    MONITORS,
+    NORMALIZATIONS,
+    TYPE_HEAD_MODES,
+    AugmentConfig,
+    RunConfig,
+)
 from pneumonia_cxr.data import SPLITS
 from pneumonia_cxr.errors import PneumoniaCxrError
 from pneumonia_cxr.evaluation import THRESHOLD_RULES
@@ -98,6 +104,27 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
         help="fine-tune this trained model file (one network; its backbone, head and "
         "preprocessing are kept) on --dataset_path, with a fresh patient split",
     )
+    parser.add_argument(
+        "--type_head",
+        choices=TYPE_HEAD_MODES,
+        default=d.model.type_head,
+        help="a second head for P(VIRAL | PNEUMONIA), trained on the pneumonia images of known "
+        "type (Kermany names, PNEUMONIA/BACTERIAL|VIRAL folders, or labels.csv): on, auto "
+        "(when both types are present), off",
+    )
+    parser.add_argument(
+        "--type_loss_weight",
+        type=float,
+        default=d.train.type_loss_weight,
+        help="weight of the type head's loss beside the pneumonia loss",
+    )
+    parser.add_argument(
+        "--monitor",
+        choices=MONITORS,
+        default=d.train.monitor,
+        help="validation metric of the best checkpoint, early stopping and the LR plateau "
+        "(val_mean_auc: the mean of the pneumonia and the type AUC)",
+    )
     parser.add_argument("--seed", type=int, default=d.train.seed)
     parser.add_argument("--accelerator", default=d.train.accelerator)
     parser.add_argument("--devices", default=d.train.devices)
@@ -150,6 +177,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     for item in fields(AugmentConfig):
         setattr(data.augment, item.name, getattr(args, f"aug_{item.name}"))
     train.early_stopping_patience = args.patience
+    model.type_head, train.type_loss_weight = args.type_head, args.type_loss_weight
+    train.monitor = args.monitor
     train.threshold_rule, train.min_sensitivity = args.threshold_rule, args.min_sensitivity
     train.calibrate = args.calibrate
     train.output_dir, train.run_name, train.seed = args.output_dir, args.run_name, args.seed

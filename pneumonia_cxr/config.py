@@ -13,6 +13,8 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 T = TypeVar("T")
 
 NORMALIZATIONS: tuple[str, ...] = ("imagenet", "unit")
+TYPE_HEAD_MODES: tuple[str, ...] = ("off", "on", "auto")
+MONITORS: tuple[str, ...] = ("val_auc", "val_type_auc", "val_mean_auc")
 
 
 @dataclass
@@ -110,6 +112,13 @@ class ModelConfig:
     """Stage 2 unfreezes this many of the backbone's top layers; -1 unfreezes all."""
     init_from: str | None = None
     """A trained model file whose network (and preprocessing) this run starts from."""
+    type_head: str = "off"
+    """The bacterial-vs-viral head (issue 27): "on" (the training split must carry both types),
+    "auto" (when it does), "off"."""
+
+    def __post_init__(self) -> None:
+        if self.type_head not in TYPE_HEAD_MODES:
+            raise ValueError(f"type_head must be one of {TYPE_HEAD_MODES}, not {self.type_head!r}")
 
 
 @dataclass
@@ -123,6 +132,10 @@ class TrainConfig:
     label_smoothing: float = 0.0
     """BCE targets become y * (1 - s) + s / 2: less extreme logits, which transfer better."""
     monitor: str = "val_auc"
+    """Best checkpoint, early stopping and the LR plateau follow it: "val_auc" (pneumonia),
+    "val_type_auc" or "val_mean_auc" (the mean of both; needs a type head)."""
+    type_loss_weight: float = 1.0
+    """Weight of the type head's BCE beside the pneumonia BCE."""
     early_stopping_patience: int = 3
     lr_patience: int = 1
     lr_factor: float = 0.2
@@ -140,6 +153,10 @@ class TrainConfig:
     run_name: str | None = None
     limit_train_batches: float | int | None = None
     limit_val_batches: float | int | None = None
+
+    def __post_init__(self) -> None:
+        if self.monitor not in MONITORS:
+            raise ValueError(f"monitor must be one of {MONITORS}, not {self.monitor!r}")
 
 
 @dataclass

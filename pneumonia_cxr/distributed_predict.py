@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from pneumonia_cxr.inference.predictor import Predictor
@@ -32,14 +31,15 @@ class ScoringModule(L.LightningModule):
         self.predictor = predictor
         self.scoring = predictor.engine.scoring  # a submodule: Lightning places it
 
+    def on_predict_start(self) -> None:
+        # Lightning has placed the network on this rank's device; the engine scores there.
+        self.predictor.engine.device = self.device
+
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[tuple[int, dict]]:
         out: list[tuple[int, dict]] = [(i, {"error": e}) for i, e in batch["errors"]]
         if batch["image"] is not None:
-            images = batch["image"].to(self.device).contiguous(memory_format=torch.channels_last)
-            logits, ood = self.scoring(images)
-            scores = self.predictor.scores_from_outputs(
-                logits[:, 0].float().cpu().numpy(), ood.float().cpu().numpy().reshape(-1)
-            )
+            # The engine's own score (its float32-without-TF32 setting included), no copy of it.
+            scores = self.predictor.scores(batch["image"])
             for index, result in zip(batch["index"], self.predictor.results(scores), strict=True):
                 out.append((index, vars(result)))
         return out

@@ -48,6 +48,8 @@ INPUT_NAME = "image"
 LOGIT_OUTPUT = "logit"
 PROBABILITY_OUTPUT = "probability"
 OOD_OUTPUT = "ood_score"
+TYPE_OUTPUT = "type_logit"
+"""Only in the graph of a model with a pneumonia type head: VIRAL-vs-BACTERIAL logit (N,)."""
 
 DEFAULT_OPSET = 17
 """Old enough for every current runtime (ONNX Runtime >= 1.14, TensorRT, OpenVINO); ResNet and
@@ -75,10 +77,19 @@ class _ExportedGraph(nn.Module):
         super().__init__()
         self.scoring = bundle.scoring_model()
         self.temperature = float(bundle.temperature)
+        self.typed = bundle.type_decision is not None
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        logit, ood_score = self.scoring(image)
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        logit, ood_score, type_logit = self.scoring(image)
+        if self.typed:
+            return logit, probability(logit, self.temperature), ood_score, type_logit
         return logit, probability(logit, self.temperature), ood_score
+
+
+def output_names(bundle: ModelBundle) -> list[str]:
+    """The graph's outputs, in order: the type's only when the model has a type head."""
+    names = [LOGIT_OUTPUT, PROBABILITY_OUTPUT, OOD_OUTPUT]
+    return [*names, TYPE_OUTPUT] if bundle.type_decision is not None else names
 
 
 def onnx_metadata(bundle: ModelBundle) -> dict[str, Any]:
@@ -107,6 +118,9 @@ def onnx_metadata(bundle: ModelBundle) -> dict[str, Any]:
         "data_fingerprint": bundle.data_fingerprint,
         "calibration": bundle.extra.get("calibration"),
         "min_sensitivity": bundle.extra.get("min_sensitivity"),
+        "type_decision": (
+            bundle.type_decision.to_payload() if bundle.type_decision is not None else None
+        ),
         "package_version": __version__,
         "trained_with_package_version": bundle.package_version,
         "input": {
@@ -145,13 +159,8 @@ def _trace_to_onnx(bundle: ModelBundle, target: Path, opset: int) -> None:
             str(target),
             dynamo=False,
             input_names=[INPUT_NAME],
-            output_names=[LOGIT_OUTPUT, PROBABILITY_OUTPUT, OOD_OUTPUT],
-            dynamic_axes={
-                INPUT_NAME: {0: "batch"},
-                LOGIT_OUTPUT: {0: "batch"},
-                PROBABILITY_OUTPUT: {0: "batch"},
-                OOD_OUTPUT: {0: "batch"},
-            },
+            output_names=output_names(bundle),
+            dynamic_axes={name: {0: "batch"} for name in [INPUT_NAME, *output_names(bundle)]},
             opset_version=opset,
             do_constant_folding=True,
         )

@@ -40,6 +40,9 @@ ROW_COLUMNS: tuple[str, ...] = (
     "error",
 )
 """Columns of every prediction table; `heatmap` is added when overlays are written."""
+TYPE_COLUMNS: tuple[str, ...] = ("p_viral", "pneumonia_type")
+"""Added after `label` by a model with a pneumonia type head (`pneumonia_type` blank unless the
+label is PNEUMONIA and the image in distribution)."""
 
 
 @dataclass
@@ -54,6 +57,9 @@ class PredictionRow:
     out_of_distribution: bool | None = None
     error: str = ""
     heatmap: str = ""
+    p_viral: float | None = None
+    """P(VIRAL | PNEUMONIA) of a model with a type head; None otherwise."""
+    pneumonia_type: str = ""
 
     @property
     def ok(self) -> bool:
@@ -181,6 +187,7 @@ def _fill_rows(rows: list[PredictionRow], batch: ScoredBatch, predictor: Predict
         row = rows[index]
         row.probability, row.label = result.probability, result.label
         row.ood_score, row.out_of_distribution = result.ood_score, result.out_of_distribution
+        row.p_viral, row.pneumonia_type = result.p_viral, result.pneumonia_type
 
 
 class _OverlayWriter:
@@ -213,8 +220,18 @@ class _OverlayWriter:
             rows[index].heatmap = str(target)
 
 
+def table_columns(*, typed: bool, heatmap: bool = False) -> list[str]:
+    """The table's columns: the type's after `label` for a model with a type head."""
+    at = ROW_COLUMNS.index("label") + 1
+    columns = [*ROW_COLUMNS[:at], *(TYPE_COLUMNS if typed else ()), *ROW_COLUMNS[at:]]
+    return [*columns, "heatmap"] if heatmap else columns
+
+
 def _columns(rows: Sequence[PredictionRow]) -> list[str]:
-    return [*ROW_COLUMNS, "heatmap"] if any(row.heatmap for row in rows) else list(ROW_COLUMNS)
+    return table_columns(
+        typed=any(row.p_viral is not None for row in rows),
+        heatmap=any(row.heatmap for row in rows),
+    )
 
 
 def _record(row: PredictionRow, columns: Sequence[str]) -> dict[str, Any]:
@@ -234,6 +251,8 @@ def rows_to_csv(rows: Sequence[PredictionRow], columns: Sequence[str] | None = N
             record["probability"] = f"{record['probability']:.6f}"
         if record["ood_score"] is not None:
             record["ood_score"] = f"{record['ood_score']:.4f}"
+        if record.get("p_viral") is not None:
+            record["p_viral"] = f"{record['p_viral']:.6f}"
         writer.writerow(record)
     return buffer.getvalue()
 

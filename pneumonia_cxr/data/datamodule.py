@@ -31,6 +31,7 @@ def records_dataset(
     preprocessing: Preprocessing,
     augment=None,
     clock: EpochClock | None = None,
+    types: Sequence[int] | None = None,
 ) -> XrayDataset:
     """Dataset over ImageRecords with transforms from the model's preprocessing."""
     return XrayDataset(
@@ -39,6 +40,7 @@ def records_dataset(
         build_transforms(preprocessing, augment),
         min_side=preprocessing.image_size,
         clock=clock,
+        types=types,
     )
 
 
@@ -53,20 +55,27 @@ class XrayDataModule(L.LightningDataModule):
         preprocessing: Preprocessing,
         test: Sequence[ImageRecord] = (),
         seed: int = 42,
+        types: tuple[Sequence[int], Sequence[int]] | None = None,
     ) -> None:
+        """`types`: (train, val) pneumonia types (`data.pneumonia_types`) for a type head."""
         super().__init__()
         self.train_records, self.val_records, self.test_records = list(train), list(val), list(test)
         self.config, self.preprocessing, self.seed = config, preprocessing, seed
         self.clock = EpochClock(seed)
         """(stage, epoch) of the training loader: order and augmentation derive from it."""
+        self.train_types, self.val_types = types if types is not None else (None, None)
         self.train_set = records_dataset(
-            self.train_records, preprocessing, config.augment, self.clock
+            self.train_records, preprocessing, config.augment, self.clock, self.train_types
         )
-        self.val_set = records_dataset(self.val_records, preprocessing)
+        self.val_set = records_dataset(self.val_records, preprocessing, types=self.val_types)
         self.test_set = records_dataset(self.test_records, preprocessing)
 
     def class_weights(self) -> tuple[float, float]:
         return balanced_class_weights([r.label for r in self.train_records])
+
+    def type_weights(self) -> tuple[float, float]:
+        """Balanced weights of BACTERIAL and VIRAL among the typed training images."""
+        return balanced_class_weights([t for t in self.train_types or () if t >= 0])
 
     def _loader(self, dataset: XrayDataset, shuffle: bool, sampler=None) -> DataLoader:
         workers = self.config.num_workers

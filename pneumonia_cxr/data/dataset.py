@@ -25,12 +25,17 @@ class XrayDataset(Dataset):
         transform: Callable[[torch.Tensor], torch.Tensor],
         min_side: int | None = None,
         clock: EpochClock | None = None,
+        types: Sequence[int] | None = None,
     ) -> None:
-        """`clock` (training only): seed each sample's augmentation per (epoch, index)."""
+        """`clock` (training only): seed each sample's augmentation per (epoch, index).
+        `types`: each image's pneumonia type (0 BACTERIAL, 1 VIRAL, -1 unknown or NORMAL)."""
         self.paths = [Path(p) for p in paths]
         self.labels = list(labels) if labels is not None else [-1] * len(self.paths)
         if len(self.labels) != len(self.paths):
             raise ValueError("paths and labels differ in length")
+        self.types = list(types) if types is not None else [-1] * len(self.paths)
+        if len(self.types) != len(self.paths):
+            raise ValueError("paths and types differ in length")
         self.transform = transform
         self.min_side = min_side
         self.clock = clock
@@ -53,6 +58,7 @@ class XrayDataset(Dataset):
         return {
             "image": image,
             "label": torch.tensor(float(self.labels[index])),
+            "type": torch.tensor(int(self.types[index])),
             "index": index,
         }
 
@@ -67,6 +73,7 @@ def collate_skipping_bad(samples: list[dict[str, Any]]) -> dict[str, Any]:
         else {
             "image": torch.empty(0),
             "label": torch.empty(0),
+            "type": torch.empty(0, dtype=torch.long),
             "index": torch.empty(0, dtype=torch.long),
         }
     )

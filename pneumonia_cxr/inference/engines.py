@@ -29,10 +29,12 @@ from pneumonia_cxr.export import (
     ONNX_FORMAT_VERSION,
     OOD_OUTPUT,
     PROBABILITY_OUTPUT,
+    TYPE_OUTPUT,
     export_onnx,
     onnx_metadata,
     require_optional,
 )
+from pneumonia_cxr.model.decision import TypeDecision
 from pneumonia_cxr.model.model_file import ModelBundle
 from pneumonia_cxr.storage import cache_root
 
@@ -48,6 +50,8 @@ class EngineOutput:
 
     logits: np.ndarray
     ood_scores: np.ndarray
+    type_logits: np.ndarray | None = None
+    """VIRAL-vs-BACTERIAL logits, shape (N,); None for a model without a type head."""
 
 
 class Engine(Protocol):
@@ -64,6 +68,8 @@ class Engine(Protocol):
     """The site calibration record of a `calibrate`d model file, else None."""
     min_sensitivity: float | None
     data_fingerprint: str | None
+    type_decision: TypeDecision | None
+    """How P(VIRAL | PNEUMONIA) becomes a type; None without a type head."""
 
     @property
     def backbone_names(self) -> tuple[str, ...]: ...
@@ -93,6 +99,7 @@ class TorchEngine:
         self.calibration = bundle.extra.get("calibration")
         self.min_sensitivity = bundle.extra.get("min_sensitivity")
         self.data_fingerprint = bundle.data_fingerprint
+        self.type_decision = bundle.type_decision
         self.scoring = bundle.scoring_model().to(
             device=self.device, memory_format=torch.channels_last
         )
@@ -108,9 +115,11 @@ class TorchEngine:
         # Full float32 on GPU too (no TF32): a probability next to the threshold must get the
         # label it gets on the CPU, where the threshold may have been fitted.
         with torch.inference_mode(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
-            logits, ood = self.scoring(images)
+            logits, ood, kinds = self.scoring(images)
         return EngineOutput(
-            logits[:, 0].float().cpu().numpy(), ood.float().cpu().numpy().reshape(-1)
+            logits[:, 0].float().cpu().numpy(),
+            ood.float().cpu().numpy().reshape(-1),
+            kinds.float().cpu().numpy().reshape(-1) if self.type_decision is not None else None,
         )
 
     def fingerprint(self) -> str:
@@ -206,12 +215,19 @@ class OnnxEngine:
             self.calibration = meta.get("calibration")
             self.min_sensitivity = meta.get("min_sensitivity")
             self.data_fingerprint = meta.get("data_fingerprint")
+            kind = meta.get("type_decision")
+            self.type_decision = TypeDecision.from_payload(kind) if kind else None
         except (KeyError, TypeError, ValueError) as error:
             raise ModelFileError(
                 f"{self.path}: pneumonia-cxr metadata is incomplete ({error}); export it again"
             ) from error
         self.metadata = meta
         self._has_ood_output = OOD_OUTPUT in outputs
+        if self.type_decision is not None and TYPE_OUTPUT not in outputs:
+            raise ModelFileError(
+                f"{self.path}: metadata names a pneumonia type head but the graph has no "
+                f"'{TYPE_OUTPUT}' output; export it again"
+            )
 
     def _open(self, num_threads: int | None) -> tuple[str | None, list[str], set[str]]:
         """Load the graph; return its raw metadata, input names and output names."""
@@ -258,10 +274,15 @@ class OnnxEngine:
         outputs = [LOGIT_OUTPUT]
         if self._has_ood_output:
             outputs.append(OOD_OUTPUT)
-        values = self._run(outputs, array)
-        logits = values[0].reshape(-1)
-        ood = values[1].reshape(-1) if self._has_ood_output else np.full_like(logits, np.nan)
-        return EngineOutput(logits, ood)
+        if self.type_decision is not None:
+            outputs.append(TYPE_OUTPUT)
+        values = dict(zip(outputs, self._run(outputs, array), strict=True))
+        logits = values[LOGIT_OUTPUT].reshape(-1)
+        ood = (
+            values[OOD_OUTPUT].reshape(-1) if self._has_ood_output else np.full_like(logits, np.nan)
+        )
+        kinds = values[TYPE_OUTPUT].reshape(-1) if TYPE_OUTPUT in values else None
+        return EngineOutput(logits, ood, kinds)
 
     def logits(self, images: torch.Tensor | np.ndarray) -> np.ndarray:
         """Raw PNEUMONIA logits, shape (N,)."""

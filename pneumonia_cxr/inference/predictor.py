@@ -60,6 +60,10 @@ class Scores:
     """NaN when the model carries no OOD statistics."""
     ood_flags: np.ndarray
     """True where the image is out of distribution (score above the model's cut-off)."""
+    type_logits: np.ndarray | None = None
+    """VIRAL-vs-BACTERIAL logits; None for a model without a type head."""
+    p_viral: np.ndarray | None = None
+    """P(VIRAL | PNEUMONIA) = sigmoid(type logit); None without a type head."""
 
     @classmethod
     def concat(cls, parts: Sequence[Scores]) -> Scores:
@@ -67,7 +71,14 @@ class Scores:
         if not parts:
             empty = np.zeros(0)
             return cls(empty, empty, empty.astype(np.int64), empty, empty.astype(bool))
-        return cls(*(np.concatenate([getattr(p, name) for p in parts]) for name in names))
+        typed = [p.type_logits is not None for p in parts]
+        extra = {}
+        if all(typed):
+            extra = {
+                name: np.concatenate([getattr(p, name) for p in parts])
+                for name in ("type_logits", "p_viral")
+            }
+        return cls(*(np.concatenate([getattr(p, name) for p in parts]) for name in names), **extra)
 
 
 @dataclass(frozen=True)
@@ -82,6 +93,11 @@ class ImageResult:
     ood_score: float | None
     """None when the model carries no OOD statistics."""
     out_of_distribution: bool | None
+    p_viral: float | None = None
+    """P(VIRAL | PNEUMONIA); None for a model without a type head."""
+    pneumonia_type: str = ""
+    """BACTERIAL or VIRAL at the model's type threshold, for an in-distribution image labelled
+    PNEUMONIA only; blank otherwise (a NORMAL image has no pneumonia type to name)."""
 
 
 @dataclass
@@ -363,29 +379,51 @@ class Predictor:
         original = decode_xray(data, name) if keep_original else gray
         return self.transform(gray), original
 
-    def scores_from_outputs(self, logits: np.ndarray, ood_scores: np.ndarray) -> Scores:
+    def scores_from_outputs(
+        self,
+        logits: np.ndarray,
+        ood_scores: np.ndarray,
+        type_logits: np.ndarray | None = None,
+    ) -> Scores:
         """Probability, decision and OOD flag from raw outputs: the only place they are made."""
         logits = np.asarray(logits, dtype=np.float64)
         probabilities = probability(logits, self.engine.temperature)
         ood_scores = np.asarray(ood_scores, dtype=np.float64)
         cutoff = self.engine.ood_cutoff
         flags = ood_scores > cutoff if cutoff is not None else np.zeros(len(logits), bool)
+        kinds = p_viral = None
+        if type_logits is not None and self.engine.type_decision is not None:
+            kinds = np.asarray(type_logits, dtype=np.float64)
+            p_viral = probability(kinds)
         return Scores(
-            logits, probabilities, decide(probabilities, self.threshold), ood_scores, flags
+            logits,
+            probabilities,
+            decide(probabilities, self.threshold),
+            ood_scores,
+            flags,
+            kinds,
+            p_viral,
         )
 
     def results(self, scores: Scores) -> list[ImageResult]:
         """One `ImageResult` per scored image, in order."""
         results = []
+        kind = self.engine.type_decision
         for position, p in enumerate(scores.probabilities):
             ood = float(scores.ood_scores[position])
             known = bool(np.isfinite(ood))
+            flagged = bool(scores.ood_flags[position]) if known else None
+            decision = int(scores.decisions[position])
+            p_viral = None if scores.p_viral is None else float(scores.p_viral[position])
+            named = p_viral is not None and kind is not None and decision == 1 and not flagged
             results.append(
                 ImageResult(
                     probability=float(p),
-                    label=self.label(int(scores.decisions[position])),
+                    label=self.label(decision),
                     ood_score=ood if known else None,
-                    out_of_distribution=bool(scores.ood_flags[position]) if known else None,
+                    out_of_distribution=flagged,
+                    p_viral=p_viral,
+                    pneumonia_type=kind.name(p_viral) if named else "",
                 )
             )
         return results
@@ -393,7 +431,7 @@ class Predictor:
     def scores(self, images: torch.Tensor) -> Scores:
         """Scores of a batch of model inputs (from `load_input` or `transform`)."""
         output = self.engine.score(images)
-        return self.scores_from_outputs(output.logits, output.ood_scores)
+        return self.scores_from_outputs(output.logits, output.ood_scores, output.type_logits)
 
     def input_loader(
         self,

@@ -18,15 +18,18 @@ from pneumonia_cxr import CLASS_NAMES, __version__
 from pneumonia_cxr.config import Preprocessing
 from pneumonia_cxr.errors import ModelFileError
 from pneumonia_cxr.model.classifier import PneumoniaNet
-from pneumonia_cxr.model.decision import probability
+from pneumonia_cxr.model.decision import TypeDecision, probability
 from pneumonia_cxr.model.ensemble import PneumoniaEnsemble
 from pneumonia_cxr.model.ood import OodScorer, ScoringModel
 from pneumonia_cxr.storage import atomic_torch_save
 
 FORMAT_NAME = "pneumonia-cxr-model"
-FORMAT_VERSION = 2
-"""2: a list of members (an ensemble of one or more networks) and optional OOD statistics;
+FORMAT_VERSION = 3
+"""3: a member may carry a pneumonia type head, and the file its `type_decision` (written only
+by files that have one: a binary model is still written as 2, so older packages read it);
+2: a list of members (an ensemble of one or more networks) and optional OOD statistics;
 version 1 files (one network at the top level) still load."""
+BINARY_FORMAT_VERSION = 2
 FINAL_MODEL_NAME = "final_pneumonia_model.pt"
 
 
@@ -47,6 +50,12 @@ class ModelBundle:
     ood: OodScorer | None = None
     stored_half: bool = False
     """The file keeps float16 weights: a rewrite (recalibration) keeps them so, losslessly."""
+    type_decision: TypeDecision | None = None
+    """How P(VIRAL | PNEUMONIA) becomes a type; None for a model without a type head."""
+
+    @property
+    def has_type_head(self) -> bool:
+        return all(m.has_type_head for m in self.model.members)
 
     @property
     def backbone_name(self) -> str:
@@ -91,6 +100,7 @@ def _member_payload(member: PneumoniaNet, dtype: torch.dtype) -> dict[str, Any]:
         "backbone": member.backbone_name,
         "head_dims": list(member.head_dims),
         "head_dropouts": list(member.head_dropouts),
+        **({"type_head": member.type_head_width} if member.has_type_head else {}),
         "state_dict": {
             k: v.detach().cpu().to(dtype) if v.is_floating_point() else v.detach().cpu()
             for k, v in member.state_dict().items()
@@ -103,9 +113,12 @@ def save_model(bundle: ModelBundle, path: str | Path, *, half: bool = False) -> 
     caller should fit the threshold on `round_to_half(model)` so the file is what was measured).
     """
     dtype = torch.float16 if half else torch.float32
+    typed = any(m.has_type_head for m in bundle.model.members)
+    if typed and (not bundle.has_type_head or bundle.type_decision is None):
+        raise ValueError("a model with a type head needs one on every member and a type_decision")
     payload = {
         "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
+        "format_version": FORMAT_VERSION if typed else BINARY_FORMAT_VERSION,
         "members": [_member_payload(m, dtype) for m in bundle.model.members],
         "ood": bundle.ood.to_payload() if bundle.ood is not None else None,
         "preprocessing": asdict(bundle.preprocessing),
@@ -118,6 +131,8 @@ def save_model(bundle: ModelBundle, path: str | Path, *, half: bool = False) -> 
         "package_version": bundle.package_version,
         "extra": bundle.extra,
     }
+    if typed:
+        payload["type_decision"] = bundle.type_decision.to_payload()
     atomic_torch_save(payload, path)
     return Path(path)
 
@@ -176,6 +191,7 @@ def _build_member(entry: dict[str, Any]) -> PneumoniaNet:
         weights="none",
         head_dims=tuple(entry["head_dims"]),
         head_dropouts=tuple(entry["head_dropouts"]),
+        type_head=entry.get("type_head"),
     )
     member.load_state_dict(
         {k: v.float() if v.is_floating_point() else v for k, v in entry["state_dict"].items()}
@@ -205,6 +221,12 @@ def bundle_from_payload(payload: dict[str, Any], path: str | Path) -> ModelBundl
         ood = OodScorer.from_payload(payload["ood"]) if payload.get("ood") else None
         if ood is not None:
             ood.check_matches(model)
+        heads = {m.has_type_head for m in model.members}
+        if len(heads) > 1:
+            raise ValueError("some members have a pneumonia type head and some do not")
+        type_decision = None
+        if heads == {True}:
+            type_decision = TypeDecision.from_payload(payload["type_decision"])
     except (KeyError, ValueError, RuntimeError, TypeError, AttributeError) as error:
         raise ModelFileError(
             f"{path}: model file is incomplete or inconsistent ({error})"
@@ -222,6 +244,7 @@ def bundle_from_payload(payload: dict[str, Any], path: str | Path) -> ModelBundl
         package_version=payload.get("package_version", "unknown"),
         extra=payload.get("extra", {}),
         ood=ood,
+        type_decision=type_decision,
         stored_half=any(
             tensor.dtype == torch.float16
             for entry in payload.get("members", [payload])

@@ -119,21 +119,30 @@ class OodScorer(nn.Module):
 
 class ScoringModel(nn.Module):
     """A classifier (one network or an ensemble) plus its OOD scorer, in one forward pass:
-    images -> (logit (N, 1), ood_score (N,)). Without a scorer, the score is NaN."""
+    images -> (logit (N, 1), ood_score (N,), type_logit (N,)). Without a scorer the OOD score
+    is NaN; without a type head (on every member) the type logit is NaN."""
 
     def __init__(self, classifier: nn.Module, ood: OodScorer | None = None) -> None:
         super().__init__()
         self.classifier, self.ood = classifier, ood
+        self.typed = all(m.has_type_head for m in classifier.members)
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.ood is None:
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        members = self.classifier.members
+        if self.ood is None and not self.typed:
             logits = self.classifier(images)
-            return logits, torch.full_like(logits[:, 0], float("nan"))
-        features = [member.features(images) for member in self.classifier.members]
+            nan = torch.full_like(logits[:, 0], float("nan"))
+            return logits, nan, nan
+        features = [member.features(images) for member in members]
         logits = torch.stack(
-            [member.head(f) for member, f in zip(self.classifier.members, features, strict=True)]
+            [member.head(f) for member, f in zip(members, features, strict=True)]
         ).mean(dim=0)
-        return logits, self.ood(features)
+        nan = torch.full_like(logits[:, 0], float("nan"))
+        ood = self.ood(features) if self.ood is not None else nan
+        if not self.typed:
+            return logits, ood, nan
+        kinds = [member.type_head(f) for member, f in zip(members, features, strict=True)]
+        return logits, ood, torch.stack(kinds).mean(dim=0)[:, 0]
 
 
 @torch.inference_mode()

@@ -50,6 +50,18 @@ def adopt_parent(config: RunConfig, path: str | Path) -> ModelBundle:
 
 
 def load_parent_weights(net: PneumoniaNet, path: str | Path) -> None:
-    """The run's starting weights (before stage 1, on every (re)start of an unfinished stage 1)."""
+    """The run's starting weights (before stage 1, on every (re)start of an unfinished stage 1).
+    A binary parent gives a run with a type head everything but that head, which starts fresh;
+    a parent's type head is dropped by a run without one."""
     parent = parent_model(path).model.members[0]
-    net.load_state_dict(parent.state_dict())
+    state = {
+        k: v
+        for k, v in parent.state_dict().items()
+        if net.has_type_head or not k.startswith("type_head.")
+    }
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    fresh = [k for k in missing if not k.startswith("type_head.")]
+    if fresh or unexpected:
+        raise ModelFileError(
+            f"{path}: weights do not fit the run's network ({fresh or unexpected})"
+        )

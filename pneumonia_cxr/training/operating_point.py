@@ -9,10 +9,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from pneumonia_cxr.data.discovery import ImageRecord
+from pneumonia_cxr.data.pneumonia_types import type_labels
 from pneumonia_cxr.evaluation.calibration import fit_temperature
 from pneumonia_cxr.evaluation.threshold import choose_threshold
 from pneumonia_cxr.inference.predictor import Predictor, RecordScores
-from pneumonia_cxr.model.decision import probability
+from pneumonia_cxr.model.decision import TYPE_RULE, TypeDecision, probability
 from pneumonia_cxr.model.model_file import ModelBundle
 
 
@@ -26,13 +27,18 @@ def fit_operating_point(
     batch_size: int = 32,
     num_workers: int = 0,
     device: str | None = None,
+    listed_types: dict[str, int] | None = None,
 ) -> RecordScores:
     """Store in `bundle` the threshold (and temperature) fitted on the validation records.
 
     The records are scored through the one inference path (`Predictor`), exactly as
     `evaluate` and `predict` will score images later. Returns the raw validation scores
-    (logits, OOD scores) with the labels of the readable records.
+    (logits, OOD scores) with the labels of the readable records. A model with a type head
+    also gets its type threshold (`TYPE_RULE`) from the validation pneumonia images of known
+    type (`data.pneumonia_types`; `listed_types` from a labels.csv).
     """
+    if bundle.has_type_head and bundle.type_decision is None:
+        bundle.type_decision = TypeDecision()  # provisional: the engine reports type logits
     predictor = Predictor.from_bundle(bundle, device, source="validation fit")
     result = predictor.score_records(val_records, batch_size=batch_size, num_workers=num_workers)
     if not result.kept:
@@ -43,4 +49,24 @@ def fit_operating_point(
     bundle.threshold = choose_threshold(labels, probs, rule, min_sensitivity)
     bundle.threshold_rule = rule
     bundle.extra.update(val_n=len(labels), min_sensitivity=min_sensitivity)
+    if bundle.has_type_head:
+        bundle.type_decision = fit_type_decision(
+            type_labels(result.kept, listed_types), result.scores.p_viral, "validation"
+        )
     return result
+
+
+def fit_type_decision(types, p_viral, where: str) -> TypeDecision:
+    """The type threshold by `TYPE_RULE` on the images of known type (-1 left out)."""
+    import numpy as np
+
+    types = np.asarray(types)
+    known = types >= 0
+    if len(set(types[known].tolist())) < 2:
+        raise ValueError(
+            f"{where}: pneumonia images of both types are needed to choose the type threshold"
+        )
+    threshold = choose_threshold(types[known], np.asarray(p_viral)[known], TYPE_RULE)
+    return TypeDecision(
+        threshold=threshold, rule=TYPE_RULE, fitted_on=f"{where} ({int(known.sum())} images)"
+    )

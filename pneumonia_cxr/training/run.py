@@ -16,11 +16,17 @@ from typing import Any
 import lightning as L
 import torch
 
-from pneumonia_cxr import __version__
+from pneumonia_cxr import TYPE_HEAD_HIDDEN, __version__
 from pneumonia_cxr.config import Preprocessing, RunConfig
 from pneumonia_cxr.data.datamodule import XrayDataModule
 from pneumonia_cxr.data.discovery import list_images, resolve_dataset
 from pneumonia_cxr.data.fingerprint import records_fingerprint
+from pneumonia_cxr.data.pneumonia_types import (
+    UNKNOWN,
+    check_trainable,
+    read_labels_csv,
+    type_labels,
+)
 from pneumonia_cxr.data.site import is_flat_site, list_site_images, read_patients_csv
 from pneumonia_cxr.data.split import (
     PatientSplit,
@@ -95,6 +101,9 @@ def _run_stage(
         lr_factor=config.train.lr_factor,
         teacher_probabilities=teacher,
         distill_alpha=config.distill.alpha,
+        type_loss_weight=config.train.type_loss_weight if net.has_type_head else 0.0,
+        type_class_weights=datamodule.type_weights() if net.has_type_head else None,
+        monitor=config.train.monitor,
     )
     trainer = make_trainer(config, paths, stage, epochs, extra_callbacks, datamodule.clock)
     resume_from, finished_epoch = intact_checkpoint(paths, stage)
@@ -204,14 +213,17 @@ def _train(
         config.data.jpeg_quality,
     )
     teacher = _teacher(config, split, paths)
+    listed = read_labels_csv(root)
+    types = _types(config, split, listed)
     datamodule = XrayDataModule(
-        split.train, split.val, config.data, preprocessing, seed=config.train.seed
+        split.train, split.val, config.data, preprocessing, seed=config.train.seed, types=types
     )
     net = PneumoniaNet(
         config.model.backbone,
         weights=config.model.weights,
         head_dims=config.model.head_dims,
         head_dropouts=config.model.head_dropouts,
+        type_head=TYPE_HEAD_HIDDEN if types is not None else None,
     )
     if config.model.init_from:
         from pneumonia_cxr.training.init_from import load_parent_weights
@@ -227,13 +239,42 @@ def _train(
     if not is_rank_zero():
         return paths.root
     _load_net_weights(net, _best_stage(progress)["best_checkpoint"])
-    bundle = finalize_model(net, config, preprocessing, datamodule, split)
+    bundle = finalize_model(net, config, preprocessing, datamodule, split, listed)
     save_model(bundle, paths.final_model)
     if paths.metrics.exists():
         plot_learning_curves(paths.metrics, paths.root / "learning_curves.png")
     _write_summary(paths, config, progress, bundle, datamodule, time.perf_counter() - started, root)
     link_latest(paths)
     return paths.root
+
+
+def _types(
+    config: RunConfig, split: PatientSplit, listed: dict[str, int]
+) -> tuple[list[int], list[int]] | None:
+    """(train, val) pneumonia types when the run has a type head (`model.type_head`), else None.
+    "on" refuses a split without both types; "auto" trains one only when both are present."""
+    mode = config.model.type_head
+    if mode == "off":
+        if config.train.monitor != "val_auc":
+            raise ValueError(f"--monitor {config.train.monitor} needs a type head (--type_head on)")
+        return None
+    train_types, val_types = type_labels(split.train, listed), type_labels(split.val, listed)
+    if mode == "on":
+        check_trainable(train_types)
+        check_trainable(val_types, "the validation split")
+    elif {t for t in train_types if t != UNKNOWN} != {0, 1}:
+        log.info("no type head: the training split does not carry both pneumonia types")
+        return None
+    unknown = sum(
+        1
+        for r, t in zip([*split.train, *split.val], [*train_types, *val_types], strict=True)
+        if r.label == 1 and t == UNKNOWN
+    )
+    if unknown:
+        log.warning(
+            "%d pneumonia image(s) of unknown type train the pneumonia question only", unknown
+        )
+    return train_types, val_types
 
 
 def _teacher(config: RunConfig, split: PatientSplit, paths: RunPaths) -> torch.Tensor | None:
@@ -260,8 +301,10 @@ def finalize_model(
     preprocessing: Preprocessing,
     datamodule: XrayDataModule,
     split: PatientSplit,
+    listed_types: dict[str, int] | None = None,
 ) -> ModelBundle:
-    """Threshold (and optional temperature) from the validation split, never from test."""
+    """Threshold (and optional temperature, and the type threshold) from the validation split,
+    never from test."""
     bundle = ModelBundle(
         model=net,
         preprocessing=preprocessing,
@@ -277,6 +320,7 @@ def finalize_model(
         calibrate=config.train.calibrate,
         batch_size=config.data.batch_size,
         num_workers=config.data.num_workers,
+        listed_types=listed_types,
     )
     bundle.model.cpu()
     return bundle
@@ -298,6 +342,7 @@ def _write_summary(paths, config, progress, bundle, datamodule, seconds, root) -
         "threshold": bundle.threshold,
         "threshold_rule": bundle.threshold_rule,
         "temperature": bundle.temperature,
+        "type_decision": bundle.type_decision.to_payload() if bundle.type_decision else None,
         "model_file": str(paths.final_model),
         "wall_seconds_this_invocation": round(seconds, 1),
         "package_version": __version__,
