@@ -27,10 +27,10 @@ from pneumonia_cxr.errors import PneumoniaCxrError
 from pneumonia_cxr.faults import kill_if
 from pneumonia_cxr.inference.predictor import Predictor
 from pneumonia_cxr.predict import (
-    ROW_COLUMNS,
     PredictionRow,
     iter_prediction_batches,
     rows_to_csv,
+    table_columns,
 )
 from pneumonia_cxr.storage import atomic_write_text
 
@@ -175,7 +175,12 @@ def score_archive(
     summary = Summary()
     done: dict[str, str] = {}
     kept: list[tuple[str, str]] = []
+    columns = table_columns(
+        typed=predictor.engine.type_decision is not None, heatmap=bool(gradcam_dir)
+    )
+    header = ",".join(columns)
     if resume and log.exists():
+        _check_header(output, header)
         finished = _read_done(output, log, model_sha256)
         # Whole batches only: the rest then falls into the batches an unbroken run scored.
         finished = finished[: len(finished) - len(finished) % batch_size]
@@ -184,8 +189,6 @@ def score_archive(
             if _signature(Path(path), content_hash) == signature:
                 done[path] = signature
                 kept.append((csv_line, record))
-    columns = [*ROW_COLUMNS, *(["heatmap"] if gradcam_dir else [])]
-    header = ",".join(columns)
     output.parent.mkdir(parents=True, exist_ok=True)
     # Start from the finished rows only (a killed run may have cut its last line).
     atomic_write_text(output, "\n".join([header, *(line for line, _ in kept)]) + "\n")
@@ -243,6 +246,19 @@ def score_archive(
     return summary
 
 
+def _check_header(output: Path, header: str) -> None:
+    """A resumed table must have this run's columns: rows of two layouts never share a file."""
+    if not output.exists():
+        return
+    with open(output, encoding="utf-8") as handle:
+        found = handle.readline().rstrip("\n")
+    if found and found != header:
+        raise ArchiveError(
+            f"{output}: its columns ({found}) differ from this run's ({header}): it was written "
+            "by another model or package version. Write to a new --output, or delete the old one"
+        )
+
+
 def _row_from_csv(values: dict[str, str]) -> PredictionRow:
     return PredictionRow(
         path=values["path"],
@@ -256,9 +272,14 @@ def merge_shards(inputs: Sequence[str | Path], output: str | Path) -> int:
     """Shard outputs -> one CSV (and progress file) in listing order, as one run writes it."""
     rows: list[tuple[int, str, str]] = []
     model: str | None = None
-    header = rows_to_csv([]).rstrip("\n")
+    header: str | None = None
     for raw in inputs:
         table = Path(raw)
+        with open(table, encoding="utf-8") as handle:
+            columns = handle.readline().rstrip("\n")
+        if header is not None and columns != header:
+            raise ArchiveError(f"{table}: its columns differ from the other shards'")
+        header = columns
         log = table.with_name(table.name + PROGRESS_SUFFIX)
         if not log.exists():
             raise ArchiveError(f"{log}: missing; merge needs each shard's progress file")
@@ -273,6 +294,7 @@ def merge_shards(inputs: Sequence[str | Path], output: str | Path) -> int:
     positions = [position for position, _, _ in rows]
     if len(set(positions)) != len(positions):
         raise ArchiveError("the shards overlap (a file scored twice): merge distinct shards")
+    header = header or rows_to_csv([]).rstrip("\n")
     atomic_write_text(output, "\n".join([header, *(line for _, line, _ in rows)]) + "\n")
     log_out = Path(output).with_name(Path(output).name + PROGRESS_SUFFIX)
     atomic_write_text(log_out, "\n".join([_HEADER + (model or ""), *(r for *_, r in rows)]) + "\n")

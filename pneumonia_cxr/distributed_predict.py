@@ -40,7 +40,8 @@ class ScoringModule(L.LightningModule):
         if batch["image"] is not None:
             # The engine's own score (its float32-without-TF32 setting included), no copy of it.
             scores = self.predictor.scores(batch["image"])
-            for index, result in zip(batch["index"], self.predictor.results(scores), strict=True):
+            results = self.predictor.results(scores, batch.get("facts"))
+            for index, result in zip(batch["index"], results, strict=True):
                 out.append((index, vars(result)))
         return out
 

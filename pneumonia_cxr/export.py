@@ -50,6 +50,8 @@ PROBABILITY_OUTPUT = "probability"
 OOD_OUTPUT = "ood_score"
 TYPE_OUTPUT = "type_logit"
 """Only in the graph of a model with a pneumonia type head: VIRAL-vs-BACTERIAL logit (N,)."""
+GUARD_OUTPUT = "guard_score"
+"""Only in the graph of a model with an applicability guard: its feature score (N,)."""
 
 DEFAULT_OPSET = 17
 """Old enough for every current runtime (ONNX Runtime >= 1.14, TensorRT, OpenVINO); ResNet and
@@ -78,18 +80,26 @@ class _ExportedGraph(nn.Module):
         self.scoring = bundle.scoring_model()
         self.temperature = float(bundle.temperature)
         self.typed = bundle.type_decision is not None
+        self.guarded = bundle.guard is not None
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        logit, ood_score, type_logit = self.scoring(image)
+        logit, ood_score, type_logit, guard_score = self.scoring(image)
+        outputs = [logit, probability(logit, self.temperature), ood_score]
         if self.typed:
-            return logit, probability(logit, self.temperature), ood_score, type_logit
-        return logit, probability(logit, self.temperature), ood_score
+            outputs.append(type_logit)
+        if self.guarded:
+            outputs.append(guard_score)
+        return tuple(outputs)
 
 
 def output_names(bundle: ModelBundle) -> list[str]:
-    """The graph's outputs, in order: the type's only when the model has a type head."""
+    """The graph's outputs, in order: the type's and the guard's only when the model has them."""
     names = [LOGIT_OUTPUT, PROBABILITY_OUTPUT, OOD_OUTPUT]
-    return [*names, TYPE_OUTPUT] if bundle.type_decision is not None else names
+    if bundle.type_decision is not None:
+        names.append(TYPE_OUTPUT)
+    if bundle.guard is not None:
+        names.append(GUARD_OUTPUT)
+    return names
 
 
 def onnx_metadata(bundle: ModelBundle) -> dict[str, Any]:
@@ -121,6 +131,18 @@ def onnx_metadata(bundle: ModelBundle) -> dict[str, Any]:
         "type_decision": (
             bundle.type_decision.to_payload() if bundle.type_decision is not None else None
         ),
+        "guard": (
+            {
+                "cutoff": bundle.guard.cutoff,
+                "quantile": bundle.guard.quantile,
+                "layers": list(bundle.guard.layers),
+                "fitted_on": bundle.guard.fitted_on,
+                "fingerprint": bundle.guard.fingerprint(),
+            }
+            if bundle.guard is not None
+            else None
+        ),
+        "intended_use": bundle.intended_use.to_payload(),
         "package_version": __version__,
         "trained_with_package_version": bundle.package_version,
         "input": {

@@ -37,6 +37,7 @@ ROW_COLUMNS: tuple[str, ...] = (
     "label",
     "ood_score",
     "out_of_distribution",
+    "reason",
     "error",
 )
 """Columns of every prediction table; `heatmap` is added when overlays are written."""
@@ -60,6 +61,8 @@ class PredictionRow:
     p_viral: float | None = None
     """P(VIRAL | PNEUMONIA) of a model with a type head; None otherwise."""
     pneumonia_type: str = ""
+    reason: str = ""
+    """Why the image is out of the model's use (the label is then not to be read)."""
 
     @property
     def ok(self) -> bool:
@@ -183,11 +186,13 @@ def _chunks(items: Iterable[Path], size: int) -> Iterator[list[Path]]:
 def _fill_rows(rows: list[PredictionRow], batch: ScoredBatch, predictor: Predictor) -> None:
     for index, message in batch.errors:
         rows[index].error = message
-    for index, result in zip(batch.indices, predictor.results(batch.scores), strict=True):
+    results = predictor.results(batch.scores, batch.facts)
+    for index, result in zip(batch.indices, results, strict=True):
         row = rows[index]
         row.probability, row.label = result.probability, result.label
         row.ood_score, row.out_of_distribution = result.ood_score, result.out_of_distribution
         row.p_viral, row.pneumonia_type = result.p_viral, result.pneumonia_type
+        row.reason = result.reason
 
 
 class _OverlayWriter:

@@ -33,3 +33,11 @@ def real_data_root() -> Path:
     if not value or not Path(value).is_dir():
         pytest.skip("real data absent: set PNEUMONIA_CXR_DATA to the kermany_224 folder")
     return Path(value)
+
+
+@pytest.fixture(scope="session")
+def session_tiny_model(tiny_synthetic: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny trained model file for the whole session (read-only: copy it to change it)."""
+    from tiny_runs import train_tiny_model
+
+    return train_tiny_model(tiny_synthetic, tmp_path_factory.mktemp("session_model"))

@@ -55,7 +55,7 @@ def unbroken(model: Path, archive: Path, tmp_path_factory: pytest.TempPathFactor
 
 def test_rows_stream_in_listing_order_with_bad_files_as_rows(unbroken: Path, archive: Path):
     lines = unbroken.read_text().splitlines()
-    assert lines[0] == "path,probability,label,ood_score,out_of_distribution,error"
+    assert lines[0] == "path,probability,label,ood_score,out_of_distribution,reason,error"
     listed = [str(p) for p in walk_files([archive])]
     assert [line.split(",")[0] for line in lines[1:]] == listed
     broken = [line for line in lines if "zz_broken" in line]

@@ -215,13 +215,13 @@ def test_a_reader_thread_decodes_on_one_torch_thread_only_beside_onnx_runtime(
     from pneumonia_cxr.inference import predictor as module
 
     decoded: list[tuple[str, int]] = []
-    real_load_input = module.load_input
+    real_load_input = module.load_input_with_facts
 
     def recording_load_input(*args, **kwargs):
         decoded.append((threading.current_thread().name, torch.get_num_threads()))
         return real_load_input(*args, **kwargs)
 
-    monkeypatch.setattr(module, "load_input", recording_load_input)
+    monkeypatch.setattr(module, "load_input_with_facts", recording_load_input)
     paths = sorted(folder.glob("*.png"))
     previous = torch.get_num_threads()
     torch.set_num_threads(2)  # so that one thread is a change even where the default is one

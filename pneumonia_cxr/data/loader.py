@@ -17,6 +17,7 @@ import errno
 import io
 import struct
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -123,6 +124,18 @@ def decode_xray(
     `name` is what error messages call the image (a file name); its suffix only matters for a
     preamble-less DICOM (.dcm/.dicom). Same result and same errors as `load_xray`.
     """
+    return _decode(data, name, min_side=min_side, max_pixels=max_pixels, facts=None)
+
+
+def _decode(
+    data: bytes,
+    name: str | Path,
+    *,
+    min_side: int | None,
+    max_pixels: int,
+    facts: dict | None,
+) -> torch.Tensor:
+    """The one decode; `facts`, when given, receives the `ImageFacts` fields."""
     if min_side is not None and min_side < 1:
         raise ValueError(f"min_side must be a positive number of pixels or None, not {min_side}")
     path = Path(name)
@@ -130,11 +143,60 @@ def decode_xray(
         raise EmptyFileError(path, "the file is empty (0 bytes); re-copy or re-export it")
     kind = _sniff_format(path, data)
     if kind in ("png", "jpeg"):
-        gray = _decode_pil(path, data, kind, min_side=min_side, max_pixels=max_pixels)
+        gray = _decode_pil(path, data, kind, min_side=min_side, max_pixels=max_pixels, facts=facts)
     else:
         ds = _read_dicom(path, data, forced=kind == "dicom-forced")
-        gray = _dicom_to_gray(path, ds, max_pixels=max_pixels)
+        gray = _dicom_to_gray(path, ds, max_pixels=max_pixels, facts=facts)
+        if facts is not None:
+            facts["dicom"] = {tag: _header_text(ds, tag) for tag in DICOM_FACT_TAGS}
     return torch.from_numpy(np.ascontiguousarray(gray, dtype=np.uint8)[None].copy())
+
+
+@dataclass
+class ImageFacts:
+    """What the file says about itself beyond its gray pixels, for the applicability guard
+    (`model.intended_use`): measured before the conversion to gray, which erases them. Not
+    frozen: Lightning's batch transfer (`predict --devices`) rebuilds dataclasses."""
+
+    chroma: float | None = None
+    """Mean colour distance from gray (YCbCr, 0..~180) of a colour-mode file; None for a
+    file stored as gray. A gray film stored as RGB (the Kermany JPEGs) measures about 0."""
+    dicom: dict[str, str] | None = None
+    """The DICOM header's PatientAge, ViewPosition, BodyPartExamined and Modality, as written
+    ("" where absent); None for a JPEG or PNG."""
+
+
+DICOM_FACT_TAGS: tuple[str, ...] = ("PatientAge", "ViewPosition", "BodyPartExamined", "Modality")
+_CHROMA_SIDE = 128
+
+
+def _chroma(img: Image.Image) -> float:
+    """Mean chroma of a small copy: sqrt((Cb-128)^2 + (Cr-128)^2) per pixel, averaged."""
+    small = img.convert("RGB")
+    small.thumbnail((_CHROMA_SIDE, _CHROMA_SIDE))
+    ycbcr = np.asarray(small.convert("YCbCr"), dtype=np.float64)
+    return float(np.mean(np.hypot(ycbcr[..., 1] - 128.0, ycbcr[..., 2] - 128.0)))
+
+
+def decode_xray_with_facts(
+    data: bytes,
+    name: str | Path,
+    *,
+    min_side: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> tuple[torch.Tensor, ImageFacts]:
+    """`decode_xray` and the file's `ImageFacts` (colour, DICOM header), from one decode."""
+    facts: dict = {}
+    gray = _decode(data, name, min_side=min_side, max_pixels=max_pixels, facts=facts)
+    return gray, ImageFacts(**facts)
+
+
+def load_xray_with_facts(
+    path: str | Path, *, min_side: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[torch.Tensor, ImageFacts]:
+    """`load_xray` and the file's `ImageFacts`."""
+    path = Path(path)
+    return decode_xray_with_facts(_read_bytes(path), path, min_side=min_side, max_pixels=max_pixels)
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -170,8 +232,26 @@ def _sniff_format(path: Path, data: bytes) -> str:
 # --- JPEG and PNG -------------------------------------------------------------------------
 
 
+def _header_text(ds: pydicom.Dataset, tag: str) -> str:
+    """A header value as text ("" when absent or unreadable: never a crash on a bad header)."""
+    try:
+        value = ds.get(tag, "")
+    except Exception:  # pydicom raises on malformed values only when they are read
+        return ""
+    return " ".join(str(value if value is not None else "").split())
+
+
+_COLOUR_MODES = frozenset({"RGB", "RGBA", "RGBX", "P", "PA", "CMYK"})
+
+
 def _decode_pil(
-    path: Path, data: bytes, kind: str, *, min_side: int | None, max_pixels: int
+    path: Path,
+    data: bytes,
+    kind: str,
+    *,
+    min_side: int | None,
+    max_pixels: int,
+    facts: dict | None = None,
 ) -> np.ndarray:
     """Decode JPEG/PNG bytes with PIL, refusing bombs before and truncation during decoding.
 
@@ -198,6 +278,8 @@ def _decode_pil(
         try:
             img.load()
             ImageOps.exif_transpose(img, in_place=True)
+            if facts is not None and img.mode in _COLOUR_MODES:
+                facts["chroma"] = _chroma(img)
             return _pil_to_gray(path, img)
         except Image.DecompressionBombError as exc:
             raise ImageTooLargeError(path, f"{exc}; downscale the image") from exc
@@ -295,7 +377,9 @@ def _read_dicom(path: Path, data: bytes, *, forced: bool) -> pydicom.Dataset:
     return ds
 
 
-def _dicom_to_gray(path: Path, ds: pydicom.Dataset, *, max_pixels: int) -> np.ndarray:
+def _dicom_to_gray(
+    path: Path, ds: pydicom.Dataset, *, max_pixels: int, facts: dict | None = None
+) -> np.ndarray:
     """Turn a single-frame DICOM into display-ready gray uint8, following the DICOM pipeline.
 
     Grayscale (DICOM PS3.3 C.11, in this order): the modality LUT (RescaleSlope/Intercept or
@@ -332,7 +416,10 @@ def _dicom_to_gray(path: Path, ds: pydicom.Dataset, *, max_pixels: int) -> np.nd
                 f"colour DICOM with shape {pixels.shape} and {pixels.dtype} pixels; "
                 "only 8-bit RGB is supported, export it as grayscale",
             )
-        return np.array(Image.fromarray(pixels, "RGB").convert("L"), dtype=np.uint8)
+        colour = Image.fromarray(pixels, "RGB")
+        if facts is not None:
+            facts["chroma"] = _chroma(colour)
+        return np.array(colour.convert("L"), dtype=np.uint8)
     if photometric not in {"MONOCHROME1", "MONOCHROME2"}:
         raise UnsupportedDicomError(
             path,

@@ -22,6 +22,7 @@ from pneumonia_cxr import __version__
 from pneumonia_cxr.config import Preprocessing
 from pneumonia_cxr.errors import ModelFileError
 from pneumonia_cxr.export import (
+    GUARD_OUTPUT,
     INPUT_NAME,
     LOGIT_OUTPUT,
     METADATA_KEY,
@@ -35,6 +36,7 @@ from pneumonia_cxr.export import (
     require_optional,
 )
 from pneumonia_cxr.model.decision import TypeDecision
+from pneumonia_cxr.model.intended_use import IntendedUse
 from pneumonia_cxr.model.model_file import ModelBundle
 from pneumonia_cxr.storage import cache_root
 
@@ -52,6 +54,8 @@ class EngineOutput:
     ood_scores: np.ndarray
     type_logits: np.ndarray | None = None
     """VIRAL-vs-BACTERIAL logits, shape (N,); None for a model without a type head."""
+    guard_scores: np.ndarray | None = None
+    """The applicability guard's feature score, shape (N,); None for a model without one."""
 
 
 class Engine(Protocol):
@@ -70,6 +74,9 @@ class Engine(Protocol):
     data_fingerprint: str | None
     type_decision: TypeDecision | None
     """How P(VIRAL | PNEUMONIA) becomes a type; None without a type head."""
+    guard_cutoff: float | None
+    """The feature guard's cut-off (flag above it); None for a model without a guard."""
+    intended_use: IntendedUse
 
     @property
     def backbone_names(self) -> tuple[str, ...]: ...
@@ -100,6 +107,8 @@ class TorchEngine:
         self.min_sensitivity = bundle.extra.get("min_sensitivity")
         self.data_fingerprint = bundle.data_fingerprint
         self.type_decision = bundle.type_decision
+        self.guard_cutoff = bundle.guard.cutoff if bundle.guard is not None else None
+        self.intended_use = bundle.intended_use
         self.scoring = bundle.scoring_model().to(
             device=self.device, memory_format=torch.channels_last
         )
@@ -115,11 +124,12 @@ class TorchEngine:
         # Full float32 on GPU too (no TF32): a probability next to the threshold must get the
         # label it gets on the CPU, where the threshold may have been fitted.
         with torch.inference_mode(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
-            logits, ood, kinds = self.scoring(images)
+            logits, ood, kinds, guard = self.scoring(images)
         return EngineOutput(
             logits[:, 0].float().cpu().numpy(),
             ood.float().cpu().numpy().reshape(-1),
             kinds.float().cpu().numpy().reshape(-1) if self.type_decision is not None else None,
+            guard.float().cpu().numpy().reshape(-1) if self.guard_cutoff is not None else None,
         )
 
     def fingerprint(self) -> str:
@@ -217,17 +227,21 @@ class OnnxEngine:
             self.data_fingerprint = meta.get("data_fingerprint")
             kind = meta.get("type_decision")
             self.type_decision = TypeDecision.from_payload(kind) if kind else None
+            guard = meta.get("guard")
+            self.guard_cutoff = float(guard["cutoff"]) if guard else None
+            self.intended_use = IntendedUse.from_payload(meta.get("intended_use"))
         except (KeyError, TypeError, ValueError) as error:
             raise ModelFileError(
                 f"{self.path}: pneumonia-cxr metadata is incomplete ({error}); export it again"
             ) from error
         self.metadata = meta
         self._has_ood_output = OOD_OUTPUT in outputs
-        if self.type_decision is not None and TYPE_OUTPUT not in outputs:
-            raise ModelFileError(
-                f"{self.path}: metadata names a pneumonia type head but the graph has no "
-                f"'{TYPE_OUTPUT}' output; export it again"
-            )
+        for present, name in ((self.type_decision, TYPE_OUTPUT), (self.guard_cutoff, GUARD_OUTPUT)):
+            if present is not None and name not in outputs:
+                raise ModelFileError(
+                    f"{self.path}: metadata names an output the graph lacks ('{name}'); "
+                    "export it again"
+                )
 
     def _open(self, num_threads: int | None) -> tuple[str | None, list[str], set[str]]:
         """Load the graph; return its raw metadata, input names and output names."""
@@ -276,13 +290,16 @@ class OnnxEngine:
             outputs.append(OOD_OUTPUT)
         if self.type_decision is not None:
             outputs.append(TYPE_OUTPUT)
+        if self.guard_cutoff is not None:
+            outputs.append(GUARD_OUTPUT)
         values = dict(zip(outputs, self._run(outputs, array), strict=True))
         logits = values[LOGIT_OUTPUT].reshape(-1)
         ood = (
             values[OOD_OUTPUT].reshape(-1) if self._has_ood_output else np.full_like(logits, np.nan)
         )
         kinds = values[TYPE_OUTPUT].reshape(-1) if TYPE_OUTPUT in values else None
-        return EngineOutput(logits, ood, kinds)
+        guard = values[GUARD_OUTPUT].reshape(-1) if GUARD_OUTPUT in values else None
+        return EngineOutput(logits, ood, kinds, guard)
 
     def logits(self, images: torch.Tensor | np.ndarray) -> np.ndarray:
         """Raw PNEUMONIA logits, shape (N,)."""

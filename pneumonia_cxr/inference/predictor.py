@@ -23,7 +23,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from pneumonia_cxr.data.discovery import ImageRecord
-from pneumonia_cxr.data.loader import decode_xray, load_xray
+from pneumonia_cxr.data.loader import (
+    ImageFacts,
+    decode_xray_with_facts,
+    load_xray,
+    load_xray_with_facts,
+)
 from pneumonia_cxr.data.preprocess import Steps, evaluation_stages
 from pneumonia_cxr.data.workers import worker_init
 from pneumonia_cxr.errors import ImageLoadError, ModelFileError
@@ -40,6 +45,7 @@ from pneumonia_cxr.inference.engines import (
     resolve_device,
 )
 from pneumonia_cxr.model.decision import decide, label_name, probability
+from pneumonia_cxr.model.intended_use import FEATURE_REASON, out_of_scope
 from pneumonia_cxr.model.model_file import ModelBundle, bundle_from_payload, read_model_file
 
 log = logging.getLogger(__name__)
@@ -64,6 +70,8 @@ class Scores:
     """VIRAL-vs-BACTERIAL logits; None for a model without a type head."""
     p_viral: np.ndarray | None = None
     """P(VIRAL | PNEUMONIA) = sigmoid(type logit); None without a type head."""
+    guard_scores: np.ndarray | None = None
+    """The applicability guard's feature score; None for a model without a guard."""
 
     @classmethod
     def concat(cls, parts: Sequence[Scores]) -> Scores:
@@ -71,13 +79,11 @@ class Scores:
         if not parts:
             empty = np.zeros(0)
             return cls(empty, empty, empty.astype(np.int64), empty, empty.astype(bool))
-        typed = [p.type_logits is not None for p in parts]
-        extra = {}
-        if all(typed):
-            extra = {
-                name: np.concatenate([getattr(p, name) for p in parts])
-                for name in ("type_logits", "p_viral")
-            }
+        extra = {
+            name: np.concatenate([getattr(p, name) for p in parts])
+            for name in ("type_logits", "p_viral", "guard_scores")
+            if all(getattr(p, name) is not None for p in parts)
+        }
         return cls(*(np.concatenate([getattr(p, name) for p in parts]) for name in names), **extra)
 
 
@@ -98,6 +104,9 @@ class ImageResult:
     pneumonia_type: str = ""
     """BACTERIAL or VIRAL at the model's type threshold, for an in-distribution image labelled
     PNEUMONIA only; blank otherwise (a NORMAL image has no pneumonia type to name)."""
+    reason: str = ""
+    """Why the image is outside what the model was made for ("; "-joined), blank when nothing
+    says so. When it is set, `out_of_distribution` is True and the label must not be read."""
 
 
 @dataclass
@@ -109,6 +118,8 @@ class ScoredBatch:
     inputs: torch.Tensor | None
     originals: list[torch.Tensor | None]
     errors: list[tuple[int, str]]
+    facts: list[ImageFacts | None] = field(default_factory=list)
+    """What each scored file says about itself (colour, DICOM header), in `indices` order."""
 
 
 @dataclass
@@ -150,9 +161,17 @@ def load_input(
     The input always comes from the same decode (JPEG draft decoding down to `image_size`), so
     asking for the full-resolution original (overlays) never changes a probability.
     """
-    gray = load_xray(path, min_side=image_size)
+    image, original, _ = load_input_with_facts(path, transform, image_size, keep_original)
+    return image, original
+
+
+def load_input_with_facts(
+    path: str | Path, transform, image_size: int, keep_original: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, ImageFacts]:
+    """`load_input` and the file's `ImageFacts` (the applicability checks read them)."""
+    gray, facts = load_xray_with_facts(path, min_side=image_size)
     original = load_xray(path) if keep_original else gray
-    return transform(gray), original
+    return transform(gray), original, facts
 
 
 class _FileInputs(Dataset):
@@ -173,12 +192,13 @@ class _FileInputs(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         try:
-            image, gray = load_input(
+            image, gray, facts = load_input_with_facts(
                 self.paths[index], self.transform, self.image_size, self.keep_original
             )
         except (ImageLoadError, OSError) as error:
             return {"index": index, "error": one_line(error)}
-        return {"index": index, "image": image, "original": gray if self.keep_original else None}
+        original = gray if self.keep_original else None
+        return {"index": index, "image": image, "original": original, "facts": facts}
 
 
 class _Collate:
@@ -195,6 +215,7 @@ class _Collate:
             "image": images,
             "index": [s["index"] for s in good],
             "original": [s["original"] for s in good],
+            "facts": [s.get("facts") for s in good],
             "errors": [(s["index"], s["error"]) for s in samples if "error" in s],
         }
 
@@ -375,22 +396,37 @@ class Predictor:
         self, data: bytes, name: str, keep_original: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """`load_input` for an upload held in memory (never written to disk)."""
-        gray = decode_xray(data, name, min_side=self.image_size)
-        original = decode_xray(data, name) if keep_original else gray
-        return self.transform(gray), original
+        image, original, _ = self.input_and_facts_from_bytes(data, name, keep_original)
+        return image, original
+
+    def input_and_facts_from_bytes(
+        self, data: bytes, name: str, keep_original: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, ImageFacts]:
+        """`input_from_bytes` and the upload's `ImageFacts`."""
+        gray, facts = decode_xray_with_facts(data, name, min_side=self.image_size)
+        original = decode_xray_with_facts(data, name)[0] if keep_original else gray
+        return self.transform(gray), original, facts
 
     def scores_from_outputs(
         self,
         logits: np.ndarray,
         ood_scores: np.ndarray,
         type_logits: np.ndarray | None = None,
+        guard_scores: np.ndarray | None = None,
     ) -> Scores:
-        """Probability, decision and OOD flag from raw outputs: the only place they are made."""
+        """Probability, decision and OOD flag from raw outputs: the only place they are made.
+        The flag is the OOD score's or, for a model with a guard, either score's."""
         logits = np.asarray(logits, dtype=np.float64)
         probabilities = probability(logits, self.engine.temperature)
         ood_scores = np.asarray(ood_scores, dtype=np.float64)
         cutoff = self.engine.ood_cutoff
         flags = ood_scores > cutoff if cutoff is not None else np.zeros(len(logits), bool)
+        guard_cutoff = self.engine.guard_cutoff
+        if guard_scores is not None and guard_cutoff is not None:
+            guard_scores = np.asarray(guard_scores, dtype=np.float64)
+            flags = flags | (guard_scores > guard_cutoff)
+        else:
+            guard_scores = None
         kinds = p_viral = None
         if type_logits is not None and self.engine.type_decision is not None:
             kinds = np.asarray(type_logits, dtype=np.float64)
@@ -403,16 +439,37 @@ class Predictor:
             flags,
             kinds,
             p_viral,
+            guard_scores,
         )
 
-    def results(self, scores: Scores) -> list[ImageResult]:
-        """One `ImageResult` per scored image, in order."""
+    def reasons(self, scores: Scores, position: int, facts: ImageFacts | None) -> list[str]:
+        """Why image `position` is outside the model's use: what the file says (colour, DICOM
+        header; `model.intended_use`), then the feature scores against their cut-offs."""
+        reasons = out_of_scope(facts, self.engine.intended_use)
+        guard, cutoff = scores.guard_scores, self.engine.guard_cutoff
+        if guard is not None and cutoff is not None and guard[position] > cutoff:
+            reasons.append(
+                f"{FEATURE_REASON} (guard score {guard[position]:.1f} > cut-off {cutoff:.1f})"
+            )
+        ood, ood_cutoff = scores.ood_scores[position], self.engine.ood_cutoff
+        if ood_cutoff is not None and np.isfinite(ood) and ood > ood_cutoff:
+            reasons.append(f"{FEATURE_REASON} (OOD score {ood:.2f} > cut-off {ood_cutoff:.2f})")
+        return reasons
+
+    def results(
+        self, scores: Scores, facts: Sequence[ImageFacts | None] | None = None
+    ) -> list[ImageResult]:
+        """One `ImageResult` per scored image, in order; `facts` (from the loader) let the
+        colour and DICOM-header checks speak."""
         results = []
         kind = self.engine.type_decision
         for position, p in enumerate(scores.probabilities):
+            reasons = self.reasons(scores, position, facts[position] if facts else None)
             ood = float(scores.ood_scores[position])
-            known = bool(np.isfinite(ood))
-            flagged = bool(scores.ood_flags[position]) if known else None
+            if scores.guard_scores is not None:
+                ood = float(scores.guard_scores[position])  # the guard's is the score to show
+            known = bool(np.isfinite(ood)) or bool(reasons)
+            flagged = bool(reasons) if known else None
             decision = int(scores.decisions[position])
             p_viral = None if scores.p_viral is None else float(scores.p_viral[position])
             named = p_viral is not None and kind is not None and decision == 1 and not flagged
@@ -420,10 +477,11 @@ class Predictor:
                 ImageResult(
                     probability=float(p),
                     label=self.label(decision),
-                    ood_score=ood if known else None,
+                    ood_score=ood if np.isfinite(ood) else None,
                     out_of_distribution=flagged,
                     p_viral=p_viral,
                     pneumonia_type=kind.name(p_viral) if named else "",
+                    reason="; ".join(reasons),
                 )
             )
         return results
@@ -431,7 +489,9 @@ class Predictor:
     def scores(self, images: torch.Tensor) -> Scores:
         """Scores of a batch of model inputs (from `load_input` or `transform`)."""
         output = self.engine.score(images)
-        return self.scores_from_outputs(output.logits, output.ood_scores, output.type_logits)
+        return self.scores_from_outputs(
+            output.logits, output.ood_scores, output.type_logits, output.guard_scores
+        )
 
     def input_loader(
         self,
@@ -490,7 +550,14 @@ class Predictor:
         for batch in batches:
             images = batch["image"]
             scores = self.scores(images) if images is not None else Scores.concat([])
-            yield ScoredBatch(batch["index"], scores, images, batch["original"], batch["errors"])
+            yield ScoredBatch(
+                batch["index"],
+                scores,
+                images,
+                batch["original"],
+                batch["errors"],
+                batch.get("facts") or [],
+            )
 
     def score_files(
         self, paths: Sequence[str | Path], *, batch_size: int = 32, num_workers: int = 0

@@ -43,6 +43,10 @@ class BackboneSpec:
     128 px), less class-specific; the synthetic pointing game is also scored there."""
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    guard_layers: tuple[str, ...] = ()
+    """Intermediate layers whose pooled statistics the applicability guard models
+    (`model.guard`): mid-depth, where texture and acquisition differ between sites before
+    the class-specific top layers have pooled them away (Lee et al. 2018)."""
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}
@@ -193,6 +197,7 @@ register(
         2048,
         "layer4",
         "layer3",
+        guard_layers=("layer1", "layer2", "layer3"),
     )
 )
 register(
@@ -202,6 +207,7 @@ register(
         512,
         "layer4",
         "layer3",
+        guard_layers=("layer1", "layer2", "layer3"),
     )
 )
 register(BackboneSpec("densenet121", _densenet121, 1024, "features.norm5", "features.denseblock3"))
@@ -217,6 +223,7 @@ for _lite in ("lite0", "lite1", "lite2"):
             "blocks.4",
             mean=(0.5, 0.5, 0.5),
             std=(0.5, 0.5, 0.5),
+            guard_layers=("blocks.2", "blocks.3", "blocks.4"),
         )
     )
 

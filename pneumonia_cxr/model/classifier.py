@@ -103,6 +103,27 @@ class PneumoniaNet(nn.Module):
         """Pooled backbone features (N, F): what the head sees, and what the OOD score models."""
         return self.pool(self.backbone(images))
 
+    def features_with_taps(
+        self, images: torch.Tensor, layers: tuple[str, ...]
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Pooled features and the `model.guard.pooled_stats` of each named backbone layer,
+        from one pass (forward hooks, removed before returning; they trace into ONNX)."""
+        from pneumonia_cxr.model.guard import pooled_stats
+
+        taps: dict[str, torch.Tensor] = {}
+        handles = [
+            self.backbone.get_submodule(name).register_forward_hook(
+                lambda _m, _i, output, name=name: taps.__setitem__(name, output)
+            )
+            for name in layers
+        ]
+        try:
+            pooled = self.pool(self.backbone(images))
+        finally:
+            for handle in handles:
+                handle.remove()
+        return pooled, [pooled_stats(taps[name]) for name in layers]
+
     def backbone_frozen(self) -> bool:
         return not any(p.requires_grad for p in self.backbone.parameters())
 

@@ -20,13 +20,16 @@ from pneumonia_cxr.errors import ModelFileError
 from pneumonia_cxr.model.classifier import PneumoniaNet
 from pneumonia_cxr.model.decision import TypeDecision, probability
 from pneumonia_cxr.model.ensemble import PneumoniaEnsemble
+from pneumonia_cxr.model.guard import LayerGuard
+from pneumonia_cxr.model.intended_use import KERMANY_INTENDED_USE, IntendedUse
 from pneumonia_cxr.model.ood import OodScorer, ScoringModel
 from pneumonia_cxr.storage import atomic_torch_save
 
 FORMAT_NAME = "pneumonia-cxr-model"
 FORMAT_VERSION = 3
-"""3: a member may carry a pneumonia type head, and the file its `type_decision` (written only
-by files that have one: a binary model is still written as 2, so older packages read it);
+"""3: a member may carry a pneumonia type head, and the file its `type_decision`, and the file
+an applicability guard (`guard`); written only by files that have one of them (any other model
+is still written as 2, so older packages read it);
 2: a list of members (an ensemble of one or more networks) and optional OOD statistics;
 version 1 files (one network at the top level) still load."""
 BINARY_FORMAT_VERSION = 2
@@ -52,6 +55,10 @@ class ModelBundle:
     """The file keeps float16 weights: a rewrite (recalibration) keeps them so, losslessly."""
     type_decision: TypeDecision | None = None
     """How P(VIRAL | PNEUMONIA) becomes a type; None for a model without a type head."""
+    guard: LayerGuard | None = None
+    """The applicability guard's feature part (several layers); None in older files, which
+    keep their OOD score (`ood`) alone."""
+    intended_use: IntendedUse = KERMANY_INTENDED_USE
 
     @property
     def has_type_head(self) -> bool:
@@ -72,7 +79,7 @@ class ModelBundle:
 
     def scoring_model(self) -> ScoringModel:
         """images -> (logit, OOD score) in one pass: what engines and the ONNX export run."""
-        return ScoringModel(self.model, self.ood)
+        return ScoringModel(self.model, self.ood, self.guard)
 
     def fingerprint(self) -> str:
         """A short hash of the weights: which model produced a result."""
@@ -118,7 +125,9 @@ def save_model(bundle: ModelBundle, path: str | Path, *, half: bool = False) -> 
         raise ValueError("a model with a type head needs one on every member and a type_decision")
     payload = {
         "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION if typed else BINARY_FORMAT_VERSION,
+        "format_version": (
+            FORMAT_VERSION if typed or bundle.guard is not None else BINARY_FORMAT_VERSION
+        ),
         "members": [_member_payload(m, dtype) for m in bundle.model.members],
         "ood": bundle.ood.to_payload() if bundle.ood is not None else None,
         "preprocessing": asdict(bundle.preprocessing),
@@ -133,6 +142,9 @@ def save_model(bundle: ModelBundle, path: str | Path, *, half: bool = False) -> 
     }
     if typed:
         payload["type_decision"] = bundle.type_decision.to_payload()
+    if bundle.guard is not None:
+        payload["guard"] = bundle.guard.to_payload()
+    payload["intended_use"] = bundle.intended_use.to_payload()
     atomic_torch_save(payload, path)
     return Path(path)
 
@@ -227,6 +239,10 @@ def bundle_from_payload(payload: dict[str, Any], path: str | Path) -> ModelBundl
         type_decision = None
         if heads == {True}:
             type_decision = TypeDecision.from_payload(payload["type_decision"])
+        guard = LayerGuard.from_payload(payload["guard"]) if payload.get("guard") else None
+        if guard is not None:
+            guard.check_matches(model.members[0])
+        intended_use = IntendedUse.from_payload(payload.get("intended_use"))
     except (KeyError, ValueError, RuntimeError, TypeError, AttributeError) as error:
         raise ModelFileError(
             f"{path}: model file is incomplete or inconsistent ({error})"
@@ -245,6 +261,8 @@ def bundle_from_payload(payload: dict[str, Any], path: str | Path) -> ModelBundl
         extra=payload.get("extra", {}),
         ood=ood,
         type_decision=type_decision,
+        guard=guard,
+        intended_use=intended_use,
         stored_half=any(
             tensor.dtype == torch.float16
             for entry in payload.get("members", [payload])

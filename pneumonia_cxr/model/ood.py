@@ -118,31 +118,42 @@ class OodScorer(nn.Module):
 
 
 class ScoringModel(nn.Module):
-    """A classifier (one network or an ensemble) plus its OOD scorer, in one forward pass:
-    images -> (logit (N, 1), ood_score (N,), type_logit (N,)). Without a scorer the OOD score
-    is NaN; without a type head (on every member) the type logit is NaN."""
+    """A classifier (one network or an ensemble) plus its OOD scorer and applicability guard,
+    in one forward pass: images -> (logit (N, 1), ood_score (N,), type_logit (N,),
+    guard_score (N,)). What a model lacks is NaN: the OOD score without a scorer, the type
+    logit without a type head on every member, the guard score without a guard (which taps
+    the first member's layers)."""
 
-    def __init__(self, classifier: nn.Module, ood: OodScorer | None = None) -> None:
+    def __init__(self, classifier: nn.Module, ood: OodScorer | None = None, guard=None) -> None:
         super().__init__()
-        self.classifier, self.ood = classifier, ood
+        self.classifier, self.ood, self.guard = classifier, ood, guard
         self.typed = all(m.has_type_head for m in classifier.members)
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, images: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         members = self.classifier.members
-        if self.ood is None and not self.typed:
+        if self.ood is None and not self.typed and self.guard is None:
             logits = self.classifier(images)
             nan = torch.full_like(logits[:, 0], float("nan"))
-            return logits, nan, nan
-        features = [member.features(images) for member in members]
+            return logits, nan, nan, nan
+        guard_score = None
+        if self.guard is not None:
+            first, taps = members[0].features_with_taps(images, self.guard.layers)
+            features = [first, *(member.features(images) for member in members[1:])]
+            guard_score = self.guard(taps)
+        else:
+            features = [member.features(images) for member in members]
         logits = torch.stack(
             [member.head(f) for member, f in zip(members, features, strict=True)]
         ).mean(dim=0)
         nan = torch.full_like(logits[:, 0], float("nan"))
         ood = self.ood(features) if self.ood is not None else nan
-        if not self.typed:
-            return logits, ood, nan
-        kinds = [member.type_head(f) for member, f in zip(members, features, strict=True)]
-        return logits, ood, torch.stack(kinds).mean(dim=0)[:, 0]
+        kind = nan
+        if self.typed:
+            kinds = [member.type_head(f) for member, f in zip(members, features, strict=True)]
+            kind = torch.stack(kinds).mean(dim=0)[:, 0]
+        return logits, ood, kind, guard_score if guard_score is not None else nan
 
 
 @torch.inference_mode()

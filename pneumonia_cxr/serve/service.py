@@ -151,10 +151,12 @@ class ModelService:
         predictor = self.predictor
         assert predictor is not None
         results: list[dict[str, Any]] = [{"name": name} for name, _ in files]
-        inputs, originals, kept = [], [], []
+        inputs, originals, kept, facts = [], [], [], []
         for index, (name, data) in enumerate(files):
             try:
-                image, gray = predictor.input_from_bytes(data, name, keep_original=gradcam)
+                image, gray, fact = predictor.input_and_facts_from_bytes(
+                    data, name, keep_original=gradcam
+                )
             except (ImageLoadError, ValueError) as error:
                 results[index].update(
                     error=one_line(error),
@@ -164,10 +166,12 @@ class ModelService:
             inputs.append(image)
             originals.append(gray)
             kept.append(index)
+            facts.append(fact)
         if not kept:
             return results
         batch = torch.stack(inputs)
-        for index, result in zip(kept, predictor.results(predictor.scores(batch)), strict=True):
+        scored = predictor.results(predictor.scores(batch), facts)
+        for index, result in zip(kept, scored, strict=True):
             results[index].update(asdict(result), threshold=predictor.threshold)
         explainer = self._gradcam_predictor() if gradcam else None
         if explainer is not None:

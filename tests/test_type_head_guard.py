@@ -1,0 +1,206 @@
+"""Issue 27's type head and issue 25's applicability guard: labels, model file, engines, checks."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from test_loader import dicom_bytes
+from tiny_runs import tiny_config
+
+from pneumonia_cxr.data.discovery import ImageRecord
+from pneumonia_cxr.data.loader import decode_xray_with_facts
+from pneumonia_cxr.data.pneumonia_types import (
+    check_trainable,
+    read_labels_csv,
+    type_labels,
+)
+from pneumonia_cxr.data.split import read_split_csv
+from pneumonia_cxr.errors import DatasetLayoutError, ModelFileError
+from pneumonia_cxr.inference.predictor import Predictor
+from pneumonia_cxr.model.classifier import PneumoniaNet
+from pneumonia_cxr.model.intended_use import KERMANY_INTENDED_USE, age_years, out_of_scope
+from pneumonia_cxr.model.model_file import load_model, save_model
+from pneumonia_cxr.predict import predict_paths, rows_to_csv
+from pneumonia_cxr.run_folder import SPLIT_FILE
+from pneumonia_cxr.training.guard_fit import fit_guard
+from pneumonia_cxr.training.run import train
+
+
+def _record(name: str, label: int = 1, folder: str = "PNEUMONIA") -> ImageRecord:
+    return ImageRecord(Path(f"/d/train/{folder}/{name}"), "train", label)
+
+
+def test_type_labels_from_names_folders_and_csv(tmp_path: Path) -> None:
+    records = [
+        _record("person1_bacteria_1.jpeg"),
+        _record("person2_virus_3.jpeg"),
+        _record("IM-0001-0001.jpeg", 0, "NORMAL"),
+        _record("x.png", folder="VIRAL"),
+        _record("y.png"),
+        _record("z.png"),
+    ]
+    (tmp_path / "labels.csv").write_text("file,type\nz.png,Bacterial\n")
+    assert type_labels(records, read_labels_csv(tmp_path)) == [0, 1, -1, 1, -1, 0]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("file,type\na.png,fungal\n", "fungal"),
+        ("file,type\na.png,viral\na.png,bacterial\n", "both"),
+        ("name,kind\na.png,viral\n", "file,type"),
+    ],
+)
+def test_labels_csv_errors_name_the_problem(tmp_path: Path, text: str, message: str) -> None:
+    (tmp_path / "labels.csv").write_text(text)
+    with pytest.raises(DatasetLayoutError, match=message):
+        read_labels_csv(tmp_path)
+
+
+def test_labels_csv_naming_a_missing_file_and_one_type_only_are_refused() -> None:
+    with pytest.raises(DatasetLayoutError, match="ghost.png"):
+        type_labels([_record("a.png")], {"ghost.png": 1})
+    with pytest.raises(DatasetLayoutError, match="BACTERIAL only"):
+        check_trainable([0, 0, -1])
+
+
+@pytest.fixture(scope="module")
+def typed_run(tiny_synthetic: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    config = tiny_config(
+        tiny_synthetic, tmp_path_factory.mktemp("typed"), "typed", stage1_epochs=1, stage2_epochs=0
+    )
+    config.model.type_head, config.train.monitor = "on", "val_mean_auc"
+    return train(config)
+
+
+def test_typed_model_file_engines_and_table(typed_run: Path, tiny_synthetic: Path) -> None:
+    bundle = load_model(typed_run / "final_pneumonia_model.pt")
+    assert bundle.has_type_head and bundle.type_decision.rule == "youden"
+    assert 0.0 < bundle.type_decision.threshold < 1.0
+    assert (
+        torch.load(typed_run / "final_pneumonia_model.pt", weights_only=True)["format_version"] == 3
+    )
+    files = sorted((tiny_synthetic / "test").rglob("*.png"))[:12]
+    torch_rows = predict_paths(
+        Predictor.open(typed_run / "final_pneumonia_model.pt", engine="torch"), files
+    )
+    onnx_rows = predict_paths(
+        Predictor.open(typed_run / "final_pneumonia_model.pt", engine="onnx"), files
+    )
+    for a, b in zip(torch_rows, onnx_rows, strict=True):
+        assert a.p_viral is not None and abs(a.p_viral - b.p_viral) < 1e-5
+        assert a.pneumonia_type == b.pneumonia_type
+        if a.label == "NORMAL" or a.out_of_distribution:
+            assert a.pneumonia_type == ""
+        else:
+            expected = "VIRAL" if a.p_viral >= bundle.type_decision.threshold else "BACTERIAL"
+            assert a.pneumonia_type == expected
+    header = rows_to_csv(torch_rows).splitlines()[0].split(",")
+    assert header[:5] == ["path", "probability", "label", "p_viral", "pneumonia_type"]
+
+
+def test_binary_model_keeps_its_format_and_columns(
+    session_tiny_model: Path, tiny_synthetic: Path
+) -> None:
+    assert torch.load(session_tiny_model, weights_only=True)["format_version"] == 2
+    rows = predict_paths(
+        load_model(session_tiny_model), sorted((tiny_synthetic / "test").rglob("*.png"))[:3]
+    )
+    assert "p_viral" not in rows_to_csv(rows).splitlines()[0]
+    assert all(r.p_viral is None and r.pneumonia_type == "" for r in rows)
+
+
+def test_init_from_binary_keeps_its_weights_and_adds_a_fresh_type_head(
+    session_tiny_model: Path,
+) -> None:
+    from pneumonia_cxr.training.init_from import load_parent_weights
+
+    parent = load_model(session_tiny_model).model
+    net = PneumoniaNet("resnet18", "none", head_dims=parent.head_dims, type_head=8)
+    load_parent_weights(net, session_tiny_model)
+    assert torch.equal(net.head[0].weight, parent.head[0].weight)
+    assert net.has_type_head
+
+
+@pytest.mark.parametrize(
+    ("text", "years"),
+    [
+        ("045Y", 45.0),
+        ("003Y", 3.0),
+        ("018M", 1.5),
+        ("045", None),
+        ("45", None),
+        ("3M", None),
+        ("", None),
+    ],
+)
+def test_dicom_age_parsing(text: str, years: float | None) -> None:
+    assert age_years(text) == years
+
+
+def _dicom_facts(**elements: object):
+    pixels = (np.arange(64 * 64) % 251).reshape(64, 64).astype(np.uint8)
+    return decode_xray_with_facts(dicom_bytes(pixels, **elements), "x.dcm")[1]
+
+
+def test_dicom_header_checks() -> None:
+    use = KERMANY_INTENDED_USE
+    adult = out_of_scope(_dicom_facts(PatientAge="045Y", ViewPosition="PA"), use)
+    assert len(adult) == 1 and "PatientAge 045Y" in adult[0]
+    assert (
+        out_of_scope(
+            _dicom_facts(PatientAge="003Y", ViewPosition="AP", BodyPartExamined="CHEST"), use
+        )
+        == []
+    )
+    lateral = out_of_scope(_dicom_facts(PatientAge="003Y", ViewPosition="LL"), use)
+    assert len(lateral) == 1 and "ViewPosition LL" in lateral[0]
+    # unknown values are neither in scope nor out of it
+    assert out_of_scope(_dicom_facts(PatientAge="3M", ViewPosition="XYZ"), use) == []
+    assert "Modality MR" in out_of_scope(_dicom_facts(Modality="MR"), use)[0]
+
+
+def _encoded(image: Image.Image, kind: str) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=kind)
+    return buffer.getvalue()
+
+
+def test_colour_is_measured_before_gray_conversion() -> None:
+    rng = np.random.default_rng(0)
+    gray = rng.integers(0, 255, (96, 96), dtype=np.uint8)
+    gray_as_rgb = Image.fromarray(np.stack([gray] * 3, axis=-1), "RGB")
+    colour = Image.fromarray(rng.integers(0, 255, (96, 96, 3), dtype=np.uint8), "RGB")
+    assert decode_xray_with_facts(_encoded(Image.fromarray(gray), "PNG"), "a.png")[1].chroma is None
+    assert decode_xray_with_facts(_encoded(gray_as_rgb, "JPEG"), "b.jpeg")[1].chroma < 2.0
+    facts = decode_xray_with_facts(_encoded(colour, "PNG"), "c.png")[1]
+    assert facts.chroma > 20 and "colour image" in out_of_scope(facts, KERMANY_INTENDED_USE)[0]
+
+
+def test_guard_round_trip_flags_noise_and_refuses_a_mismatch(
+    session_tiny_model: Path, tmp_path: Path, tiny_synthetic: Path
+) -> None:
+    bundle = load_model(session_tiny_model)
+    split = read_split_csv(session_tiny_model.parent / SPLIT_FILE)
+    guard = fit_guard(
+        bundle, split.train, split.val, fitted_on="tiny", fit_images=40, norm_images=20
+    )
+    assert guard.layers == ("layer1", "layer2", "layer3") and np.isfinite(guard.cutoff)
+    path = save_model(bundle, tmp_path / "guarded.pt")
+    noise = tmp_path / "noise.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64), dtype=np.uint8)).save(noise)
+    xrays = sorted((tiny_synthetic / "test").rglob("*.png"))[:8]
+    for engine in ("torch", "onnx"):
+        rows = predict_paths(Predictor.open(path, engine=engine), [noise, *xrays])
+        assert rows[0].out_of_distribution and "unlike the training X-rays" in rows[0].reason
+        assert sum(r.out_of_distribution for r in rows[1:]) <= 2
+    payload = torch.load(path, weights_only=True)
+    payload["guard"]["densities"][0]["mean"] = torch.zeros(3)
+    torch.save(payload, tmp_path / "broken.pt")
+    with pytest.raises(ModelFileError, match="guard"):
+        load_model(tmp_path / "broken.pt")
