@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
 from pneumonia_cxr.data.discovery import ImageRecord
 from pneumonia_cxr.data.pneumonia_types import type_labels
 from pneumonia_cxr.evaluation.calibration import fit_temperature
@@ -58,8 +60,6 @@ def fit_operating_point(
 
 def fit_type_decision(types, p_viral, where: str) -> TypeDecision:
     """The type threshold by `TYPE_RULE` on the images of known type (-1 left out)."""
-    import numpy as np
-
     types = np.asarray(types)
     known = types >= 0
     if len(set(types[known].tolist())) < 2:
