@@ -21,7 +21,7 @@ from pneumonia_cxr.cli import main
 from pneumonia_cxr.data.discovery import list_images
 from pneumonia_cxr.data.fingerprint import records_fingerprint
 from pneumonia_cxr.errors import EvaluationInputError, ModelFileError
-from pneumonia_cxr.evaluation.evaluate import PLOT_FILES, EvaluationResult, evaluate_model
+from pneumonia_cxr.evaluation.evaluate import PLOT_FILES, TYPE_ROC, EvaluationResult, evaluate_model
 from pneumonia_cxr.evaluation.metrics import RATE_NAMES
 from pneumonia_cxr.model.model_file import load_model
 
@@ -139,7 +139,10 @@ def test_evaluation_never_changes_the_threshold(
     assert _sha256(model_file) == before  # the model file itself is untouched
 
 
-@pytest.mark.parametrize("name", [*PLOT_FILES.values(), "metrics.md", "explain_check.json"])
+BINARY_PLOTS = [name for name in PLOT_FILES.values() if name != TYPE_ROC]
+
+
+@pytest.mark.parametrize("name", [*BINARY_PLOTS, "metrics.md", "explain_check.json"])
 def test_every_output_file_is_written(evaluation: tuple[EvaluationResult, str], name: str) -> None:
     path = evaluation[0].output_dir / name
     assert path.is_file() and path.stat().st_size > 0
@@ -151,7 +154,7 @@ def test_every_output_file_is_written(evaluation: tuple[EvaluationResult, str], 
 def test_report_is_self_contained_and_complete(evaluation: tuple[EvaluationResult, str]) -> None:
     text = evaluation[0].report.read_text(encoding="utf-8")
     assert not re.search(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", text)
-    assert text.count('src="data:image/png;base64,') == len(PLOT_FILES)
+    assert text.count('src="data:image/png;base64,') == len(BINARY_PLOTS)
     for phrase in ("patient-level", "untouched", "Randomization test", "Pointing game"):
         assert phrase in text, phrase
 
@@ -161,7 +164,7 @@ def test_predictions_csv_agrees_with_the_metrics(evaluation: tuple[EvaluationRes
     with (result.output_dir / "predictions.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert list(rows[0])[:4] == ["path", "label", "probability", "predicted"]
-    assert list(rows[0])[4:] == ["ood_score", "out_of_distribution"]
+    assert list(rows[0])[4:] == ["ood_score", "out_of_distribution", "reason"]
     threshold = result.metrics["threshold"]
     counts = {"tp": 0, "fp": 0, "tn": 0, "fn": 0}
     for row in rows:

@@ -204,3 +204,54 @@ def test_guard_round_trip_flags_noise_and_refuses_a_mismatch(
     torch.save(payload, tmp_path / "broken.pt")
     with pytest.raises(ModelFileError, match="guard"):
         load_model(tmp_path / "broken.pt")
+
+
+def test_type_metrics_count_the_chain_of_both_heads() -> None:
+    from pneumonia_cxr.evaluation.type_metrics import type_metrics
+    from pneumonia_cxr.model.decision import TypeDecision
+
+    # NORMAL x2 (one called PNEUMONIA), BACTERIAL x3, VIRAL x3 (one missed), one unknown type.
+    labels = np.array([0, 0, 1, 1, 1, 1, 1, 1, 1])
+    types = [-1, -1, 0, 0, 0, 1, 1, 1, -1]
+    decisions = np.array([0, 1, 1, 1, 1, 1, 1, 0, 1])
+    p_viral = np.array([0.9, 0.2, 0.1, 0.3, 0.7, 0.8, 0.6, 0.9, 0.5])
+    block = type_metrics(labels, types, decisions, p_viral, TypeDecision(0.5, "youden"), 200)
+    assert block["three_class"]["rows"][-1] == "PNEUMONIA (type unknown)"
+    assert block["three_class"]["matrix"] == [[1, 1, 0], [0, 2, 1], [1, 0, 2], [0, 0, 1]]
+    assert (block["n_known_type"], block["n_unknown_type"]) == (6, 1)
+    hits = block["accuracy_among_true_positives"]
+    assert (hits["n"], hits["correct"]) == (5, 4)  # the missed VIRAL is not a true positive
+    vs = block["viral_vs_bacterial"]
+    assert (vs["n_positive"], vs["n_negative"]) == (3, 3)
+    assert vs["roc_auc"]["value"] == pytest.approx(8 / 9)
+    assert vs["at_threshold"]["sensitivity"]["value"] == pytest.approx(1.0)
+    assert vs["at_threshold"]["specificity"]["value"] == pytest.approx(2 / 3)
+
+
+def test_evaluate_reports_the_type(typed_run: Path, tiny_synthetic: Path, tmp_path: Path) -> None:
+    import csv
+
+    from pneumonia_cxr.evaluation.evaluate import evaluate_model
+
+    result = evaluate_model(
+        typed_run / "final_pneumonia_model.pt",
+        tiny_synthetic,
+        output_dir=tmp_path,
+        n_resamples=50,
+        explain_images=0,
+    )
+    block = result.metrics["pneumonia_type"]
+    assert block["n_known_type"] == result.metrics["n_positive"] - block["n_unknown_type"]
+    three = np.array(block["three_class"]["matrix"])
+    assert three.sum() == result.metrics["n"]
+    assert three[0].sum() == result.metrics["n_negative"]
+    assert (tmp_path / "roc_type.png").is_file()
+    with (tmp_path / "predictions.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert {"type", "p_viral", "pneumonia_type", "reason"} <= set(rows[0])
+    called = [
+        r for r in rows if r["predicted"] == "PNEUMONIA" and r["out_of_distribution"] != "True"
+    ]
+    assert all(r["pneumonia_type"] in ("BACTERIAL", "VIRAL") for r in called)
+    assert all(r["pneumonia_type"] == "" for r in rows if r["predicted"] == "NORMAL")
+    assert "VIRAL vs BACTERIAL" in result.report.read_text()

@@ -28,9 +28,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from pneumonia_cxr import CLASS_NAMES, __version__
+from pneumonia_cxr import CLASS_NAMES, TYPE_NAMES, __version__
 from pneumonia_cxr.data.discovery import ImageRecord, list_images, resolve_dataset_for_model
 from pneumonia_cxr.data.fingerprint import records_fingerprint
+from pneumonia_cxr.data.pneumonia_types import read_labels_csv, type_labels
 from pneumonia_cxr.data.site import is_flat_site, list_site_images
 from pneumonia_cxr.errors import EvaluationInputError
 from pneumonia_cxr.evaluation import plots
@@ -44,11 +45,13 @@ from pneumonia_cxr.evaluation.report import (
     protocol_text,
     write_html_report,
 )
+from pneumonia_cxr.evaluation.type_metrics import type_metrics
 from pneumonia_cxr.explain.check import EXPLAIN_CHECK_FILE, run_explain_check, write_explain_check
 from pneumonia_cxr.explain.gradcam import cam_class, predictor_cams
 from pneumonia_cxr.explain.overlay import CamExample, pick_examples, save_gradcam_grid
 from pneumonia_cxr.inference.predictor import Predictor, Scores
 from pneumonia_cxr.model.decision import probability
+from pneumonia_cxr.model.intended_use import FEATURE_REASON
 from pneumonia_cxr.model.model_file import ModelBundle
 from pneumonia_cxr.model.shipped import is_shipped_model, resolve_model_path
 from pneumonia_cxr.run_folder import METRICS_FILE, SPLIT_FILE
@@ -59,9 +62,12 @@ log = logging.getLogger(__name__)
 METRICS_JSON, METRICS_MD, PREDICTIONS_CSV = "metrics.json", "metrics.md", "predictions.csv"
 REPORT_HTML, GRADCAM_GRID = "report.html", "gradcam_batch.png"
 AUDIT_FIGURE = "shortcut_audit.png"
+TYPE_ROC = "roc_type.png"
+"""Written only for a model with a pneumonia type head."""
 PLOT_FILES: dict[str, str] = {
     "Confusion matrix at the stored threshold": "confusion_matrix.png",
     "ROC curve": "roc.png",
+    "ROC curve of the pneumonia type (VIRAL vs BACTERIAL, true pneumonia images)": TYPE_ROC,
     "Precision-recall curve": "pr.png",
     "Reliability diagram": "reliability.png",
     "Score histograms": "score_histograms.png",
@@ -128,6 +134,20 @@ def _ood_summary(bundle: ModelBundle, scores: Scores) -> dict[str, Any] | None:
     }
 
 
+def _reason_counts(predictor: Predictor, scores: Scores) -> dict[str, int]:
+    """How many evaluated images each applicability reason flags (an image may have several).
+    Labelled split files carry no DICOM header or colour facts, so these are the feature checks;
+    the counts name the check, not the score that tripped it."""
+    counts: dict[str, int] = {}
+    for position in range(len(scores.probabilities)):
+        for reason in predictor.reasons(scores, position, None):
+            key = reason.split(" (")[0]
+            if key == FEATURE_REASON:
+                key += " (guard score)" if "guard score" in reason else " (OOD score)"
+            counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
 def _write_plots(
     out: Path,
     metrics: dict[str, Any],
@@ -136,6 +156,8 @@ def _write_plots(
     raw_probs: np.ndarray | None,
     threshold: float,
     run_metrics_csv: Path,
+    types: list[int] | None = None,
+    p_viral: np.ndarray | None = None,
 ) -> dict[str, Path]:
     written = {
         "confusion_matrix.png": plots.plot_confusion_matrix(
@@ -152,6 +174,16 @@ def _write_plots(
             labels, probs, threshold, out / "score_histograms.png"
         ),
     }
+    vs = metrics.get("pneumonia_type", {}).get("viral_vs_bacterial")
+    if vs is not None and types is not None and p_viral is not None:
+        known = (labels == 1) & (np.asarray(types) >= 0)
+        written[TYPE_ROC] = plots.plot_roc(
+            np.asarray(types)[known],
+            p_viral[known],
+            metrics["pneumonia_type"]["threshold"],
+            out / TYPE_ROC,
+            title="ROC of the type: VIRAL vs BACTERIAL",
+        )
     if run_metrics_csv.is_file():
         try:
             written["learning_curves.png"] = plots.plot_learning_curves(
@@ -195,24 +227,37 @@ def _gradcam_grid(
 
 
 def _write_predictions(
-    path: Path, records: list[ImageRecord], scores: Scores, predictor: Predictor
+    path: Path,
+    records: list[ImageRecord],
+    scores: Scores,
+    predictor: Predictor,
+    types: list[int] | None = None,
 ) -> Path:
+    """One row per evaluated image; a typed model adds the true type, p_viral and the type it
+    names (blank unless the image is called PNEUMONIA and not flagged, as in `predict`)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(
-        ["path", "label", "probability", "predicted", "ood_score", "out_of_distribution"]
-    )
-    for record, result in zip(records, predictor.results(scores), strict=True):
-        writer.writerow(
-            [
-                record.path,
-                record.class_name,
-                f"{result.probability:.6f}",
-                result.label,
-                f"{result.ood_score:.4f}" if result.ood_score is not None else "",
-                result.out_of_distribution if result.ood_score is not None else "",
+    header = ["path", "label", "probability", "predicted", "ood_score", "out_of_distribution"]
+    typed = types is not None
+    writer.writerow(header + (["type", "p_viral", "pneumonia_type"] if typed else []) + ["reason"])
+    results = predictor.results(scores)
+    for position, (record, result) in enumerate(zip(records, results, strict=True)):
+        row = [
+            record.path,
+            record.class_name,
+            f"{result.probability:.6f}",
+            result.label,
+            f"{result.ood_score:.4f}" if result.ood_score is not None else "",
+            result.out_of_distribution if result.ood_score is not None else "",
+        ]
+        if typed:
+            kind = types[position]
+            row += [
+                TYPE_NAMES[kind] if kind >= 0 else "",
+                f"{result.p_viral:.6f}" if result.p_viral is not None else "",
+                result.pneumonia_type,
             ]
-        )
+        writer.writerow([*row, result.reason])
     return atomic_write_text(path, buffer.getvalue())
 
 
@@ -353,6 +398,21 @@ def evaluate_model(
     ood = _ood_summary(bundle, scores)
     if ood is not None:
         metrics["ood"] = ood
+    reasons = _reason_counts(predictor, scores)
+    if reasons:
+        metrics["flagged_by_reason"] = reasons
+    types = None
+    if scores.p_viral is not None and bundle.type_decision is not None:
+        types = type_labels(evaluated, read_labels_csv(root))
+        metrics["pneumonia_type"] = type_metrics(
+            labels,
+            types,
+            scores.decisions,
+            scores.p_viral,
+            bundle.type_decision,
+            n_resamples,
+            seed,
+        )
     metrics.update(
         model_fingerprint=bundle.fingerprint(),
         data_fingerprint=records_fingerprint(evaluated, split),
@@ -384,6 +444,8 @@ def evaluate_model(
             raw_probs,
             bundle.threshold,
             run_dir / METRICS_FILE,
+            types,
+            scores.p_viral,
         )
     )
     files["gradcam"] = _gradcam_grid(
@@ -396,7 +458,9 @@ def evaluate_model(
         files["audit"] = plots.plot_audit(
             metrics["roc_auc"], metrics["audit"]["views"], out / AUDIT_FIGURE
         )
-    files["predictions"] = _write_predictions(out / PREDICTIONS_CSV, evaluated, scores, predictor)
+    files["predictions"] = _write_predictions(
+        out / PREDICTIONS_CSV, evaluated, scores, predictor, types
+    )
     explain = _explain(bundle, root, split, evaluated, gradcam_method, seed, explain_images)
     if explain is not None:
         files["explain_check"] = write_explain_check(explain, out)

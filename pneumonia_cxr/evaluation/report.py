@@ -104,6 +104,13 @@ def _metric_rows(metrics: Mapping) -> dict[str, tuple[list[str], list[list[str]]
                 for name, entry in metrics["subgroups"].items()
             ],
         )
+    if metrics.get("pneumonia_type"):
+        tables.update(_type_rows(metrics["pneumonia_type"], ci))
+    if metrics.get("flagged_by_reason"):
+        tables["reasons"] = (
+            ["Applicability reason", "Images flagged"],
+            [[name, str(n)] for name, n in metrics["flagged_by_reason"].items()],
+        )
     if metrics.get("ood"):
         ood = metrics["ood"]
         tables["ood"] = (
@@ -113,6 +120,53 @@ def _metric_rows(metrics: Mapping) -> dict[str, tuple[list[str], list[list[str]]
                 ["Images flagged", f"{ood['n_flagged']} ({100 * ood['share_flagged']:.1f}%)"],
             ],
         )
+    return tables
+
+
+def _type_rows(block: Mapping, ci: str) -> dict[str, tuple[list[str], list[list[str]]]]:
+    """The bacterial-vs-viral tables (`evaluation.type_metrics`): VIRAL is the positive class."""
+    tables = {}
+    vs = block.get("viral_vs_bacterial")
+    accuracy = block["accuracy_among_true_positives"]
+    rows = [
+        ["Pneumonia images of known type", str(block["n_known_type"])],
+        ["Pneumonia images of unknown type (left out)", str(block["n_unknown_type"])],
+        [
+            f"Type threshold ({block['threshold_rule']}, {block['threshold_fitted_on']})",
+            f"{block['threshold']:.3f}",
+        ],
+        [
+            f"Type accuracy among true positives (n = {accuracy['n']}, Wilson)",
+            _with_interval(accuracy, percent=True),
+        ],
+    ]
+    if vs is not None:
+        at = vs["at_threshold"]
+        rows[1:1] = [
+            ["Of them VIRAL / BACTERIAL", f"{vs['n_positive']} / {vs['n_negative']}"],
+            ["ROC AUC, VIRAL vs BACTERIAL", _with_interval(vs["roc_auc"], percent=False)],
+            [
+                "Sensitivity for VIRAL at the type threshold",
+                _with_interval(at["sensitivity"], percent=True),
+            ],
+            [
+                "Specificity for VIRAL (BACTERIAL called BACTERIAL)",
+                _with_interval(at["specificity"], percent=True),
+            ],
+            [
+                "Accuracy of the type at the type threshold",
+                _with_interval(at["accuracy"], percent=True),
+            ],
+        ]
+    tables["type"] = (["Pneumonia type (second head)", f"Value [{ci}]"], rows)
+    three = block["three_class"]
+    tables["three_class"] = (
+        ["True \\ predicted", *three["columns"]],
+        [
+            [row, *map(str, counts)]
+            for row, counts in zip(three["rows"], three["matrix"], strict=True)
+        ],
+    )
     return tables
 
 
