@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_runs import train_tiny_model
 
 from pneumonia_cxr.cli import main
 from pneumonia_cxr.data.discovery import ImageRecord, list_images
@@ -18,8 +17,8 @@ from pneumonia_cxr.model.model_file import load_model
 
 
 @pytest.fixture(scope="module")
-def model_file(tiny_synthetic: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_tiny_model(tiny_synthetic, tmp_path_factory.mktemp("site_model"))
+def model_file(session_tiny_model: Path) -> Path:
+    return session_tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -67,12 +66,16 @@ def test_calibrate_writes_a_file_that_records_its_site(
     model_file: Path, site: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     output = tmp_path / "site.pt"
-    assert _calibrate(model_file, site, output, "--min_sensitivity", "0.9") == 0
+    # The tiny model barely separates its synthetic classes: --force writes the file anyway.
+    assert _calibrate(model_file, site, output, "--min_sensitivity", "0.9", "--force") == 0
     printed = capsys.readouterr().out
     assert "site: 72 images (36 NORMAL, 36 PNEUMONIA)" in printed
     assert "CI width" in printed and "the model as it is" in printed
+    assert "verdict: NOT useful here" in printed
     parent, calibrated = load_model(model_file), load_model(output)
     record = calibrated.extra["calibration"]
+    assert not record["verdict"]["useful"] and record["verdict"]["site_auc_ci"][0] < 0.75
+    assert record["forced"]
     assert record["parent_sha256"] == file_sha256(model_file)
     assert record["images"] == {"NORMAL": 36, "PNEUMONIA": 36}
     assert record["min_sensitivity"] == 0.9 and record["site_sensitivity"] >= 0.9
@@ -152,3 +155,42 @@ def test_init_from_refuses_an_ensemble_and_a_foreign_file(
     for path, message in ((ensemble, "ensemble of 2"), (foreign, "not a pneumonia-cxr")):
         assert main(["train", "--init_from", str(path), "--output_dir", str(tmp_path)]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_a_site_where_the_model_is_at_chance_gets_no_file_without_force(
+    model_file: Path, site: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    import numpy as np
+
+    shuffled = tmp_path / "shuffled"
+    files = sorted(site.rglob("*.png"))
+    classes = np.random.default_rng(3).permutation([0, 1] * (len(files) // 2))
+    for path, label in zip(files, classes, strict=True):
+        target = shuffled / ("NORMAL", "PNEUMONIA")[label] / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(path.resolve())
+    output = tmp_path / "site.pt"
+    assert _calibrate(model_file, shuffled, output) == 2
+    err = capsys.readouterr().err
+    assert "NOT useful here" in err and "--init_from" in err and str(shuffled) in err
+    assert not output.exists()
+    assert _calibrate(model_file, shuffled, output, "--force") == 0
+    assert "NOT useful here" in capsys.readouterr().out
+    record = load_model(output).extra["calibration"]
+    assert not record["verdict"]["useful"] and record["forced"]
+
+
+def test_the_shipped_model_is_useful_on_kermany_test_images_used_as_a_site(
+    real_data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    site = tmp_path / "kermany_site"
+    for name in ("NORMAL", "PNEUMONIA"):
+        (site / name).mkdir(parents=True)
+        for path in sorted((real_data_root / "test" / name).iterdir())[:40]:
+            (site / name / path.name).symlink_to(path)
+    output = tmp_path / "site.pt"
+    code = main(["calibrate", "--dataset_path", str(site), "--output", str(output)])
+    assert code == 0, capsys.readouterr().err
+    assert "verdict: useful here" in capsys.readouterr().out
+    record = load_model(output).extra["calibration"]
+    assert record["verdict"]["useful"] and not record["forced"]

@@ -34,6 +34,44 @@ log = logging.getLogger(__name__)
 
 MIN_IMAGES_PER_CLASS = 30
 """Below this, a class's sensitivity or specificity has a CI about +-15 points or wider."""
+MIN_SITE_AUC = 0.75
+"""`calibrate`'s verdict: a new threshold can trade sensitivity for specificity, not add
+separation. The model is called useful at a site only when the lower end of the 95% CI of its
+site ROC AUC reaches this (CheXNet's own-hospital AUC for pneumonia was 0.768; below it a
+recalibrated threshold promises a sensitivity bought with most of the specificity)."""
+
+
+class SiteNotUsefulError(EvaluationInputError):
+    """The model does not separate the site's classes well enough to recalibrate it."""
+
+
+def site_verdict(before: dict[str, Any]) -> dict[str, Any]:
+    """Whether the model, as it is, separates this site's classes (`MIN_SITE_AUC` rule)."""
+    auc = before["roc_auc"]
+    low = auc["ci_low"] if auc["ci_low"] is not None else auc["value"]
+    useful = low is not None and low >= MIN_SITE_AUC
+    return {
+        "useful": bool(useful),
+        "site_auc": auc["value"],
+        "site_auc_ci": [auc["ci_low"], auc["ci_high"]],
+        "rule": f"the lower end of the 95% CI of the site ROC AUC >= {MIN_SITE_AUC}",
+        "text": (
+            f"useful here: site ROC AUC {auc['value']:.3f} (95% CI from {low:.3f})"
+            if useful
+            else f"NOT useful here: site ROC AUC {auc['value']:.3f} (95% CI from {low:.3f}, "
+            f"below {MIN_SITE_AUC}); recalibrating cannot fix that, fine-tuning on the site's "
+            "images can"
+        ),
+    }
+
+
+def adapt_suggestion(model_path: Path, site: str | Path) -> str:
+    return (
+        f"fine-tune it on this site's labelled images first: pneumonia-cxr train --init_from "
+        f"{model_path} --dataset_path {site} --stage1_epochs 1 --stage2_epochs 3 "
+        "--stage2_lr 3e-5 --unfreeze_layers -1, then calibrate the result on other images of "
+        "the site"
+    )
 
 
 @dataclass
@@ -45,6 +83,8 @@ class SiteCalibration:
     threshold: float
     temperature: float
     ood_cutoff: float | None
+    verdict: dict[str, Any]
+    """`site_verdict` of the model as it is."""
     sensitivity: float
     """Site sensitivity at the new threshold (what the threshold promises)."""
     sensitivity_ci: tuple[float, float]
@@ -114,6 +154,7 @@ def fit_site(
         threshold=float(threshold),
         temperature=float(temperature),
         ood_cutoff=cutoff,
+        verdict=site_verdict(before),
         sensitivity=hits / int(positives.sum()),
         sensitivity_ci=wilson_interval(hits, int(positives.sum())),
         specificity=float((decisions[negatives] == 0).mean()),
@@ -131,6 +172,7 @@ def calibrate_model(
     device: str | None = None,
     batch_size: int = 32,
     n_resamples: int = 2000,
+    site: str | Path | None = None,
 ) -> SiteCalibration:
     """Score, fit, and write the calibrated model file; nothing is written on any error."""
     model_path = Path(model_path)
@@ -141,7 +183,15 @@ def calibrate_model(
     result = fit_site(
         bundle, scored, rule=rule, min_sensitivity=min_sensitivity, n_resamples=n_resamples
     )
+    if not result.verdict["useful"] and not force:
+        raise SiteNotUsefulError(
+            f"{result.verdict['text']}. Nothing was written. To use the model at this site, "
+            f"{adapt_suggestion(model_path, site or Path(records[0].path).parents[1])}; or pass "
+            "--force "
+            "to write the recalibrated file anyway (it will carry this verdict)"
+        )
     result.calibration = {
+        "verdict": result.verdict,
         "site_fingerprint": records_fingerprint(records, "site"),
         "images": class_counts(records),
         "threshold_rule": rule,
@@ -154,7 +204,13 @@ def calibrate_model(
         "parent_file": model_path.name,
         "parent_threshold": bundle.threshold,
         "parent_temperature": bundle.temperature,
-        "forced": bool(force and min(class_counts(records).values()) < MIN_IMAGES_PER_CLASS),
+        "forced": bool(
+            force
+            and (
+                min(class_counts(records).values()) < MIN_IMAGES_PER_CLASS
+                or not result.verdict["useful"]
+            )
+        ),
     }
     bundle.threshold, bundle.temperature = result.threshold, result.temperature
     bundle.threshold_rule = rule
@@ -243,6 +299,7 @@ def calibrate_site(
         force=force,
         device=device,
         batch_size=batch_size,
+        site=site,
     )
     try:
         held = (
@@ -281,6 +338,7 @@ def format_report(
     low, high = result.sensitivity_ci
     lines = [
         f"site: {len(records)} images ({counts})",
+        f"verdict: {result.verdict['text']} (rule: {result.verdict['rule']})",
         f"the model as it is (threshold {before['threshold']:.4f}): ROC AUC "
         f"{before['roc_auc']['value']:.3f} [{before['roc_auc']['ci_low']:.3f}, "
         f"{before['roc_auc']['ci_high']:.3f}], sensitivity "
