@@ -14,7 +14,6 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 from test_loader import dicom_bytes, png_bomb
-from tiny_runs import train_tiny_model
 
 from pneumonia_cxr.data.discovery import list_images
 from pneumonia_cxr.inference.predictor import Predictor
@@ -26,8 +25,8 @@ LIMIT = 2 * 1024 * 1024
 
 
 @pytest.fixture(scope="module")
-def model_file(tiny_synthetic: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_tiny_model(tiny_synthetic, tmp_path_factory.mktemp("serve_run"))
+def model_file(session_tiny_model: Path) -> Path:
+    return session_tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +65,8 @@ def test_health_ready_model_and_docs(client: TestClient, model_file: Path) -> No
     info = client.get("/v1/model").json()
     assert info["model_path"] == str(model_file) and info["classes"] == ["NORMAL", "PNEUMONIA"]
     assert 0 < info["threshold"] < 1 and info["preprocessing"]["image_size"] == 48
+    assert info["type"] is None and "Trained and tested on" in info["scope"]
+    assert info["intended_use"]["max_age_years"] == 10
     assert client.get("/docs").status_code == 200
     assert "/v1/predict" in client.get("/openapi.json").json()["paths"]
 

@@ -82,11 +82,11 @@ def server(tmp_path: Path):
         log.close()
 
 
-def _cat_png() -> bytes:
+def _astronaut_png() -> bytes:
     from skimage import data
 
     buffer = io.BytesIO()
-    Image.fromarray(data.chelsea()).save(buffer, format="PNG")
+    Image.fromarray(data.astronaut()).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
@@ -96,8 +96,9 @@ def test_page_shows_predicts_probability_and_errors_in_words(
     xray: Path,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    """The token asked once; predict's probability as a percentage; a cat photo gets no label;
-    an unreadable file an error in words; nothing leaves the server."""
+    """The token asked once; the model's scope in one sentence; predict's probability as a
+    percentage; the astronaut photograph gets no label and the colour reason; an unreadable file
+    an error in words; nothing leaves the server."""
     from playwright.sync_api import sync_playwright
 
     [expected] = predict_paths(Predictor.open(default_model_path(), device="cpu"), [xray])
@@ -117,6 +118,9 @@ def test_page_shows_predicts_probability_and_errors_in_words(
             page.goto(server)
             assert page.locator("input#file[type=file]").count() == 1
             page.locator("#model").filter(has_text="chosen on validation").wait_for(timeout=30_000)
+            scope = page.locator("[data-testid=scope]")
+            assert scope.is_visible() and "Trained and tested on" in scope.text_content()
+            assert "calibrate" in scope.text_content()
 
             page.set_input_files("#file", str(xray))
             shown = page.locator("[data-testid=probability]").first
@@ -131,11 +135,15 @@ def test_page_shows_predicts_probability_and_errors_in_words(
             assert (tmp_path / "page.png").stat().st_size > 10_000
 
             page.set_input_files(
-                "#file", files=[{"name": "cat.png", "mimeType": "image/png", "buffer": _cat_png()}]
+                "#file",
+                files=[
+                    {"name": "astronaut.png", "mimeType": "image/png", "buffer": _astronaut_png()}
+                ],
             )
             verdict = page.locator("[data-testid=label]").first
             verdict.filter(has_text="not assessed").wait_for(timeout=60_000)
             assert page.locator(".label-PNEUMONIA, .label-NORMAL").count() == 0
+            assert "colour image" in page.locator("[data-testid=reason]").first.text_content()
             details = page.locator("#results details").first
             assert details.get_attribute("open") is None  # the probability stays folded away
             assert "PNEUMONIA" not in page.locator("#results").inner_text()  # nothing visible

@@ -255,3 +255,30 @@ def test_evaluate_reports_the_type(typed_run: Path, tiny_synthetic: Path, tmp_pa
     assert all(r["pneumonia_type"] in ("BACTERIAL", "VIRAL") for r in called)
     assert all(r["pneumonia_type"] == "" for r in rows if r["predicted"] == "NORMAL")
     assert "VIRAL vs BACTERIAL" in result.report.read_text()
+
+
+def test_the_service_says_the_type(typed_run: Path, tiny_synthetic: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from pneumonia_cxr.serve.app import create_app
+    from pneumonia_cxr.serve.service import ServeConfig
+
+    model = typed_run / "final_pneumonia_model.pt"
+    files = sorted((tiny_synthetic / "test" / "PNEUMONIA").glob("*.png"))[:4]
+    expected = predict_paths(Predictor.open(model, device="cpu"), files)
+    with TestClient(create_app(ServeConfig(model_path=model, device="cpu"))) as client:
+        for _ in range(600):
+            if client.get("/ready").status_code == 200:
+                break
+            import time
+
+            time.sleep(0.1)
+        info = client.get("/v1/model").json()
+        assert info["type"]["class_names"] == ["BACTERIAL", "VIRAL"]
+        assert info["type"]["threshold"] == load_model(model).type_decision.threshold
+        upload = [("file", (p.name, p.read_bytes())) for p in files]
+        results = client.post("/v1/predict", files=upload).json()["results"]
+    for result, row in zip(results, expected, strict=True):
+        assert result["p_viral"] == pytest.approx(row.p_viral, abs=1e-4)
+        assert result["pneumonia_type"] == row.pneumonia_type
+        assert "reason" in result

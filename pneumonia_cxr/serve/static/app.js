@@ -34,7 +34,13 @@ async function showModel() {
         : "chosen on validation data";
       $("model").textContent =
         `Model: ${model.backbone}${model.shipped ? " (shipped with pneumonia-cxr)" : ""}; ` +
-        `PNEUMONIA when P ≥ ${percent(model.threshold)} (${where}).` + figures;
+        `PNEUMONIA when P ≥ ${percent(model.threshold)} (${where}).` + figures +
+        (model.type ? " It also says whether a pneumonia looks bacterial or viral." : "");
+      $("scope").textContent = model.scope;
+      if (model.site_verdict) {
+        $("verdict").textContent = `At the site it was calibrated on: ${model.site_verdict.text}.`;
+        $("verdict").className = model.site_verdict.useful ? "verdict" : "verdict warning";
+      }
       return;
     }
     const body = await response.json().catch(() => ({}));
@@ -80,9 +86,12 @@ function card(result, file) {
   probability.textContent = percent(result.probability);
   if (result.out_of_distribution) {
     // No label for an image the model was not made for: a grey "not assessed", the number hidden.
-    verdict.innerHTML =
-      `<span class="label-none" data-testid="label">not assessed</span>: this does not look ` +
-      `like a pediatric chest X-ray (out-of-distribution score ${result.ood_score.toFixed(1)}).`;
+    verdict.innerHTML = `<span class="label-none" data-testid="label">not assessed</span>: `;
+    const reason = document.createElement("span");
+    reason.dataset.testid = "reason";
+    reason.textContent = result.reason ||
+      "this does not look like a pediatric chest X-ray the model was made for";
+    verdict.append(reason, ".");
     const details = document.createElement("details");
     details.innerHTML = "<summary>details</summary>";
     const line = document.createElement("p");
@@ -97,6 +106,14 @@ function card(result, file) {
   verdict.querySelector("[data-testid=label]").textContent = result.label;
   verdict.append(probability, ` (threshold ${percent(result.threshold)})`);
   element.append(verdict);
+  if (result.pneumonia_type) {
+    // "likely bacterial, 81%": the type head's probability of the type it names.
+    const kind = document.createElement("p");
+    kind.dataset.testid = "pneumonia-type";
+    const share = result.pneumonia_type === "VIRAL" ? result.p_viral : 1 - result.p_viral;
+    kind.textContent = `likely ${result.pneumonia_type.toLowerCase()}, ${percent(share)}`;
+    element.append(kind);
+  }
   return element;
 }
 
