@@ -192,5 +192,14 @@ def test_the_shipped_model_is_useful_on_kermany_test_images_used_as_a_site(
     code = main(["calibrate", "--dataset_path", str(site), "--output", str(output)])
     assert code == 0, capsys.readouterr().err
     assert "verdict: useful here" in capsys.readouterr().out
-    record = load_model(output).extra["calibration"]
+    calibrated = load_model(output)
+    record = calibrated.extra["calibration"]
     assert record["verdict"]["useful"] and not record["forced"]
+    assert record["guard"]["images"]["cutoff"] == 26 and calibrated.guard.cutoff == pytest.approx(
+        record["guard"]["cutoff"]
+    )
+    from pneumonia_cxr.inference.predictor import Predictor
+    from pneumonia_cxr.predict import predict_paths
+
+    rows = predict_paths(Predictor.open(output, engine="torch"), sorted(site.rglob("*.jpeg")))
+    assert sum(bool(r.out_of_distribution) for r in rows) <= 16  # its own site: few flagged

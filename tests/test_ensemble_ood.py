@@ -70,7 +70,8 @@ def test_ensemble_file_is_float16_with_a_validation_threshold_and_ood_cutoff(
     ensemble_file: Path, two_runs: list[Path]
 ) -> None:
     payload = torch.load(ensemble_file, map_location="cpu", weights_only=True)
-    assert payload["format_version"] == 2 and len(payload["members"]) == 2
+    assert payload["format_version"] == 3 and len(payload["members"]) == 2
+    assert math.isfinite(payload["guard"]["cutoff"])  # the applicability guard, fitted here
     weights = [v for m in payload["members"] for v in m["state_dict"].values()]
     assert all(v.dtype == torch.float16 for v in weights if v.is_floating_point())
     assert math.isfinite(payload["ood"]["cutoff"]) and payload["ood"]["quantile"] == 0.99

@@ -104,15 +104,23 @@ def test_typed_model_file_engines_and_table(typed_run: Path, tiny_synthetic: Pat
     assert header[:5] == ["path", "probability", "label", "p_viral", "pneumonia_type"]
 
 
-def test_binary_model_keeps_its_format_and_columns(
-    session_tiny_model: Path, tiny_synthetic: Path
+def test_binary_model_keeps_its_columns_and_an_old_file_still_loads(
+    session_tiny_model: Path, tiny_synthetic: Path, tmp_path: Path
 ) -> None:
-    assert torch.load(session_tiny_model, weights_only=True)["format_version"] == 2
-    rows = predict_paths(
-        load_model(session_tiny_model), sorted((tiny_synthetic / "test").rglob("*.png"))[:3]
-    )
+    payload = torch.load(session_tiny_model, weights_only=True)
+    assert payload["format_version"] == 3 and payload["guard"]  # train fits the guard
+    files = sorted((tiny_synthetic / "test").rglob("*.png"))[:3]
+    rows = predict_paths(load_model(session_tiny_model), files)
     assert "p_viral" not in rows_to_csv(rows).splitlines()[0]
     assert all(r.p_viral is None and r.pneumonia_type == "" for r in rows)
+    for key in ("guard", "intended_use", "type_decision"):  # a file written before issue 25
+        payload.pop(key, None)
+    payload["format_version"] = 2
+    torch.save(payload, tmp_path / "old.pt")
+    old = load_model(tmp_path / "old.pt")
+    assert old.guard is None and old.intended_use == KERMANY_INTENDED_USE
+    old_rows = predict_paths(old, files)
+    assert [r.probability for r in old_rows] == [r.probability for r in rows]
 
 
 def test_init_from_binary_keeps_its_weights_and_adds_a_fresh_type_head(

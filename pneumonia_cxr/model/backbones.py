@@ -46,7 +46,9 @@ class BackboneSpec:
     guard_layers: tuple[str, ...] = ()
     """Intermediate layers whose pooled statistics the applicability guard models
     (`model.guard`): mid-depth, where texture and acquisition differ between sites before
-    the class-specific top layers have pooled them away (Lee et al. 2018)."""
+    the class-specific top layers have pooled them away (Lee et al. 2018). EfficientNet-Lite:
+    blocks.1-6, the set `benchmarks/guard_layers.py` picks by its stated rule (away from the
+    test split); ResNet: layer1-3."""
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}
@@ -223,7 +225,7 @@ for _lite in ("lite0", "lite1", "lite2"):
             "blocks.4",
             mean=(0.5, 0.5, 0.5),
             std=(0.5, 0.5, 0.5),
-            guard_layers=("blocks.2", "blocks.3", "blocks.4"),
+            guard_layers=tuple(f"blocks.{i}" for i in range(1, 7)),
         )
     )
 

@@ -21,6 +21,7 @@ from pneumonia_cxr.model.ensemble import PneumoniaEnsemble
 from pneumonia_cxr.model.model_file import ModelBundle, load_model, round_to_half, save_model
 from pneumonia_cxr.model.ood import DEFAULT_QUANTILE, FeatureDensity, OodScorer, member_features
 from pneumonia_cxr.run_folder import SPLIT_FILE
+from pneumonia_cxr.training.guard_fit import fit_guard
 from pneumonia_cxr.training.operating_point import fit_operating_point
 
 log = logging.getLogger(__name__)
@@ -144,6 +145,15 @@ def build_ensemble(
     )
     bundle.ood.cutoff = float(np.quantile(val.scores.ood_scores, bundle.ood.quantile))
     bundle.extra["ood_train_images"] = len(chosen)
+    fit_guard(
+        bundle,
+        split.train,
+        split.val,
+        fitted_on="its training split (patient-level)",
+        batch_size=batch_size,
+        device=device,
+        seed=seed,
+    )
     bundle.scoring_model().cpu()  # the classifier and the OOD statistics
     save_model(bundle, output, half=half)
     return bundle

@@ -161,6 +161,45 @@ def fit_site(
     )
 
 
+def refit_site_guard(
+    bundle: ModelBundle,
+    records: Sequence[ImageRecord],
+    device: str | None,
+    batch_size: int,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The applicability guard refitted on the site's own images (a third each: densities,
+    score normalisation, cut-off at the guard's quantile), so that the calibrated model accepts
+    its own site and still flags what is unlike it. Returns what the record keeps."""
+    from pneumonia_cxr.training.guard_fit import fit_guard
+
+    order = np.random.default_rng(seed).permutation(len(records))
+    third = max(len(records) // 3, 1)
+    cut_part = [records[i] for i in order[:third]]
+    fit_part = [records[i] for i in order[third:]]
+    guard = fit_guard(
+        bundle,
+        fit_part,
+        cut_part,
+        fitted_on=f"the calibration site ({len(records)} images)",
+        fit_images=max(len(fit_part) // 2, 1),
+        norm_images=len(fit_part),
+        batch_size=batch_size,
+        device=device,
+    )
+    assert guard is not None
+    return {
+        "layers": list(guard.layers),
+        "cutoff": guard.cutoff,
+        "quantile": guard.quantile,
+        "images": {
+            "fit": len(fit_part) - len(fit_part) // 2,
+            "normalise": len(fit_part) // 2,
+            "cutoff": len(cut_part),
+        },
+    }
+
+
 def calibrate_model(
     model_path: str | Path,
     records: Sequence[ImageRecord],
@@ -212,6 +251,8 @@ def calibrate_model(
             )
         ),
     }
+    if bundle.guard is not None:
+        result.calibration["guard"] = refit_site_guard(bundle, records, device, batch_size)
     bundle.threshold, bundle.temperature = result.threshold, result.temperature
     bundle.threshold_rule = rule
     if bundle.ood is not None and result.ood_cutoff is not None:

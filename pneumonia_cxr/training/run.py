@@ -52,6 +52,7 @@ from pneumonia_cxr.training.folder import (
     workers_join,
     write_progress,
 )
+from pneumonia_cxr.training.guard_fit import fit_guard
 from pneumonia_cxr.training.module import PneumoniaLitModule
 from pneumonia_cxr.training.operating_point import fit_operating_point
 from pneumonia_cxr.training.trainer import make_trainer, quiet_libraries
@@ -304,7 +305,8 @@ def finalize_model(
     listed_types: dict[str, int] | None = None,
 ) -> ModelBundle:
     """Threshold (and optional temperature, and the type threshold) from the validation split,
-    never from test."""
+    and the applicability guard from the training split with its cut-off on validation; never
+    from test."""
     bundle = ModelBundle(
         model=net,
         preprocessing=preprocessing,
@@ -321,6 +323,13 @@ def finalize_model(
         batch_size=config.data.batch_size,
         num_workers=config.data.num_workers,
         listed_types=listed_types,
+    )
+    fit_guard(
+        bundle,
+        split.train,
+        split.val,
+        fitted_on="its training split (patient-level)",
+        batch_size=config.data.batch_size,
     )
     bundle.model.cpu()
     return bundle
