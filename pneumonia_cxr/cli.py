@@ -1,4 +1,5 @@
-"""The `pneumonia-cxr` command: data, train, demo, evaluate, predict, explain-check."""
+"""The `pneumonia-cxr` command: data, train, distill, demo, evaluate, predict, merge-predictions,
+ensemble, calibrate, adapt, export, serve, explain-check."""
 
 from __future__ import annotations
 
@@ -273,6 +274,26 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         if args.check_output:
             Path(args.check_output).write_text(json.dumps(outcome.held_out) + "\n")
     print(f"written: {args.output}")
+    return 0
+
+
+def cmd_adapt(args: argparse.Namespace) -> int:
+    """Fine-tune, calibrate and check a model on a site's own labelled images."""
+    from pneumonia_cxr.training.adapt import adapt_site, format_adapt_report
+
+    outcome = adapt_site(
+        _model_path_or_shipped(args.model_path),
+        args.dataset_path,
+        args.output,
+        work_dir=args.work_dir,
+        split=args.split,
+        rule=args.threshold_rule,
+        min_sensitivity=args.min_sensitivity,
+        seed=args.seed,
+        force=args.force,
+        batch_size=args.batch_size,
+    )
+    print(format_adapt_report(outcome))
     return 0
 
 
@@ -758,6 +779,33 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--batch_size", type=_positive_int, default=32)
     _add_device_arg(calibrate)
     calibrate.set_defaults(func=cmd_calibrate)
+
+    adapt = sub.add_parser(
+        "adapt",
+        help="make the model work at a new site: fine-tune on half of its labelled images "
+        "(by patient), calibrate, and report before/after on the other half",
+    )
+    _add_model_path_arg(adapt)
+    adapt.add_argument(
+        "--dataset_path",
+        required=True,
+        help="the site's folder with NORMAL/ and PNEUMONIA/ (or the official layout: --split)",
+    )
+    adapt.add_argument("--split", default="test", choices=SPLITS, help="official layout only")
+    adapt.add_argument("--output", required=True, help="the adapted model file (.pt)")
+    adapt.add_argument(
+        "--work_dir", help="fine-tuning run and links (default: beside --output); resumable"
+    )
+    adapt.add_argument(
+        "--threshold_rule", default="max_specificity_at_sensitivity", choices=THRESHOLD_RULES
+    )
+    adapt.add_argument("--min_sensitivity", type=float, default=0.90)
+    adapt.add_argument("--seed", type=int, default=0, help="seed of the halves and the training")
+    adapt.add_argument(
+        "--force", action="store_true", help="go on with < 30 images of a class in a half"
+    )
+    adapt.add_argument("--batch_size", type=_positive_int, default=32)
+    adapt.set_defaults(func=cmd_adapt)
 
     export = sub.add_parser("export", help="export a model file for fast inference")
     _add_model_path_arg(export, required=True)

@@ -203,3 +203,40 @@ def test_the_shipped_model_is_useful_on_kermany_test_images_used_as_a_site(
 
     rows = predict_paths(Predictor.open(output, engine="torch"), sorted(site.rglob("*.jpeg")))
     assert sum(bool(r.out_of_distribution) for r in rows) <= 16  # its own site: few flagged
+
+
+def test_adapt_fine_tunes_on_one_half_and_reports_on_the_other(
+    model_file: Path, site: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    output = tmp_path / "adapted.pt"
+    args = ["adapt", "--model_path", str(model_file), "--dataset_path", str(site)]
+    code = main([*args, "--output", str(output), "--force"])
+    assert code == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "checking half, the model as it was" in printed and "checking half, adapted" in printed
+    assert "verdict on the checking half" in printed
+    adapted = load_model(output)
+    record = adapted.extra["adaptation"]
+    assert record["parent_sha256"] == file_sha256(model_file)
+    fit, check = record["images"]["fit"], record["images"]["check"]
+    assert sum(fit.values()) + sum(check.values()) == 72
+    assert record["held_out_after"]["n"] == sum(check.values())
+    assert adapted.intended_use.max_age_years > 100 and "adapted" in adapted.intended_use.population
+    assert adapted.extra["calibration"]["images"] == fit  # calibrated on the fitting half only
+    weights = load_model(model_file).model.state_dict()
+    changed = [k for k, v in adapted.model.state_dict().items() if not torch.equal(v, weights[k])]
+    assert changed  # fine-tuned, not only recalibrated
+    # The same command again finds the finished run and does not train again.
+    run = tmp_path / "adapted_adapt" / "finetune" / "final_pneumonia_model.pt"
+    stamp = run.stat().st_mtime_ns
+    assert main([*args, "--output", str(output), "--force"]) == 0
+    assert run.stat().st_mtime_ns == stamp
+
+
+def test_adapt_refuses_a_site_too_small_without_force(
+    model_file: Path, site: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    output = tmp_path / "adapted.pt"
+    args = ["adapt", "--model_path", str(model_file), "--dataset_path", str(site)]
+    assert main([*args, "--output", str(output)]) == 2
+    assert "--force" in capsys.readouterr().err and not output.exists()
