@@ -290,3 +290,54 @@ def test_the_service_says_the_type(typed_run: Path, tiny_synthetic: Path) -> Non
         assert result["p_viral"] == pytest.approx(row.p_viral, abs=1e-4)
         assert result["pneumonia_type"] == row.pneumonia_type
         assert "reason" in result
+
+
+def test_type_folders_inside_pneumonia_are_read_and_counted(
+    tiny_synthetic: Path, tmp_path: Path
+) -> None:
+    from pneumonia_cxr.data.discovery import list_images
+    from pneumonia_cxr.data.summary import format_summary, summarize_dataset
+
+    sources = sorted((tiny_synthetic / "train" / "PNEUMONIA").glob("*.png"))[:6]
+    normal = sorted((tiny_synthetic / "train" / "NORMAL").glob("*.png"))[:2]
+    for split in ("train", "val", "test"):
+        root = tmp_path / "d" / split
+        for index, source in enumerate(sources):
+            folder = ("BACTERIAL", "viral", "")[index % 3]  # any case; loose files allowed
+            target = root / "PNEUMONIA" / folder / f"scan{index}.png"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.symlink_to(source)
+        (root / "NORMAL").mkdir(parents=True)
+        for index, source in enumerate(normal):
+            (root / "NORMAL" / f"n{index}.png").symlink_to(source)
+    records = list_images(tmp_path / "d", ["train"])
+    assert len(records) == 8
+    assert type_labels(records) == [-1, -1, 0, 0, -1, -1, 1, 1]  # NORMAL, BACTERIAL, loose, VIRAL
+    summary = summarize_dataset(tmp_path / "d", check_readable=False)
+    assert summary["pneumonia_types"]["train"] == {"BACTERIAL": 2, "VIRAL": 2, "unknown": 2}
+    assert "2 BACTERIAL, 2 VIRAL, 2 unknown" in format_summary(summary)
+    (tmp_path / "d" / "train" / "NORMAL" / "VIRAL").mkdir()  # only PNEUMONIA has type folders
+    with pytest.raises(DatasetLayoutError, match="type folders"):
+        list_images(tmp_path / "d", ["train"])
+
+
+def test_calibrate_refits_the_type_threshold_on_a_typed_site(
+    typed_run: Path, tiny_synthetic: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from pneumonia_cxr.cli import main
+
+    site = tmp_path / "site"
+    for split in ("train", "test"):
+        for path in (tiny_synthetic / split).rglob("*.png"):
+            target = site / path.parent.name / path.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.symlink_to(path)
+    output = tmp_path / "site.pt"
+    model = str(typed_run / "final_pneumonia_model.pt")
+    args = ["calibrate", "--model_path", model, "--dataset_path", str(site), "--force"]
+    assert main([*args, "--output", str(output)]) == 0
+    assert "type threshold refitted on the site" in capsys.readouterr().out
+    calibrated = load_model(output)
+    record = calibrated.extra["calibration"]["type"]
+    assert record["refitted"] and calibrated.type_decision.threshold == record["threshold"]
+    assert "calibration site" in calibrated.type_decision.fitted_on

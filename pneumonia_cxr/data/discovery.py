@@ -190,16 +190,26 @@ def class_folders(split_dir: Path) -> list[Path]:
     return [split_dir / name for name in CLASS_NAMES]
 
 
-def class_images(class_dir: Path, skipped: list[Path]) -> list[Path]:
-    """Image files of one class folder; non-image files go to ``skipped``."""
+TYPE_FOLDERS: frozenset[str] = frozenset({"bacterial", "bacteria", "viral", "virus"})
+"""Subfolders a PNEUMONIA folder may hold: the pneumonia type of their images (issue 27)."""
+
+
+def class_images(class_dir: Path, skipped: list[Path], *, nested: bool = False) -> list[Path]:
+    """Image files of one class folder; non-image files go to ``skipped``. A PNEUMONIA folder
+    may keep its images in type folders (`PNEUMONIA/BACTERIAL/`, `PNEUMONIA/VIRAL/`)."""
     images = []
     for entry in sorted(class_dir.iterdir()):
         if _ignored(entry):
             continue
+        typed = class_dir.name.upper() == CLASS_NAMES[1] and entry.name.lower() in TYPE_FOLDERS
+        if entry.is_dir() and typed and not nested:
+            images.extend(class_images(entry, skipped, nested=True))
+            continue
         if entry.is_dir():
             raise DatasetLayoutError(
                 f"unexpected folder {entry} inside class folder {class_dir}: move its images up "
-                "into the class folder or remove it"
+                "into the class folder or remove it (a PNEUMONIA folder may hold type folders "
+                "BACTERIAL/ and VIRAL/)"
             )
         if is_image_file(entry):
             images.append(entry)

@@ -13,10 +13,11 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
-from pneumonia_cxr import CLASS_NAMES
+from pneumonia_cxr import CLASS_NAMES, TYPE_NAMES
 from pneumonia_cxr.data.discovery import SPLITS, ImageRecord, find_layout_root, list_images
 from pneumonia_cxr.data.loader import load_xray
 from pneumonia_cxr.data.patients import patient_id, pneumonia_type
+from pneumonia_cxr.data.pneumonia_types import UNKNOWN, read_labels_csv, type_labels
 from pneumonia_cxr.data.split import file_sha256
 from pneumonia_cxr.errors import ImageLoadError
 
@@ -99,7 +100,12 @@ def summarize_dataset(root: str | Path, *, check_readable: bool = True) -> dict[
 
     identical = _identical_groups(records)
     cross_patients, cross_same_type = _cross_split_patients(records)
+    types = {split: {**dict.fromkeys(TYPE_NAMES, 0), "unknown": 0} for split in SPLITS}
+    for record, kind in zip(records, type_labels(records, read_labels_csv(root)), strict=True):
+        if record.label == 1:
+            types[record.split][TYPE_NAMES[kind] if kind != UNKNOWN else "unknown"] += 1
     return {
+        "pneumonia_types": types,
         "root": str(root),
         "counts": counts,
         "class_totals": {name: sum(counts[s][name] for s in SPLITS) for name in CLASS_NAMES},
@@ -196,6 +202,13 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines = [f"Dataset: {summary['root']}", "", "Images per official split and class:"]
     lines += _counts_table(summary)
     lines.append(f"  total images: {summary['total_images']}")
+    lines += [
+        "",
+        "Pneumonia type of the PNEUMONIA images (unknown: they train the pneumonia "
+        "question only, not the type head):",
+    ]
+    for split, kinds in summary["pneumonia_types"].items():
+        lines.append(f"  {split:<6}" + ", ".join(f"{n} {name}" for name, n in kinds.items()))
 
     unrecognised = summary["unrecognised_names"]
     lines += ["", f"File names without a patient id: {unrecognised['count']}"]

@@ -200,6 +200,26 @@ def refit_site_guard(
     }
 
 
+def refit_site_type(
+    bundle: ModelBundle, scored: RecordScores, site: str | Path | None
+) -> dict[str, Any] | None:
+    """The type threshold refitted by the training rule when the site's pneumonia images carry
+    both types (names, type folders or a labels.csv); left alone otherwise. None: no type
+    head."""
+    if bundle.type_decision is None or scored.scores.p_viral is None:
+        return None
+    from pneumonia_cxr.data.pneumonia_types import read_labels_csv, type_labels
+    from pneumonia_cxr.training.operating_point import fit_type_decision
+
+    listed = read_labels_csv(site) if site is not None else {}
+    types = np.asarray(type_labels(scored.kept, listed))
+    if len(set(types[types >= 0].tolist())) < 2:
+        return {"refitted": False, "why": "the site's pneumonia images do not carry both types"}
+    parent = bundle.type_decision.threshold
+    bundle.type_decision = fit_type_decision(types, scored.scores.p_viral, "the calibration site")
+    return {"refitted": True, "threshold": bundle.type_decision.threshold, "parent": parent}
+
+
 def calibrate_model(
     model_path: str | Path,
     records: Sequence[ImageRecord],
@@ -253,6 +273,7 @@ def calibrate_model(
     }
     if bundle.guard is not None:
         result.calibration["guard"] = refit_site_guard(bundle, records, device, batch_size)
+    result.calibration["type"] = refit_site_type(bundle, scored, site)
     bundle.threshold, bundle.temperature = result.threshold, result.temperature
     bundle.threshold_rule = rule
     if bundle.ood is not None and result.ood_cutoff is not None:
@@ -394,6 +415,14 @@ def format_report(
         f"(95% CI width {100 * (high - low):.1f} points), specificity "
         f"{_pct(result.specificity)}",
     ]
+    kind = result.calibration.get("type")
+    if kind:
+        lines.append(
+            f"  type threshold refitted on the site: {kind['threshold']:.4f} (was "
+            f"{kind['parent']:.4f})"
+            if kind["refitted"]
+            else f"  type threshold left as it was: {kind['why']}"
+        )
     if not checked:
         lines.append(
             "  (fitted and measured on the same images: check it on other patients, e.g. "
