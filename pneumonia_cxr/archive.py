@@ -165,6 +165,7 @@ def score_archive(
     num_workers: int = 0,
     gradcam_dir: str | Path | None = None,
     gradcam_method: str = "gradcam",
+    gradcam_target: str = "pneumonia",
     progress: bool = True,
 ) -> Summary:
     """Score every (shard's) file, appending rows as batches finish; see the module docstring."""
@@ -225,6 +226,7 @@ def score_archive(
             num_workers=num_workers,
             gradcam_dir=gradcam_dir,
             gradcam_method=gradcam_method,
+            gradcam_target=gradcam_target,
         ):
             batches += 1
             table.write(rows_to_csv(rows, columns).split("\n", 1)[1])

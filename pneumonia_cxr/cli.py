@@ -432,6 +432,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         num_workers=args.num_workers,
         gradcam_dir=args.gradcam,
         gradcam_method=args.gradcam_method,
+        gradcam_target=args.gradcam_target,
         progress=not args.no_progress,
     )
     if args.output:
@@ -467,6 +468,7 @@ def _predict_archive(args: argparse.Namespace, predictor, model_path: Path) -> i
         num_workers=args.num_workers,
         gradcam_dir=args.gradcam,
         gradcam_method=args.gradcam_method,
+        gradcam_target=args.gradcam_target,
         progress=not args.no_progress,
     )
     _warn_flagged(summary.out_of_distribution, summary.flagged_examples)
@@ -719,6 +721,13 @@ def build_parser() -> argparse.ArgumentParser:
     lightning.add_argument("--strategy", default="ddp")
     predict.add_argument("--gradcam", metavar="OUT_DIR", help="write one overlay PNG per image")
     predict.add_argument("--gradcam_method", default="gradcam", choices=CAM_METHODS)
+    predict.add_argument(
+        "--gradcam_target",
+        default="pneumonia",
+        choices=("pneumonia", "type"),
+        help="which output the heatmaps explain: P(PNEUMONIA), or the pneumonia type "
+        "(a model with a type head)",
+    )
     predict.add_argument("--batch_size", type=_positive_int, default=32)
     predict.add_argument("--num_workers", type=int, default=0, help="image decoding processes")
     _add_device_arg(predict)

@@ -98,6 +98,7 @@ def predict_paths(
     device: str | torch.device | None = None,
     gradcam_dir: str | Path | None = None,
     gradcam_method: str = "gradcam",
+    gradcam_target: str = "pneumonia",
     progress: bool = False,
 ) -> list[PredictionRow]:
     """Predict every image under `paths`; one row per file, in `expand_paths` order.
@@ -112,6 +113,8 @@ def predict_paths(
         gradcam_dir: When given, one overlay PNG per readable image is written there
             (`<file stem>_gradcam.png`), on the image at its original resolution.
         gradcam_method: One of `pneumonia_cxr.explain.gradcam.CAM_METHODS`.
+        gradcam_target: "pneumonia" (the PNEUMONIA logit) or "type" (the type logit of a model
+            with a type head; overlays named `<stem>_gradcam_type.png`).
         progress: Show a tqdm bar on stderr.
 
     Returns:
@@ -132,6 +135,7 @@ def predict_paths(
             num_workers=num_workers,
             gradcam_dir=gradcam_dir,
             gradcam_method=gradcam_method,
+            gradcam_target=gradcam_target,
         ):
             rows.extend(batch)
             bar.update(len(batch))
@@ -146,6 +150,7 @@ def iter_prediction_batches(
     num_workers: int = 0,
     gradcam_dir: str | Path | None = None,
     gradcam_method: str = "gradcam",
+    gradcam_target: str = "pneumonia",
     chunk_batches: int = 64,
 ) -> Iterator[list[PredictionRow]]:
     """The rows of each batch of files, in file order, as soon as the batch is scored.
@@ -156,7 +161,11 @@ def iter_prediction_batches(
     """
     if gradcam_dir and predictor.bundle is None:
         raise ValueError("Grad-CAM needs the PyTorch model file (.pt), not an ONNX export")
-    writer = _OverlayWriter(Path(gradcam_dir), gradcam_method) if gradcam_dir else None
+    writer = (
+        _OverlayWriter(Path(gradcam_dir), gradcam_method, gradcam_target, predictor)
+        if gradcam_dir
+        else None
+    )
     for chunk in _chunks(files, batch_size * chunk_batches):
         rows = [PredictionRow(path=str(path)) for path in chunk]
         batches = predictor.iter_files(
@@ -198,26 +207,35 @@ def _fill_rows(rows: list[PredictionRow], batch: ScoredBatch, predictor: Predict
 class _OverlayWriter:
     """Grad-CAM overlays named after their files, never overwriting one another."""
 
-    def __init__(self, out_dir: Path, method: str) -> None:
-        from pneumonia_cxr.explain.gradcam import cam_class
+    def __init__(
+        self, out_dir: Path, method: str, target: str = "pneumonia", predictor=None
+    ) -> None:
+        from pneumonia_cxr.explain.gradcam import CAM_TARGETS, TypeLogit, cam_class
 
-        cam_class(method)  # unknown method: fail before any work
-        self.out_dir, self.method = out_dir, method
+        cam_class(method)  # unknown method or target, a type map of a binary model: fail now
+        if target not in CAM_TARGETS:
+            raise ValueError(f"unknown heatmap target {target!r}; choose from {CAM_TARGETS}")
+        if target == "type" and predictor is not None and predictor.bundle is not None:
+            TypeLogit(predictor.bundle.model)
+        self.out_dir, self.method, self.target = out_dir, method, target
+        self.suffix = "_gradcam_type" if target == "type" else "_gradcam"
         self.used: set[str] = set()
         out_dir.mkdir(parents=True, exist_ok=True)
 
     def _name(self, source: Path) -> str:
-        name, counter = f"{source.stem}_gradcam.png", 1
+        name, counter = f"{source.stem}{self.suffix}.png", 1
         while name in self.used:  # same file name in two folders
             counter += 1
-            name = f"{source.stem}_{counter}_gradcam.png"
+            name = f"{source.stem}_{counter}{self.suffix}.png"
         self.used.add(name)
         return name
 
     def write(self, predictor: Predictor, batch: ScoredBatch, rows: list[PredictionRow]) -> None:
         from pneumonia_cxr.explain.overlay import gradcam_overlays
 
-        overlays = gradcam_overlays(predictor, batch.inputs, batch.originals, method=self.method)
+        overlays = gradcam_overlays(
+            predictor, batch.inputs, batch.originals, method=self.method, target=self.target
+        )
         for index, pixels in zip(batch.indices, overlays, strict=True):
             target = self.out_dir / self._name(Path(rows[index].path))
             overlay = Image.fromarray(pixels)

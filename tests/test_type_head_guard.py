@@ -285,8 +285,9 @@ def test_the_service_says_the_type(typed_run: Path, tiny_synthetic: Path) -> Non
         assert info["type"]["class_names"] == ["BACTERIAL", "VIRAL"]
         assert info["type"]["threshold"] == load_model(model).type_decision.threshold
         upload = [("file", (p.name, p.read_bytes())) for p in files]
-        results = client.post("/v1/predict", files=upload).json()["results"]
+        results = client.post("/v1/predict?gradcam=true", files=upload).json()["results"]
     for result, row in zip(results, expected, strict=True):
+        assert result["gradcam_type_png_base64"] != result["gradcam_png_base64"]
         assert result["p_viral"] == pytest.approx(row.p_viral, abs=1e-4)
         assert result["pneumonia_type"] == row.pneumonia_type
         assert "reason" in result
@@ -341,3 +342,25 @@ def test_calibrate_refits_the_type_threshold_on_a_typed_site(
     record = calibrated.extra["calibration"]["type"]
     assert record["refitted"] and calibrated.type_decision.threshold == record["threshold"]
     assert "calibration site" in calibrated.type_decision.fitted_on
+
+
+def test_type_heatmaps_explain_the_type_logit(
+    typed_run: Path, session_tiny_model: Path, tiny_synthetic: Path, tmp_path: Path
+) -> None:
+    from pneumonia_cxr.explain.gradcam import model_cams
+
+    model = load_model(typed_run / "final_pneumonia_model.pt")
+    files = sorted((tiny_synthetic / "test" / "PNEUMONIA").glob("*.png"))[:2]
+    rows = predict_paths(
+        model, files, gradcam_dir=tmp_path / "maps", gradcam_target="type", device="cpu"
+    )
+    assert all(Path(r.heatmap).name.endswith("_gradcam_type.png") for r in rows)
+    predictor = Predictor.from_bundle(model, "cpu")
+    images = torch.stack([predictor.load_input(f)[0] for f in files])
+    pneumonia = model_cams(model.model, images)
+    kind = model_cams(model.model, images, target="type")
+    assert kind.shape == pneumonia.shape and not np.allclose(kind, pneumonia)
+    with pytest.raises(ValueError, match="no pneumonia type head"):
+        predict_paths(
+            load_model(session_tiny_model), files, gradcam_dir=tmp_path / "x", gradcam_target="type"
+        )

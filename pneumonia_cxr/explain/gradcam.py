@@ -184,6 +184,28 @@ def compute_cams(
     return np.clip(np.nan_to_num(maps, nan=0.0), 0.0, 1.0)
 
 
+CAM_TARGETS: tuple[str, ...] = ("pneumonia", "type")
+"""Which output a map explains: the PNEUMONIA logit, or the VIRAL-vs-BACTERIAL type logit."""
+
+
+class TypeLogit(nn.Module):
+    """A model seen through its type head: (N, 1) VIRAL logits (members averaged), so the one
+    single-logit CAM path explains the second question on the same layers."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        if not all(member.has_type_head for member in model.members):
+            raise ValueError(
+                "this model has no pneumonia type head: a type heatmap needs a model trained "
+                "with --type_head on"
+            )
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        logits = [member.both_logits(images)[1] for member in self.model.members]
+        return torch.stack(logits).mean(dim=0)
+
+
 def model_cams(
     model: nn.Module,
     images: torch.Tensor,
@@ -191,20 +213,30 @@ def model_cams(
     method: str = "gradcam",
     batch_size: int = 16,
     fine: bool = False,
+    target: str = "pneumonia",
 ) -> np.ndarray:
     """`compute_cams` on the model's own target layers: one for a network, one per member of
     an ensemble (the library averages the members' scaled maps into one); `fine`: the stride-16
-    layers instead of the last ones."""
+    layers instead of the last ones; `target` "type" explains the type logit."""
+    if target not in CAM_TARGETS:
+        raise ValueError(f"unknown heatmap target {target!r}; choose from {CAM_TARGETS}")
     layers = model.cam_fine_layers if fine else model.cam_target_layers
-    return compute_cams(model, layers, images, method=method, batch_size=batch_size)
+    explained = TypeLogit(model) if target == "type" else model
+    return compute_cams(explained, layers, images, method=method, batch_size=batch_size)
 
 
 def predictor_cams(
-    predictor: Predictor, inputs: torch.Tensor, *, method: str = "gradcam"
+    predictor: Predictor,
+    inputs: torch.Tensor,
+    *,
+    method: str = "gradcam",
+    target: str = "pneumonia",
 ) -> np.ndarray:
     """Maps of a batch of model inputs from an opened PyTorch predictor: on its device, in its
     memory layout (mixed layouts are ~3x slower), one batch."""
     if predictor.bundle is None:
         raise ValueError("Grad-CAM needs the PyTorch model file (.pt), not an ONNX export")
     images = inputs.to(predictor.device).contiguous(memory_format=torch.channels_last)
-    return model_cams(predictor.bundle.model, images, method=method, batch_size=len(images))
+    return model_cams(
+        predictor.bundle.model, images, method=method, batch_size=len(images), target=target
+    )

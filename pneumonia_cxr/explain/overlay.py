@@ -81,12 +81,13 @@ def gradcam_overlays(
     originals: Sequence[np.ndarray | torch.Tensor],
     *,
     method: str = "gradcam",
+    target: str = "pneumonia",
 ) -> list[np.ndarray]:
     """The one overlay path: maps of a batch of model inputs, each drawn on its original image
     (RGB uint8, the original's resolution). predict, the service and evaluate call it."""
     from pneumonia_cxr.explain.gradcam import predictor_cams
 
-    cams = predictor_cams(predictor, inputs, method=method)
+    cams = predictor_cams(predictor, inputs, method=method, target=target)
     return [overlay_heatmap(original, cam) for original, cam in zip(originals, cams, strict=True)]
 
 

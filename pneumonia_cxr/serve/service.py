@@ -182,6 +182,10 @@ class ModelService:
         if explainer is not None:
             for index, png in zip(kept, _overlays(explainer, batch, originals), strict=True):
                 results[index]["gradcam_png_base64"] = png
+            if explainer.bundle.has_type_head:  # the second question's heatmap, too
+                typed = _overlays(explainer, batch, originals, target="type")
+                for index, png in zip(kept, typed, strict=True):
+                    results[index]["gradcam_type_png_base64"] = png
         return results
 
     def _gradcam_predictor(self) -> Predictor | None:
@@ -203,14 +207,17 @@ class ModelService:
 
 
 def _overlays(
-    predictor: Predictor, batch: torch.Tensor, originals: list[torch.Tensor]
+    predictor: Predictor,
+    batch: torch.Tensor,
+    originals: list[torch.Tensor],
+    target: str = "pneumonia",
 ) -> list[str]:
     from PIL import Image
 
     from pneumonia_cxr.explain.overlay import gradcam_overlays
 
     encoded = []
-    for pixels in gradcam_overlays(predictor, batch, originals):
+    for pixels in gradcam_overlays(predictor, batch, originals, target=target):
         overlay = Image.fromarray(pixels)
         overlay.thumbnail((OVERLAY_MAX_SIDE, OVERLAY_MAX_SIDE))
         buffer = io.BytesIO()

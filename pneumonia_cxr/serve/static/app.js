@@ -52,6 +52,14 @@ async function showModel() {
   }
 }
 
+// Which picture a card shows: the type's heatmap (second toggle), the pneumonia heatmap, or
+// the image itself.
+function shownImage(original, overlay, typeOverlay) {
+  if (!$("heatmaps").checked) return original || overlay;
+  if ($("type-heatmaps").checked && typeOverlay) return typeOverlay;
+  return overlay || original;
+}
+
 function card(result, file) {
   const element = document.createElement("article");
   element.className = "card";
@@ -72,12 +80,16 @@ function card(result, file) {
   const original = /\.(jpe?g|png)$/i.test(file.name) ? URL.createObjectURL(file) : null;
   const overlay = result.gradcam_png_base64
     ? `data:image/png;base64,${result.gradcam_png_base64}` : null;
-  const pick = () => ($("heatmaps").checked && overlay ? overlay : original || overlay);
+  const typeOverlay = result.gradcam_type_png_base64
+    ? `data:image/png;base64,${result.gradcam_type_png_base64}` : null;
+  if (typeOverlay) $("type-toggle").hidden = false;
+  const pick = () => shownImage(original, overlay, typeOverlay);
   image.alt = `X-ray ${result.name}`;
   const source = pick();
   if (source) image.src = source;
   image.dataset.original = original || "";
   image.dataset.overlay = overlay || "";
+  image.dataset.typeOverlay = typeOverlay || "";
   element.append(image);
   const verdict = document.createElement("p");
   const probability = document.createElement("span");
@@ -145,12 +157,15 @@ async function upload(files) {
 }
 
 $("file").addEventListener("change", (event) => upload(event.target.files));
-$("heatmaps").addEventListener("change", () => {
+function repaint() {
   for (const image of document.querySelectorAll(".card img")) {
-    const { original, overlay } = image.dataset;
-    image.src = ($("heatmaps").checked && overlay) ? overlay : (original || overlay);
+    const { original, overlay, typeOverlay } = image.dataset;
+    const source = shownImage(original, overlay, typeOverlay);
+    if (source) image.src = source;
   }
-});
+}
+$("heatmaps").addEventListener("change", repaint);
+$("type-heatmaps").addEventListener("change", repaint);
 const drop = $("drop");
 drop.addEventListener("dragover", (event) => { event.preventDefault(); drop.classList.add("over"); });
 drop.addEventListener("dragleave", () => drop.classList.remove("over"));
