@@ -364,3 +364,23 @@ def test_type_heatmaps_explain_the_type_logit(
         predict_paths(
             load_model(session_tiny_model), files, gradcam_dir=tmp_path / "x", gradcam_target="type"
         )
+
+
+def test_shipped_model_reads_the_dicom_header_of_a_kermany_film(
+    real_data_root: Path, tmp_path: Path
+) -> None:
+    from pneumonia_cxr.model.shipped import default_model_path
+
+    source = sorted((real_data_root / "test" / "NORMAL").glob("*.jpeg"))[0]
+    pixels = np.asarray(Image.open(source).convert("L"))
+    cases = {"adult": ("045Y", "AP"), "child": ("003Y", "AP"), "lateral": ("003Y", "LL")}
+    files = []
+    for name, (age, view) in cases.items():
+        path = tmp_path / f"{name}.dcm"
+        path.write_bytes(dicom_bytes(pixels, PatientAge=age, ViewPosition=view, Modality="CR"))
+        files.append(path)
+    predictor = Predictor.open(default_model_path(), engine="torch", device="cpu")
+    adult, child, lateral = predict_paths(predictor, files)
+    assert adult.out_of_distribution and "PatientAge 045Y" in adult.reason
+    assert "age" not in child.reason and "ViewPosition" not in child.reason
+    assert lateral.out_of_distribution and "ViewPosition LL" in lateral.reason
