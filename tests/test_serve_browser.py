@@ -130,6 +130,11 @@ def test_page_shows_predicts_probability_and_errors_in_words(
             assert shown.text_content() == f"{100 * exact:.1f}%"
             label = page.locator("[data-testid=label]").first.text_content()
             assert label == expected.label
+            kind = page.locator("[data-testid=pneumonia-type]")
+            if expected.pneumonia_type:  # the shipped model names the type of a PNEUMONIA
+                assert f"likely {expected.pneumonia_type.lower()}" in kind.first.text_content()
+            else:
+                assert kind.count() == 0
             page.wait_for_timeout(300)  # let the overlay image paint
             page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
             assert (tmp_path / "page.png").stat().st_size > 10_000
@@ -144,6 +149,7 @@ def test_page_shows_predicts_probability_and_errors_in_words(
             verdict.filter(has_text="not assessed").wait_for(timeout=60_000)
             assert page.locator(".label-PNEUMONIA, .label-NORMAL").count() == 0
             assert "colour image" in page.locator("[data-testid=reason]").first.text_content()
+            assert page.locator("[data-testid=pneumonia-type]").count() == 0
             details = page.locator("#results details").first
             assert details.get_attribute("open") is None  # the probability stays folded away
             assert "PNEUMONIA" not in page.locator("#results").inner_text()  # nothing visible

@@ -10,11 +10,11 @@ from pneumonia_cxr.data.split import file_sha256
 from pneumonia_cxr.errors import ModelFileError
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
-SHIPPED_MODEL_FILE = "pneumonia_cxr_effnet_lite0_distilled_framefill.pt"
-SHIPPED_METRICS_FILE = "pneumonia_cxr_effnet_lite0_distilled_framefill.test_metrics.json"
+SHIPPED_MODEL_FILE = "pneumonia_cxr_effnet_lite0_typed.pt"
+SHIPPED_METRICS_FILE = "pneumonia_cxr_effnet_lite0_typed.test_metrics.json"
 """Its evaluation on the official test split (a copy of results/kermany_test/metrics.json)."""
 SHIPPED_MODEL_SHA256: str | None = (
-    "ae7491abe49cb354f6b8f5fb7b4385e9cb467352b4309d8285cddc29e039b791"
+    "b20eee180cbb78ddc89802ba6e181a11e35965797c0adb6bdd43815a9c8c7840"
 )
 """None until a model is committed: then every load checks the file against this digest."""
 

@@ -7,7 +7,13 @@ cd "$(dirname "$0")/../.."
 OUT=${STUDY_OUTPUT_DIR:-outputs/study6}
 # shellcheck source=../study/distill_candidates.sh
 source results/study/distill_candidates.sh
-SHIPPED=pneumonia_cxr/weights/pneumonia_cxr_effnet_lite0_distilled_framefill.pt
+# t1's parent: study 5's g1 as it shipped when study 6 began (sha256 cec57782...), from git.
+SHIPPED=${STUDY6_PARENT:-outputs/study5_g1.pt}
+if [ ! -f "$SHIPPED" ]; then
+  mkdir -p "$(dirname "$SHIPPED")"
+  git show caca166:pneumonia_cxr/weights/pneumonia_cxr_effnet_lite0_distilled_framefill.pt \
+    > "$SHIPPED.tmp" && mv "$SHIPPED.tmp" "$SHIPPED" || rm -f "$SHIPPED.tmp"
+fi
 TYPED="--type_head on --type_loss_weight 1.0 --monitor val_mean_auc --aug_frame_fill_prob 0.8
   --aug_frame_fill_max 0.25 --aug_crop_scale_min 0.6 --seed 37"
 
