@@ -31,7 +31,7 @@ from pneumonia_cxr.model.guard import (
 )
 from pneumonia_cxr.model.model_file import load_model
 from pneumonia_cxr.model.shipped import resolve_model_path
-from pneumonia_cxr.training.guard_fit import model_split, tap_vectors
+from pneumonia_cxr.training.guard_fit import guard_parts, model_split, tap_vectors
 
 CANDIDATES: dict[str, tuple[str, ...]] = {
     "blocks.2-4": ("blocks.2", "blocks.3", "blocks.4"),
@@ -50,13 +50,8 @@ def main() -> None:
     bundle = load_model(resolve_model_path(args.model_path))
     bundle.guard = None
     split = model_split(bundle, args.data)
-    order = np.random.default_rng(0).permutation(len(split.train))
-    fit_end = DEFAULT_GUARD_FIT_IMAGES
-    parts = {
-        "fit": [split.train[i].path for i in order[:fit_end]],
-        "norm": [split.train[i].path for i in order[fit_end : fit_end + DEFAULT_GUARD_NORM_IMAGES]],
-        "val": [r.path for r in split.val],
-    }
+    fit, norm = guard_parts(split.train, DEFAULT_GUARD_FIT_IMAGES, DEFAULT_GUARD_NORM_IMAGES)
+    parts = {"fit": fit, "norm": norm, "val": [r.path for r in split.val]}
     external = sorted(
         p for p in Path(args.external).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png")
     )

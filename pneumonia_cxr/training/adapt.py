@@ -84,9 +84,9 @@ def held_out(model_path: Path, records: list[ImageRecord], batch_size: int) -> d
     }
 
 
-def _link_fit_folder(records: list[ImageRecord], folder: Path, site: Path) -> Path:
-    """The fitting half as a site folder of links (the training pipeline reads folders)."""
-    patients = read_patients_csv(site)
+def _link_fit_folder(records: list[ImageRecord], folder: Path, patients: dict[str, str]) -> Path:
+    """The fitting half as a site folder of links (the training pipeline reads folders), with
+    the site's patients.csv rows of those images."""
     for record in records:
         target = folder / CLASS_NAMES[record.label] / record.path.name
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -148,11 +148,12 @@ def adapt_site(
     model_path, site, output = Path(model_path), Path(site), Path(output)
     work = Path(work_dir) if work_dir is not None else output.with_name(output.stem + "_adapt")
     records = list_site_images(site, split)
-    fit, check = site_folds(records, 2, seed, read_patients_csv(site))
+    patients = read_patients_csv(site)
+    fit, check = site_folds(records, 2, seed, patients)
     check_enough_images(fit, force, "the fitting half")
     check_enough_images(check, force, "the checking half")
     before = held_out(model_path, check, batch_size)
-    fit_folder = _link_fit_folder(fit, work / "fit_images", site)
+    fit_folder = _link_fit_folder(fit, work / "fit_images", patients)
     tuned = _fine_tune(model_path, fit_folder, work, seed, batch_size)
     calibrate_model(
         tuned,
@@ -177,7 +178,7 @@ def adapt_site(
     record = {
         "site_fingerprint": records_fingerprint(records, "site"),
         "images": {"fit": class_counts(fit), "check": class_counts(check)},
-        "split": "by patient" if any(read_patients_csv(site)) else "by patient where known",
+        "split": "by patient" if patients else "by patient where known",
         "recipe": ADAPT_RECIPE,
         "threshold_rule": rule,
         "min_sensitivity": min_sensitivity,

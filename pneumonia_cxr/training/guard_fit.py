@@ -56,6 +56,19 @@ def tap_vectors(
     return [torch.cat(store).numpy() for store in per_layer]
 
 
+def guard_parts(
+    train: Sequence[ImageRecord], fit_images: int, norm_images: int, seed: int = 0
+) -> tuple[list[Path], list[Path]]:
+    """The training images the densities are fitted on and the others that normalise the
+    layer scores (in-sample distances are biased low), drawn by one seeded permutation."""
+    order = np.random.default_rng(seed).permutation(len(train))
+    fit_part = [train[i].path for i in order[:fit_images]]
+    norm_part = [train[i].path for i in order[fit_images : fit_images + norm_images]]
+    if len(norm_part) < 2:  # a small site: normalise on the fitting images (biased low)
+        norm_part = fit_part
+    return fit_part, norm_part
+
+
 def fit_guard(
     bundle: ModelBundle,
     train: Sequence[ImageRecord],
@@ -75,11 +88,7 @@ def fit_guard(
         log.info("no guard layers for %s: the OOD score alone guards it", bundle.backbone_name)
         bundle.guard = None
         return None
-    order = np.random.default_rng(seed).permutation(len(train))
-    fit_part = [train[i].path for i in order[:fit_images]]
-    norm_part = [train[i].path for i in order[fit_images : fit_images + norm_images]]
-    if len(norm_part) < 2:  # a small site: normalise on the fitting images (biased low)
-        norm_part = fit_part
+    fit_part, norm_part = guard_parts(train, fit_images, norm_images, seed)
     bundle.guard = None
     predictor = Predictor.from_bundle(bundle, device, source="guard fit")
     log.info(
