@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -21,8 +20,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pneumonia_cxr.data.loader import is_image_file
 from pneumonia_cxr.data.split import file_sha256
+from pneumonia_cxr.data.walk import iter_image_files, path_text
 from pneumonia_cxr.errors import PneumoniaCxrError
 from pneumonia_cxr.faults import kill_if
 from pneumonia_cxr.inference.predictor import Predictor
@@ -60,29 +59,12 @@ class Shard:
 
 
 def walk_files(paths: Iterable[str | Path], files_from: str | Path | None = None) -> Iterator[Path]:
-    """Files in a stable order, never all in memory: each path as given, folders walked
-    (entries sorted per folder, image files only), then the lines of a list file (`.txt`: one
-    path a line; `.csv`: its `path` column)."""
-    for raw in paths:
-        path = Path(raw).expanduser()
-        if path.is_dir():
-            yield from _walk(path)
-        else:
-            yield path
+    """Files in a stable order, never all in memory: the listing every predict mode uses
+    (`data.walk.iter_image_files`), then the lines of a list file (`.txt`: one path a line;
+    `.csv`: its `path` column)."""
+    yield from iter_image_files(paths)
     if files_from is not None:
         yield from _listed(Path(files_from))
-
-
-def _walk(folder: Path) -> Iterator[Path]:
-    with os.scandir(folder) as entries:
-        ordered = sorted(entries, key=lambda entry: entry.name)
-    for entry in ordered:
-        if entry.name.startswith("."):
-            continue
-        if entry.is_dir():
-            yield from _walk(Path(entry.path))
-        elif is_image_file(Path(entry.path)):
-            yield Path(entry.path)
 
 
 def _listed(list_file: Path) -> Iterator[Path]:
@@ -129,7 +111,7 @@ class Summary:
         if row.out_of_distribution:
             self.out_of_distribution += 1
             if len(self.flagged_examples) < 10:
-                self.flagged_examples.append(row.path)
+                self.flagged_examples.append(path_text(row.path))
 
 
 def _read_done(output: Path, progress: Path, model_sha256: str) -> list[tuple[str, str]]:
@@ -201,7 +183,7 @@ def score_archive(
 
     def todo() -> Iterator[Path]:
         for position, path in enumerate(walk_files(paths, files_from)):
-            if position % shard.count == shard.index and str(path) not in done:
+            if position % shard.count == shard.index and path_text(path) not in done:
                 positions[str(path)] = position
                 yield path
 
@@ -211,7 +193,7 @@ def score_archive(
         total = sum(
             1
             for position, path in enumerate(walk_files(paths, files_from))
-            if position % shard.count == shard.index and str(path) not in done
+            if position % shard.count == shard.index and path_text(path) not in done
         )
     bar = tqdm(total=total, desc="predict", unit="img", file=sys.stderr, disable=not progress)
     batches = 0
@@ -234,7 +216,7 @@ def score_archive(
             record.write(
                 "".join(
                     f"{positions.pop(row.path)}\t{_signature(Path(row.path), content_hash)}\t"
-                    f"{row.path}\n"
+                    f"{path_text(row.path)}\n"
                     for row in rows
                 )
             )

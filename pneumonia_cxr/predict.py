@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from pneumonia_cxr.data.loader import is_image_file
+from pneumonia_cxr.data.walk import iter_image_files, path_text
 from pneumonia_cxr.inference.predictor import Predictor, ScoredBatch
 from pneumonia_cxr.model.model_file import ModelBundle
 from pneumonia_cxr.storage import atomic_write, atomic_write_text, check_table_path
@@ -70,23 +70,10 @@ class PredictionRow:
 
 
 def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
-    """Files as given (whatever their extension: the loader judges content), folders recursively.
-
-    Inside folders only image files count (`is_image_file`: by extension, dot-files skipped),
-    sorted, so a folder of mixed files gives the same rows every time. A path that does not
-    exist is kept: it becomes a row with a "not found" error rather than vanishing.
-    """
-    expanded: list[Path] = []
-    for raw in paths:
-        path = Path(raw).expanduser()
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p))
-            if not found:
-                log.warning("no image files (.jpeg/.jpg/.png/.dcm) under %s", path)
-            expanded.extend(found)
-        else:
-            expanded.append(path)
-    return expanded
+    """Every file to score, in order: `data.walk.iter_image_files` (the one listing of every
+    predict mode). A path that does not exist is kept: it becomes a row with a "not found"
+    error rather than vanishing."""
+    return list(iter_image_files(paths))
 
 
 def predict_paths(
@@ -258,7 +245,7 @@ def _columns(rows: Sequence[PredictionRow]) -> list[str]:
 
 
 def _record(row: PredictionRow, columns: Sequence[str]) -> dict[str, Any]:
-    values = asdict(row)
+    values = asdict(row) | {"path": path_text(row.path)}
     return {column: values[column] for column in columns}
 
 

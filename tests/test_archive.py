@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import signal
 import subprocess
@@ -18,8 +20,8 @@ from pneumonia_cxr.faults import FAULT_ENV
 
 
 @pytest.fixture(scope="module")
-def model(tiny_synthetic: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_tiny_model(tiny_synthetic, tmp_path_factory.mktemp("archive_model"))
+def model(session_tiny_model: Path) -> Path:
+    return session_tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -181,3 +183,59 @@ def test_the_progress_bar_knows_the_total_and_the_summary_counts(
     assert f"{total}/{total}" in err and "img/s" in err  # a total, hence an ETA
     assert f"{total} image(s) in {output}: {total - broken} scored" in err
     assert f"{broken} unreadable; 0 kept from before" in err
+
+
+@pytest.fixture(scope="module")
+def odd_tree(tiny_synthetic: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Hidden folders, dotfiles, a symlink loop, a link to a file of the tree, a named pipe, a
+    name that is not valid UTF-8, spaces and upper-case extensions."""
+    images = [r.path for r in list_images(tiny_synthetic)][:8]
+    root = tmp_path_factory.mktemp("odd") / "tree"
+    (root / "sub dir").mkdir(parents=True)
+    (root / ".hidden").mkdir()
+    (root / "sub dir" / "a film.JPEG").write_bytes(images[0].read_bytes())
+    (root / "b.Png").write_bytes(images[1].read_bytes())
+    (root / ".dotfile.jpeg").write_bytes(images[2].read_bytes())
+    (root / ".hidden" / "c.jpeg").write_bytes(images[3].read_bytes())
+    (root / "sub dir" / "loop").symlink_to(root, target_is_directory=True)
+    (root / "link_to_b.png").symlink_to(root / "b.Png")
+    (root / "outside.jpeg").symlink_to(images[4])
+    os.mkfifo(root / "pipe.jpeg")
+    (Path(os.fsdecode(bytes(root)) + os.fsdecode(b"/caf\xe9.jpeg"))).write_bytes(
+        images[5].read_bytes()
+    )
+    return root
+
+
+def test_every_predict_mode_scores_the_same_files_of_an_odd_tree(
+    session_tiny_model: Path,
+    odd_tree: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    """`predict DIR`, `predict DIR --output x.csv` and `predict DIR --devices 1 --output y.csv`:
+    the one listing (`data.walk`): no hidden entry, the loop walked once, the linked file once,
+    the pipe skipped and named (never opened: the test would hang), the non-UTF-8 name scored
+    and written with its byte escaped."""
+    archive_csv, ddp_csv = tmp_path / "x.csv", tmp_path / "y.csv"
+    base = ["predict", str(odd_tree), "--model_path", str(session_tiny_model), "--no_progress"]
+    assert main(base) == 0  # the table on stdout
+    plain = capsys.readouterr().out
+    assert main([*base, "--output", str(archive_csv)]) == 0
+    assert main([*base, "--output", str(ddp_csv), "--devices", "1", "--accelerator", "cpu"]) == 0
+    named = ("sub dir/a film.JPEG", "b.Png", "outside.jpeg")
+    expected = [*(str(odd_tree / name) for name in named), str(odd_tree) + "/caf\\xe9.jpeg"]
+    modes = {
+        "plain": [r["path"] for r in csv.DictReader(io.StringIO(plain))],
+        "archive": [r["path"] for r in read_table(archive_csv)],
+        "ddp": [r["path"] for r in read_table(ddp_csv)],
+    }
+    for mode, paths in modes.items():
+        assert sorted(paths) == sorted(expected), mode
+    for table in (archive_csv, ddp_csv):
+        assert all(r["probability"] and not r["error"] for r in read_table(table))
+    assert "pipe.jpeg: not a regular file" in caplog.text
+    capsys.readouterr()
+    assert main([*base[:1], str(odd_tree / "pipe.jpeg"), *base[2:]]) == 1  # named: a row, no hang
+    assert "not a regular file" in capsys.readouterr().out

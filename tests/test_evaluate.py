@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from tiny_runs import train_tiny_model
 
 from pneumonia_cxr import CLASS_NAMES
 from pneumonia_cxr.cli import main
@@ -42,8 +41,8 @@ def _sha256(path: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def model_file(tiny_synthetic: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_tiny_model(tiny_synthetic, tmp_path_factory.mktemp("evaluate_run"))
+def model_file(session_tiny_model: Path) -> Path:
+    return session_tiny_model
 
 
 def _corrupt(path: Path) -> None:

@@ -7,7 +7,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from tiny_runs import train_tiny_model
 
 from pneumonia_cxr import CLASS_NAMES
 from pneumonia_cxr.cli import build_parser, main
@@ -28,8 +27,8 @@ N_IMAGES = 4
 
 
 @pytest.fixture(scope="module")
-def model_file(tiny_synthetic: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_tiny_model(tiny_synthetic, tmp_path_factory.mktemp("explain_run"))
+def model_file(session_tiny_model: Path) -> Path:
+    return session_tiny_model
 
 
 @pytest.fixture(scope="module")

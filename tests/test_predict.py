@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny_runs import train_tiny_model
 
 from pneumonia_cxr import CLASS_NAMES
 from pneumonia_cxr.cli import main
@@ -36,8 +35,8 @@ BAD_FILES: dict[str, str] = {
 
 
 @pytest.fixture(scope="module")
-def model_file(tiny_synthetic: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_tiny_model(tiny_synthetic, tmp_path_factory.mktemp("predict_run"))
+def model_file(session_tiny_model: Path) -> Path:
+    return session_tiny_model
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,10 @@ augmentation, shuffling, class weights, early stopping, plateau LR, both stages,
 fit), on tiny images and 3 batches per epoch. The process kills itself with SIGKILL at a named
 point (`pneumonia_cxr.faults`), or the test kills it from outside; then `--resume` finishes it.
 
-The scenarios are independent processes, so one module fixture runs them two at a time (one
-per core, one intra-op thread each: the same for every run, the unbroken one included, so
-bit-identity is still between equal settings); each test then checks its own scenario.
+One run is killed at every named point in turn (each kill resumed by the next step's
+process, the last resume finishing it), so seven processes cover six points; it runs beside
+the unbroken run, the outside kill and the damaged checkpoints (two lanes, one per core, one
+intra-op thread each: the same for every run, so bit-identity is between equal settings).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -84,15 +84,20 @@ FAULTS = [
 ]
 
 
-def _killed_then_resumed(data: Path, out: Path, fault: str) -> dict:
-    killed = _run(_new_run(data, out, "run"), fault)[0]
-    final_after_kill = (out / "run" / FINAL).exists()
-    return {
-        "run": out / "run",
-        "killed": killed,
-        "final_after_kill": final_after_kill,
-        "resumed": _run(["--resume", str(out / "run")])[0],
-    }
+# In the order a run meets them, so that one run is killed at each point in turn: each kill
+# is resumed by the next step's process, the last resume finishes the run.
+CHAIN = [FAULTS[0], FAULTS[1], FAULTS[3], FAULTS[2], FAULTS[4], FAULTS[5]]
+
+
+def _killed_at_each_point_in_turn(data: Path, out: Path) -> dict:
+    """One run killed at every fault point, each time resumed (by the next step, which
+    is then killed at the next point), then finished: fault -> outcome, and the run."""
+    outcome: dict = {"run": out / "run"}
+    for step, fault in enumerate(CHAIN):
+        args = _new_run(data, out, "run") if step == 0 else ["--resume", str(out / "run")]
+        outcome[fault] = {"killed": _run(args, fault)[0], "final": (out / "run" / FINAL).exists()}
+    outcome["resumed"] = _run(["--resume", str(out / "run")])[0]
+    return outcome
 
 
 def _killed_from_outside(data: Path, out: Path) -> dict:
@@ -107,30 +112,51 @@ def _killed_from_outside(data: Path, out: Path) -> dict:
     return {"run": out / "run", "resumed": _run(["--resume", str(out / "run")])[0]}
 
 
+def _damaged_then_resumed(data: Path, out: Path) -> dict:
+    """Killed in stage 2; last.ckpt truncated: the resume falls back to best.ckpt. Then both
+    checkpoints garbage and the final file gone: the resume refuses, naming the fix."""
+    run = out / "run"
+    killed = _run(_new_run(data, out, "run"), "stage2:epoch1:batch1")[0]
+    stage2 = run / "checkpoints" / "stage2"
+    last = stage2 / "last.ckpt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # truncated
+    process = _train(["--resume", str(run)])
+    fell_back, _ = process.communicate(timeout=600)
+    outcome = {"run": run, "killed": killed, "fell_back": (process.returncode, fell_back)}
+    outcome["state_after_fallback"] = _state(run), _rows(run)
+    for name in ("last.ckpt", "best.ckpt"):
+        (stage2 / name).write_bytes(b"garbage")
+    (run / FINAL).unlink()
+    progress = (run / "progress.json").read_text().replace('"done": true', '"done": false')
+    (run / "progress.json").write_text(progress)
+    process = _train(["--resume", str(run)])
+    refused, _ = process.communicate(timeout=600)
+    outcome["refused"] = (process.returncode, refused)
+    return outcome
+
+
 @pytest.fixture(scope="module")
 def scenarios(tiny_synthetic: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
-    """Every run of this module, two at a time: name -> its outcome."""
-    jobs: dict[str, Callable[[], dict]] = {}
+    """Every run of this module on two lanes (one per core): the chain of kills on one, the
+    unbroken run, the outside kill and the damaged checkpoints on the other."""
+    chain, outside, damaged = (tmp_path_factory.mktemp(n) for n in ("chain", "outside", "damaged"))
 
     def unbroken() -> dict:
         out = tmp_path_factory.mktemp("unbroken")
         code, output = _run(_new_run(tiny_synthetic, out, "run"))
         return {"run": out / "run", "code": code, "output": output}
 
-    jobs["unbroken"] = unbroken
-    for fault in FAULTS:
-        out = tmp_path_factory.mktemp("killed")
-        jobs[fault] = lambda out=out, fault=fault: _killed_then_resumed(tiny_synthetic, out, fault)
-    outside = tmp_path_factory.mktemp("outside")
-    jobs["outside"] = lambda: _killed_from_outside(tiny_synthetic, outside)
-    damaged = tmp_path_factory.mktemp("damaged")
-    jobs["damaged"] = lambda: {
-        "run": damaged / "run",
-        "killed": _run(_new_run(tiny_synthetic, damaged, "run"), "stage2:epoch1:batch1")[0],
-    }
+    def other_lane() -> dict:
+        return {
+            "unbroken": unbroken(),
+            "outside": _killed_from_outside(tiny_synthetic, outside),
+            "damaged": _damaged_then_resumed(tiny_synthetic, damaged),
+        }
+
     with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {name: pool.submit(job) for name, job in jobs.items()}
-        return {name: future.result() for name, future in futures.items()}
+        chained = pool.submit(_killed_at_each_point_in_turn, tiny_synthetic, chain)
+        rest = pool.submit(other_lane)
+        return {"chain": chained.result(), **rest.result()}
 
 
 @pytest.fixture(scope="module")
@@ -166,11 +192,11 @@ def _assert_identical(run: Path, unbroken: Path) -> None:
 def test_sigkill_then_resume_is_bit_identical(
     fault: str, unbroken: Path, scenarios: dict[str, dict]
 ) -> None:
-    result = scenarios[fault]
-    assert result["killed"] == -signal.SIGKILL
-    assert not result["final_after_kill"]
-    assert result["resumed"] == 0
-    run = result["run"]
+    chain = scenarios["chain"]
+    assert chain[fault]["killed"] == -signal.SIGKILL
+    assert not chain[fault]["final"]
+    assert chain["resumed"] == 0
+    run = chain["run"]
     _assert_identical(run, unbroken)
     assert any((run / "logs" / "stage1").glob("attempt*/metrics.csv"))  # earlier logs kept
 
@@ -185,22 +211,16 @@ def test_external_sigkill_then_resume_is_bit_identical(
 def test_damaged_last_checkpoint_falls_back_then_refuses_clearly(
     unbroken: Path, scenarios: dict[str, dict]
 ) -> None:
-    assert scenarios["damaged"]["killed"] != 0
-    run = scenarios["damaged"]["run"]
-    stage2 = run / "checkpoints" / "stage2"
-    last = stage2 / "last.ckpt"
-    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # truncated
-    process = _train(["--resume", str(run)])
-    output, _ = process.communicate(timeout=600)
-    assert process.returncode == 0 and "last.ckpt is damaged" in output
-    _assert_identical(run, unbroken)
-
-    for name in ("last.ckpt", "best.ckpt"):
-        (stage2 / name).write_bytes(b"garbage")
-    (run / FINAL).unlink()
-    progress = (run / "progress.json").read_text().replace('"done": true', '"done": false')
-    (run / "progress.json").write_text(progress)
-    process = _train(["--resume", str(run)])
-    output, _ = process.communicate(timeout=600)
-    assert process.returncode == 2
-    assert f"rm -r {stage2}" in output and not (run / FINAL).exists()
+    damaged = scenarios["damaged"]
+    assert damaged["killed"] != 0
+    code, output = damaged["fell_back"]
+    assert code == 0 and "last.ckpt is damaged" in output
+    state, rows = damaged["state_after_fallback"]
+    expected = _state(unbroken)
+    assert state.keys() == expected.keys()
+    assert all(torch.equal(state[k], expected[k]) for k in expected)
+    assert rows == _rows(unbroken) and len(rows) == 4
+    code, output = damaged["refused"]
+    stage2 = damaged["run"] / "checkpoints" / "stage2"
+    assert code == 2
+    assert f"rm -r {stage2}" in output and not (damaged["run"] / FINAL).exists()

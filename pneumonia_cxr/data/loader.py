@@ -200,8 +200,13 @@ def load_xray_with_facts(
 
 
 def _read_bytes(path: Path) -> bytes:
-    """Read the whole file once (the `with` inside `read_bytes` closes the handle)."""
+    """Read the whole file once (the `with` inside `read_bytes` closes the handle); anything
+    but a regular file is refused unopened (opening a named pipe blocks forever)."""
     try:
+        if path.exists() and not path.is_file() and not path.is_dir():
+            raise NotAnImageError(
+                path, "not a regular file (a named pipe, socket or device); give an image file"
+            )
         data = path.read_bytes()
     except FileNotFoundError:
         raise FileNotFoundError(

@@ -1,0 +1,136 @@
+"""The Python API: `pcx.load()` -> `Model`, `model.predict(...)`, `model.explain(...)`,
+`pcx.evaluate(...)`.
+
+A thin face over the paths the CLI and the service use (`inference.Predictor`,
+`predict.predict_paths`, `explain.overlay`, `evaluation.evaluate`): a result here is the row
+`predict` writes, so a notebook and the command line cannot disagree.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from pneumonia_cxr.inference.predictor import Predictor
+from pneumonia_cxr.model.shipped import resolve_model_path
+from pneumonia_cxr.predict import PredictionRow, predict_paths
+
+ImageInput = str | Path | np.ndarray | Image.Image
+"""A file path, a 2-D (gray) or H x W x 3 (RGB) uint8 array, or a PIL image."""
+
+
+def load(
+    model: str | Path | None = None, *, engine: str = "auto", device: str | None = None
+) -> Model:
+    """The shipped model (its sha256 checked) or a `.pt` / `.onnx` model file, on the engine
+    `predict` would pick ("auto", "torch", "onnxruntime", "openvino")."""
+    path = resolve_model_path(model)
+    return Model(Predictor.open(path, engine=engine, device=device), path, device)
+
+
+class Model:
+    """An opened model file: `predict` scores, `explain` draws heatmaps."""
+
+    def __init__(self, predictor: Predictor, path: Path, device: str | None = None) -> None:
+        self.predictor, self.path, self._device = predictor, Path(path), device
+        self._cam_predictor: Predictor | None = None
+
+    def __repr__(self) -> str:
+        return f"Model({str(self.path)!r}, engine={type(self.predictor.engine).__name__})"
+
+    @property
+    def threshold(self) -> float:
+        return self.predictor.threshold
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.predictor.class_names
+
+    def predict(
+        self, images: ImageInput | Sequence[ImageInput], *, batch_size: int = 32
+    ) -> PredictionRow | list[PredictionRow]:
+        """One `PredictionRow` (`.probability`, `.label`, `.ood_score`, `.out_of_distribution`,
+        `.reason`, `.p_viral`, `.pneumonia_type`, `.error`) per image, as `predict` writes it;
+        one row for one image, a list for a list. A path to a folder scores its images. An
+        unreadable file is a row with its `.error`, never an exception."""
+        single = _is_single(images)
+        items = [images] if single else list(images)
+        rows: list[PredictionRow | None] = [None] * len(items)
+        paths = [(i, item) for i, item in enumerate(items) if isinstance(item, str | Path)]
+        if paths:
+            if single and Path(paths[0][1]).is_dir():
+                return predict_paths(self.predictor, [paths[0][1]], batch_size=batch_size)
+            scored = predict_paths(self.predictor, [p for _, p in paths], batch_size=batch_size)
+            for (i, _), row in zip(paths, scored, strict=True):
+                rows[i] = row
+        for i, item in enumerate(items):
+            if rows[i] is None:
+                rows[i] = self._predict_in_memory(item, f"<image {i}>")
+        return rows[0] if single else rows  # type: ignore[return-value]
+
+    def _predict_in_memory(self, image: np.ndarray | Image.Image, name: str) -> PredictionRow:
+        """An array or PIL image goes through the upload path (`input_and_facts_from_bytes`):
+        the same decode, colour check and transforms as a file."""
+        image_input, _, facts = self.predictor.input_and_facts_from_bytes(_png_bytes(image), name)
+        result = self.predictor.results(self.predictor.scores(image_input[None]), [facts])[0]
+        return PredictionRow(path=name, **vars(result))
+
+    def explain(
+        self, image: ImageInput, *, target: str = "pneumonia", method: str = "gradcam"
+    ) -> np.ndarray:
+        """The heatmap of one image: a float array in [0, 1] at the model's input size (target
+        "pneumonia", or "type" for a model with a type head). Needs the `.pt` model file."""
+        from pneumonia_cxr.explain.gradcam import predictor_cams
+
+        if self._cam_predictor is None:
+            self._cam_predictor = Predictor.open(self.path, gradcam=True, device=self._device)
+        predictor = self._cam_predictor
+        if isinstance(image, str | Path):
+            model_input, _ = predictor.load_input(image)
+        else:
+            model_input, _, _ = predictor.input_and_facts_from_bytes(_png_bytes(image), "image")
+        return predictor_cams(predictor, model_input[None], method=method, target=target)[0]
+
+
+def evaluate(
+    model: Model | str | Path | None = None,
+    data: str | Path | None = None,
+    *,
+    split: str = "test",
+    output_dir: str | Path | None = None,
+    **options: Any,
+):
+    """`pneumonia-cxr evaluate` of a model (a `Model`, a model file, or None: the shipped
+    one) on one split; returns its `EvaluationResult` (`.metrics`, `.files`). Files are
+    written to `output_dir` (default: beside the model file, as the CLI does)."""
+    from pneumonia_cxr.evaluation.evaluate import evaluate_model
+
+    path = model.path if isinstance(model, Model) else model
+    return evaluate_model(path, data, split=split, output_dir=output_dir, **options)
+
+
+def _is_single(images: Any) -> bool:
+    return isinstance(images, str | Path | Image.Image) or (
+        isinstance(images, np.ndarray) and images.ndim in (2, 3) and images.dtype != object
+    )
+
+
+def _png_bytes(image: np.ndarray | Image.Image) -> bytes:
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim not in (2, 3):
+            raise ValueError(
+                f"an image array must be uint8, H x W or H x W x 3; got {image.dtype} {image.shape}"
+            )
+        image = Image.fromarray(image)
+    if not isinstance(image, Image.Image):
+        raise TypeError(
+            f"cannot score a {type(image).__name__}: give a path, an array or a PIL image"
+        )
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
