@@ -158,9 +158,7 @@ def score_archive(
     summary = Summary()
     done: dict[str, str] = {}
     kept: list[tuple[str, str]] = []
-    columns = table_columns(
-        typed=predictor.engine.type_decision is not None, heatmap=bool(gradcam_dir)
-    )
+    columns = table_columns(typed=predictor.decision.type is not None, heatmap=bool(gradcam_dir))
     header = ",".join(columns)
     if resume and log.exists():
         _check_header(output, header)

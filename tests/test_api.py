@@ -34,9 +34,7 @@ def test_the_readme_example_gives_predicts_rows(
     """The README's block, run on 20 real test images (`paths`), against `predict`'s CSV."""
     test = real_data_root / "test"
     paths = [
-        str(p)
-        for name in ("NORMAL", "PNEUMONIA")
-        for p in sorted((test / name).iterdir())[:10]
+        str(p) for name in ("NORMAL", "PNEUMONIA") for p in sorted((test / name).iterdir())[:10]
     ]
     namespace: dict = {"paths": paths}
     exec(compile(_readme_api_block(), "README.md: Python API", "exec"), namespace)
@@ -90,7 +88,7 @@ def test_explain_gives_a_map_at_the_input_size(session_tiny_model: Path, tiny_sy
     model = pcx.load(session_tiny_model)
     image = sorted((tiny_synthetic / "test" / "PNEUMONIA").iterdir())[0]
     heatmap = model.explain(image)
-    assert heatmap.shape == (48, 48) and 0.0 <= heatmap.min() and heatmap.max() <= 1.0
+    assert heatmap.shape == (48, 48) and heatmap.min() >= 0.0 and heatmap.max() <= 1.0
 
 
 def test_import_is_light_and_the_public_names_resolve() -> None:

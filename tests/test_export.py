@@ -93,10 +93,8 @@ def test_metadata_round_trips(exported) -> None:
     predictor = Predictor.open(path).engine
     assert isinstance(predictor, OnnxEngine)
     assert predictor.preprocessing == bundle.preprocessing
-    assert predictor.threshold == pytest.approx(bundle.threshold)
-    assert predictor.threshold_rule == bundle.threshold_rule
-    assert predictor.temperature == pytest.approx(bundle.temperature)
-    assert predictor.class_names == bundle.class_names
+    assert predictor.decision == bundle.decision  # the one record, through the ONNX metadata
+    assert predictor.decision.threshold == bundle.threshold != 0.5
     assert predictor.backbone_name == "resnet18"
     assert predictor.fingerprint() == bundle.fingerprint()
     assert predictor.metadata["data_fingerprint"] == "abc123"
@@ -239,7 +237,7 @@ def test_cached_predictor_exports_once_per_model_and_metadata(
     # Recalibrated: same weights, new threshold; the stale export must not be reused.
     recalibrated = cached_onnx_engine(dataclasses.replace(bundle, threshold=0.61), tmp_path)
     assert len(calls) == 2 and recalibrated.path != first.path
-    assert recalibrated.threshold == pytest.approx(0.61)
+    assert recalibrated.decision.threshold == pytest.approx(0.61)
 
 
 def test_cached_predictor_replaces_a_damaged_cache_entry(exported, tmp_path: Path) -> None:

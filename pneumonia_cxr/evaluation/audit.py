@@ -136,7 +136,7 @@ def run_audit(
             labels,
             probabilities,
             predictor.threshold,
-            predictor.engine.threshold_rule,
+            predictor.decision.rule,
             n_resamples,
             seed,
         )

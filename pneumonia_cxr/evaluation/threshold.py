@@ -11,7 +11,8 @@ from numpy.typing import ArrayLike
 from sklearn.metrics import roc_curve
 
 from pneumonia_cxr.evaluation import THRESHOLD_RULES
-from pneumonia_cxr.evaluation.calibration import check_binary_inputs
+from pneumonia_cxr.evaluation.calibration import check_binary_inputs, fit_temperature
+from pneumonia_cxr.model.decision import OperatingPoint, probability
 
 
 def _candidate_counts(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -101,3 +102,26 @@ def _chosen_score(
         return float(thresholds[feasible].max())
     # Highest specificity = fewest false positives.
     return _best(thresholds[feasible], (-fp[feasible], tp[feasible], thresholds[feasible]))
+
+
+def fit_operating_point(
+    labels: ArrayLike,
+    logits: ArrayLike,
+    *,
+    rule: str,
+    min_sensitivity: float | None,
+    calibrate: bool = True,
+) -> OperatingPoint:
+    """The one fit of where P(PNEUMONIA) is cut: the temperature (when `calibrate`), then the
+    threshold by `rule` on the calibrated probabilities. Training (on validation), `calibrate`
+    and `adapt` (on a site) all call it."""
+    labels, logits = np.asarray(labels), np.asarray(logits, dtype=np.float64)
+    temperature = fit_temperature(logits, labels) if calibrate else 1.0
+    threshold = choose_threshold(labels, probability(logits, temperature), rule, min_sensitivity)
+    return OperatingPoint(
+        threshold=float(threshold),
+        rule=rule,
+        min_sensitivity=min_sensitivity,
+        temperature=float(temperature),
+        fitted_n=len(labels),
+    )

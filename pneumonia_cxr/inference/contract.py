@@ -9,6 +9,7 @@ from pneumonia_cxr import CLASS_NAMES
 from pneumonia_cxr.config import Preprocessing
 from pneumonia_cxr.errors import ModelFileError
 from pneumonia_cxr.model.backbones import get_backbone
+from pneumonia_cxr.model.decision import Decision
 
 MIN_IMAGE_SIZE = 32
 """Smallest model input the registered backbones accept (five stride-2 stages: 32 -> 1 px)."""
@@ -23,7 +24,7 @@ class DescribedModel(Protocol):
     """What the contract reads: a `ModelBundle` or an ONNX engine's metadata."""
 
     preprocessing: Preprocessing
-    class_names: tuple[str, ...]
+    decision: Decision
 
     @property
     def backbone_names(self) -> tuple[str, ...]: ...
@@ -60,9 +61,10 @@ def check_model_contract(model: DescribedModel, source: str | Path = "model file
 def _contract_problems(model: DescribedModel) -> list[str]:
     pre = model.preprocessing
     problems = []
-    if tuple(model.class_names) != tuple(CLASS_NAMES):
+    class_names = model.decision.class_names
+    if tuple(class_names) != tuple(CLASS_NAMES):
         problems.append(
-            f"class names {list(model.class_names)} differ from the dataset's classes "
+            f"class names {list(class_names)} differ from the dataset's classes "
             f"{list(CLASS_NAMES)} (index 1 = positive)"
         )
     if pre.channels != 3:

@@ -35,7 +35,7 @@ from pneumonia_cxr.export import (
     onnx_metadata,
     require_optional,
 )
-from pneumonia_cxr.model.decision import TypeDecision
+from pneumonia_cxr.model.decision import Decision
 from pneumonia_cxr.model.intended_use import IntendedUse
 from pneumonia_cxr.model.model_file import ModelBundle
 from pneumonia_cxr.storage import cache_root
@@ -62,20 +62,10 @@ class Engine(Protocol):
     """What a `Predictor` needs from a model, whichever runtime holds it."""
 
     preprocessing: Preprocessing
-    threshold: float
-    threshold_rule: str
-    temperature: float
-    class_names: tuple[str, ...]
+    decision: Decision
+    """Threshold, rule, temperature, cut-offs, type decision, calibration record."""
     backbone_name: str
-    ood_cutoff: float | None
-    calibration: dict[str, Any] | None
-    """The site calibration record of a `calibrate`d model file, else None."""
-    min_sensitivity: float | None
     data_fingerprint: str | None
-    type_decision: TypeDecision | None
-    """How P(VIRAL | PNEUMONIA) becomes a type; None without a type head."""
-    guard_cutoff: float | None
-    """The feature guard's cut-off (flag above it); None for a model without a guard."""
     intended_use: IntendedUse
 
     @property
@@ -99,15 +89,9 @@ class TorchEngine:
     def __init__(self, bundle: ModelBundle, device: str | torch.device | None = None) -> None:
         self.bundle = bundle
         self.device = resolve_device(device)
-        self.preprocessing, self.threshold = bundle.preprocessing, float(bundle.threshold)
-        self.threshold_rule, self.temperature = bundle.threshold_rule, float(bundle.temperature)
-        self.class_names, self.backbone_name = tuple(bundle.class_names), bundle.backbone_name
-        self.ood_cutoff = bundle.ood.cutoff if bundle.ood is not None else None
-        self.calibration = bundle.extra.get("calibration")
-        self.min_sensitivity = bundle.extra.get("min_sensitivity")
+        self.preprocessing, self.decision = bundle.preprocessing, bundle.decision
+        self.backbone_name = bundle.backbone_name
         self.data_fingerprint = bundle.data_fingerprint
-        self.type_decision = bundle.type_decision
-        self.guard_cutoff = bundle.guard.cutoff if bundle.guard is not None else None
         self.intended_use = bundle.intended_use
         self.scoring = bundle.scoring_model().to(
             device=self.device, memory_format=torch.channels_last
@@ -125,11 +109,12 @@ class TorchEngine:
         # label it gets on the CPU, where the threshold may have been fitted.
         with torch.inference_mode(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
             logits, ood, kinds, guard = self.scoring(images)
+        typed, guarded = self.decision.type is not None, self.decision.guard_cutoff is not None
         return EngineOutput(
             logits[:, 0].float().cpu().numpy(),
             ood.float().cpu().numpy().reshape(-1),
-            kinds.float().cpu().numpy().reshape(-1) if self.type_decision is not None else None,
-            guard.float().cpu().numpy().reshape(-1) if self.guard_cutoff is not None else None,
+            kinds.float().cpu().numpy().reshape(-1) if typed else None,
+            guard.float().cpu().numpy().reshape(-1) if guarded else None,
         )
 
     def fingerprint(self) -> str:
@@ -214,21 +199,10 @@ class OnnxEngine:
         meta = _read_metadata(self.path, raw, inputs, outputs)
         try:
             self.preprocessing = Preprocessing.from_dict(meta["preprocessing"])
-            self.threshold = float(meta["threshold"])
-            self.threshold_rule = str(meta["threshold_rule"])
-            self.temperature = float(meta["temperature"])
-            self.class_names = tuple(str(name) for name in meta["class_names"])
+            self.decision = Decision.from_metadata(meta)
             self.backbone_name = str(meta["backbone"])
             self.backbone_names = tuple(meta.get("backbones") or [self.backbone_name])
-            ood = meta.get("ood")
-            self.ood_cutoff = float(ood["cutoff"]) if ood else None
-            self.calibration = meta.get("calibration")
-            self.min_sensitivity = meta.get("min_sensitivity")
             self.data_fingerprint = meta.get("data_fingerprint")
-            kind = meta.get("type_decision")
-            self.type_decision = TypeDecision.from_payload(kind) if kind else None
-            guard = meta.get("guard")
-            self.guard_cutoff = float(guard["cutoff"]) if guard else None
             self.intended_use = IntendedUse.from_payload(meta.get("intended_use"))
         except (KeyError, TypeError, ValueError) as error:
             raise ModelFileError(
@@ -236,7 +210,8 @@ class OnnxEngine:
             ) from error
         self.metadata = meta
         self._has_ood_output = OOD_OUTPUT in outputs
-        for present, name in ((self.type_decision, TYPE_OUTPUT), (self.guard_cutoff, GUARD_OUTPUT)):
+        wanted = ((self.decision.type, TYPE_OUTPUT), (self.decision.guard_cutoff, GUARD_OUTPUT))
+        for present, name in wanted:
             if present is not None and name not in outputs:
                 raise ModelFileError(
                     f"{self.path}: metadata names an output the graph lacks ('{name}'); "
@@ -288,9 +263,9 @@ class OnnxEngine:
         outputs = [LOGIT_OUTPUT]
         if self._has_ood_output:
             outputs.append(OOD_OUTPUT)
-        if self.type_decision is not None:
+        if self.decision.type is not None:
             outputs.append(TYPE_OUTPUT)
-        if self.guard_cutoff is not None:
+        if self.decision.guard_cutoff is not None:
             outputs.append(GUARD_OUTPUT)
         values = dict(zip(outputs, self._run(outputs, array), strict=True))
         logits = values[LOGIT_OUTPUT].reshape(-1)

@@ -44,7 +44,7 @@ from pneumonia_cxr.inference.engines import (
     file_export_path,
     resolve_device,
 )
-from pneumonia_cxr.model.decision import decide, label_name, probability
+from pneumonia_cxr.model.decision import Decision, decide, label_name, probability
 from pneumonia_cxr.model.intended_use import FEATURE_REASON, out_of_scope
 from pneumonia_cxr.model.model_file import ModelBundle, bundle_from_payload, read_model_file
 
@@ -376,12 +376,17 @@ class Predictor:
         return int(self.engine.preprocessing.image_size)
 
     @property
+    def decision(self) -> Decision:
+        """The model's whole decision (threshold, cut-offs, type, calibration record)."""
+        return self.engine.decision
+
+    @property
     def threshold(self) -> float:
-        return float(self.engine.threshold)
+        return float(self.engine.decision.threshold)
 
     @property
     def class_names(self) -> tuple[str, ...]:
-        return tuple(self.engine.class_names)
+        return tuple(self.engine.decision.class_names)
 
     def label(self, decision: int) -> str:
         return label_name(decision, self.class_names)
@@ -417,18 +422,18 @@ class Predictor:
         """Probability, decision and OOD flag from raw outputs: the only place they are made.
         The flag is the OOD score's or, for a model with a guard, either score's."""
         logits = np.asarray(logits, dtype=np.float64)
-        probabilities = probability(logits, self.engine.temperature)
+        probabilities = probability(logits, self.decision.temperature)
         ood_scores = np.asarray(ood_scores, dtype=np.float64)
-        cutoff = self.engine.ood_cutoff
+        cutoff = self.decision.ood_cutoff
         flags = ood_scores > cutoff if cutoff is not None else np.zeros(len(logits), bool)
-        guard_cutoff = self.engine.guard_cutoff
+        guard_cutoff = self.decision.guard_cutoff
         if guard_scores is not None and guard_cutoff is not None:
             guard_scores = np.asarray(guard_scores, dtype=np.float64)
             flags = flags | (guard_scores > guard_cutoff)
         else:
             guard_scores = None
         kinds = p_viral = None
-        if type_logits is not None and self.engine.type_decision is not None:
+        if type_logits is not None and self.decision.type is not None:
             kinds = np.asarray(type_logits, dtype=np.float64)
             p_viral = probability(kinds)
         return Scores(
@@ -446,12 +451,12 @@ class Predictor:
         """Why image `position` is outside the model's use: what the file says (colour, DICOM
         header; `model.intended_use`), then the feature scores against their cut-offs."""
         reasons = out_of_scope(facts, self.engine.intended_use)
-        guard, cutoff = scores.guard_scores, self.engine.guard_cutoff
+        guard, cutoff = scores.guard_scores, self.decision.guard_cutoff
         if guard is not None and cutoff is not None and guard[position] > cutoff:
             reasons.append(
                 f"{FEATURE_REASON} (guard score {guard[position]:.1f} > cut-off {cutoff:.1f})"
             )
-        ood, ood_cutoff = scores.ood_scores[position], self.engine.ood_cutoff
+        ood, ood_cutoff = scores.ood_scores[position], self.decision.ood_cutoff
         if ood_cutoff is not None and np.isfinite(ood) and ood > ood_cutoff:
             reasons.append(f"{FEATURE_REASON} (OOD score {ood:.2f} > cut-off {ood_cutoff:.2f})")
         return reasons
@@ -462,7 +467,7 @@ class Predictor:
         """One `ImageResult` per scored image, in order; `facts` (from the loader) let the
         colour and DICOM-header checks speak."""
         results = []
-        kind = self.engine.type_decision
+        kind = self.decision.type
         for position, p in enumerate(scores.probabilities):
             reasons = self.reasons(scores, position, facts[position] if facts else None)
             ood = float(scores.ood_scores[position])

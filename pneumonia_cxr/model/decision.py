@@ -73,3 +73,56 @@ class TypeDecision:
 
     def name(self, p_viral: float) -> str:
         return self.class_names[int(p_viral >= self.threshold)]
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """Where P(PNEUMONIA) is cut: the threshold, the rule and target that chose it, and the
+    temperature, fitted together (`evaluation.threshold.fit_operating_point`)."""
+
+    threshold: float
+    rule: str
+    min_sensitivity: float | None
+    temperature: float = 1.0
+    fitted_n: int = 0
+    """How many labelled images it was fitted on."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A model's whole decision, one record for every reader: the model file
+    (`ModelBundle.decision`), both engines, the ONNX metadata and the service."""
+
+    threshold: float = 0.5
+    rule: str = "fixed_0.5"
+    temperature: float = 1.0
+    min_sensitivity: float | None = None
+    class_names: tuple[str, ...] = CLASS_NAMES
+    ood_cutoff: float | None = None
+    """The OOD score's cut-off; None for a model without OOD statistics."""
+    guard_cutoff: float | None = None
+    """The applicability guard's cut-off; None for a model without a guard."""
+    type: TypeDecision | None = None
+    """How P(VIRAL | PNEUMONIA) becomes a type; None without a type head."""
+    calibration: dict[str, Any] | None = None
+    """The site calibration record of a `calibrate`d model file, else None."""
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, Any]) -> Decision:
+        """Read back what `export.onnx_metadata` writes (KeyError/TypeError/ValueError when a
+        required field is missing or malformed)."""
+        ood, guard, kind = meta.get("ood"), meta.get("guard"), meta.get("type_decision")
+        return cls(
+            threshold=float(meta["threshold"]),
+            rule=str(meta["threshold_rule"]),
+            temperature=float(meta["temperature"]),
+            min_sensitivity=meta.get("min_sensitivity"),
+            class_names=tuple(str(name) for name in meta["class_names"]),
+            ood_cutoff=float(ood["cutoff"]) if ood else None,
+            guard_cutoff=float(guard["cutoff"]) if guard else None,
+            type=TypeDecision.from_payload(kind) if kind else None,
+            calibration=meta.get("calibration"),
+        )
+
+    def label(self, decision: int) -> str:
+        return label_name(decision, self.class_names)

@@ -18,7 +18,7 @@ from pneumonia_cxr import CLASS_NAMES, __version__
 from pneumonia_cxr.config import Preprocessing
 from pneumonia_cxr.errors import ModelFileError
 from pneumonia_cxr.model.classifier import PneumoniaNet
-from pneumonia_cxr.model.decision import TypeDecision, probability
+from pneumonia_cxr.model.decision import Decision, OperatingPoint, TypeDecision, probability
 from pneumonia_cxr.model.ensemble import PneumoniaEnsemble
 from pneumonia_cxr.model.guard import LayerGuard
 from pneumonia_cxr.model.intended_use import KERMANY_INTENDED_USE, IntendedUse
@@ -59,6 +59,27 @@ class ModelBundle:
     """The applicability guard's feature part (several layers); None in older files, which
     keep their OOD score (`ood`) alone."""
     intended_use: IntendedUse = KERMANY_INTENDED_USE
+
+    @property
+    def decision(self) -> Decision:
+        """The whole decision as one record (what the engines and the service read)."""
+        return Decision(
+            threshold=float(self.threshold),
+            rule=self.threshold_rule,
+            temperature=float(self.temperature),
+            min_sensitivity=self.extra.get("min_sensitivity"),
+            class_names=tuple(self.class_names),
+            ood_cutoff=self.ood.cutoff if self.ood is not None else None,
+            guard_cutoff=self.guard.cutoff if self.guard is not None else None,
+            type=self.type_decision,
+            calibration=self.extra.get("calibration"),
+        )
+
+    def set_operating_point(self, point: OperatingPoint) -> None:
+        """Store a fitted operating point (threshold, rule, target, temperature)."""
+        self.threshold, self.threshold_rule = point.threshold, point.rule
+        self.temperature = point.temperature
+        self.extra.update(val_n=point.fitted_n, min_sensitivity=point.min_sensitivity)
 
     @property
     def has_type_head(self) -> bool:

@@ -107,30 +107,30 @@ class ModelService:
 
         predictor = self.predictor
         assert predictor is not None and self.model_path is not None
-        engine = predictor.engine
-        calibrated = engine.calibration is not None
+        engine, decision = predictor.engine, predictor.decision
+        calibrated = decision.calibration is not None
         return {
             "model_path": str(self.model_path),
             "shipped": _is_shipped(self.model_path),
-            "backbone": predictor.engine.backbone_name,
-            "members": list(predictor.engine.backbone_names),
-            "preprocessing": asdict(predictor.engine.preprocessing),
-            "threshold": predictor.threshold,
-            "threshold_rule": predictor.engine.threshold_rule,
-            "min_sensitivity": engine.min_sensitivity,
-            "temperature": predictor.engine.temperature,
-            "classes": list(predictor.class_names),
-            "ood_cutoff": predictor.engine.ood_cutoff,
-            "guard_cutoff": engine.guard_cutoff,
-            "type": asdict(engine.type_decision) if engine.type_decision is not None else None,
+            "backbone": engine.backbone_name,
+            "members": list(engine.backbone_names),
+            "preprocessing": asdict(engine.preprocessing),
+            "threshold": decision.threshold,
+            "threshold_rule": decision.rule,
+            "min_sensitivity": decision.min_sensitivity,
+            "temperature": decision.temperature,
+            "classes": list(decision.class_names),
+            "ood_cutoff": decision.ood_cutoff,
+            "guard_cutoff": decision.guard_cutoff,
+            "type": asdict(decision.type) if decision.type is not None else None,
             "intended_use": asdict(engine.intended_use),
             "scope": engine.intended_use.scope_sentence(),
-            "site_verdict": (engine.calibration or {}).get("verdict"),
+            "site_verdict": (decision.calibration or {}).get("verdict"),
             "training_data_fingerprint": engine.data_fingerprint,
             "model_fingerprint": engine.fingerprint(),
             "engine": type(engine).__name__,
-            "calibration": engine.calibration,
-            "calibration_line": calibration_line(engine.calibration),
+            "calibration": decision.calibration,
+            "calibration_line": calibration_line(decision.calibration),
             # A site-calibrated file's operating point is not the one the parent was tested at.
             "test_metrics": None if calibrated else _test_metrics(self.model_path),
         }

@@ -22,7 +22,7 @@ from pneumonia_cxr.model.model_file import ModelBundle, load_model, round_to_hal
 from pneumonia_cxr.model.ood import DEFAULT_QUANTILE, FeatureDensity, OodScorer, member_features
 from pneumonia_cxr.run_folder import SPLIT_FILE
 from pneumonia_cxr.training.guard_fit import fit_guard
-from pneumonia_cxr.training.operating_point import fit_operating_point
+from pneumonia_cxr.training.operating_point import fit_on_validation
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ def build_ensemble(
     train_features = _train_features(predictor, [split.train[i].path for i in chosen], batch_size)
     densities = [FeatureDensity.fit(features) for features in train_features]
     bundle.ood = OodScorer(densities, cutoff=float("inf"), quantile=DEFAULT_QUANTILE)
-    val = fit_operating_point(
+    val = fit_on_validation(
         bundle,
         split.val,
         rule=rule or train_config.get("threshold_rule", "max_specificity_at_sensitivity"),

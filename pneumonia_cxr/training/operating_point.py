@@ -12,14 +12,13 @@ import numpy as np
 
 from pneumonia_cxr.data.discovery import ImageRecord
 from pneumonia_cxr.data.pneumonia_types import type_labels
-from pneumonia_cxr.evaluation.calibration import fit_temperature
-from pneumonia_cxr.evaluation.threshold import choose_threshold
+from pneumonia_cxr.evaluation.threshold import choose_threshold, fit_operating_point
 from pneumonia_cxr.inference.predictor import Predictor, RecordScores
-from pneumonia_cxr.model.decision import TYPE_RULE, TypeDecision, probability
+from pneumonia_cxr.model.decision import TYPE_RULE, TypeDecision
 from pneumonia_cxr.model.model_file import ModelBundle
 
 
-def fit_operating_point(
+def fit_on_validation(
     bundle: ModelBundle,
     val_records: Sequence[ImageRecord],
     *,
@@ -45,12 +44,15 @@ def fit_operating_point(
     result = predictor.score_records(val_records, batch_size=batch_size, num_workers=num_workers)
     if not result.kept:
         raise ValueError("no validation image could be read: cannot choose a threshold")
-    labels, logits = result.labels, result.scores.logits
-    bundle.temperature = fit_temperature(logits, labels) if calibrate else 1.0
-    probs = probability(logits, bundle.temperature)
-    bundle.threshold = choose_threshold(labels, probs, rule, min_sensitivity)
-    bundle.threshold_rule = rule
-    bundle.extra.update(val_n=len(labels), min_sensitivity=min_sensitivity)
+    bundle.set_operating_point(
+        fit_operating_point(
+            result.labels,
+            result.scores.logits,
+            rule=rule,
+            min_sensitivity=min_sensitivity,
+            calibrate=calibrate,
+        )
+    )
     if bundle.has_type_head:
         bundle.type_decision = fit_type_decision(
             type_labels(result.kept, listed_types), result.scores.p_viral, "validation"

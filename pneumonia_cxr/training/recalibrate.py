@@ -23,11 +23,10 @@ from pneumonia_cxr.data.discovery import ImageRecord
 from pneumonia_cxr.data.fingerprint import records_fingerprint
 from pneumonia_cxr.data.split import file_sha256
 from pneumonia_cxr.errors import EvaluationInputError
-from pneumonia_cxr.evaluation.calibration import fit_temperature
 from pneumonia_cxr.evaluation.metrics import evaluate_predictions, wilson_interval
-from pneumonia_cxr.evaluation.threshold import choose_threshold
+from pneumonia_cxr.evaluation.threshold import fit_operating_point
 from pneumonia_cxr.inference.predictor import Predictor, RecordScores
-from pneumonia_cxr.model.decision import decide, probability
+from pneumonia_cxr.model.decision import OperatingPoint, decide, probability
 from pneumonia_cxr.model.model_file import ModelBundle, load_model, save_model
 
 log = logging.getLogger(__name__)
@@ -80,8 +79,8 @@ class SiteCalibration:
 
     before: dict[str, Any]
     """metrics.json-style figures at the parent's threshold and temperature."""
-    threshold: float
-    temperature: float
+    point: OperatingPoint
+    """The threshold and temperature fitted on the site."""
     ood_cutoff: float | None
     verdict: dict[str, Any]
     """`site_verdict` of the model as it is."""
@@ -139,10 +138,9 @@ def fit_site(
     before = evaluate_predictions(
         labels, scored.scores.probabilities, bundle.threshold, bundle.threshold_rule, n_resamples
     )
-    temperature = fit_temperature(logits, labels)
-    probabilities = probability(logits, temperature)
-    threshold = choose_threshold(labels, probabilities, rule, min_sensitivity)
-    decisions = decide(probabilities, threshold)
+    point = fit_operating_point(labels, logits, rule=rule, min_sensitivity=min_sensitivity)
+    threshold, temperature = point.threshold, point.temperature
+    decisions = decide(probability(logits, temperature), threshold)
     positives, negatives = labels == 1, labels == 0
     hits = int(decisions[positives].sum())
     ood = scored.scores.ood_scores
@@ -151,8 +149,7 @@ def fit_site(
         cutoff = float(np.quantile(ood, bundle.ood.quantile))
     return SiteCalibration(
         before=before,
-        threshold=float(threshold),
-        temperature=float(temperature),
+        point=point,
         ood_cutoff=cutoff,
         verdict=site_verdict(before),
         sensitivity=hits / int(positives.sum()),
@@ -274,15 +271,12 @@ def calibrate_model(
     if bundle.guard is not None:
         result.calibration["guard"] = refit_site_guard(bundle, records, device, batch_size)
     result.calibration["type"] = refit_site_type(bundle, scored, site)
-    bundle.threshold, bundle.temperature = result.threshold, result.temperature
-    bundle.threshold_rule = rule
+    bundle.set_operating_point(result.point)  # min_sensitivity: this threshold's target
     if bundle.ood is not None and result.ood_cutoff is not None:
         bundle.ood.cutoff = result.ood_cutoff
     bundle.extra = {
         **bundle.extra,
         "calibration": result.calibration,
-        "min_sensitivity": min_sensitivity,  # the target of this threshold, not the parent's
-        "val_n": len(records),
     }
     save_model(bundle, output, half=bundle.stored_half)
     return result
@@ -408,8 +402,8 @@ def format_report(
         + ", specificity "
         + _rate(at["specificity"]),
         f"calibrated ({result.calibration.get('threshold_rule')}, target sensitivity "
-        f"{result.calibration.get('min_sensitivity')}): threshold {result.threshold:.4f}, "
-        f"temperature {result.temperature:.3f}"
+        f"{result.calibration.get('min_sensitivity')}): threshold {result.point.threshold:.4f}, "
+        f"temperature {result.point.temperature:.3f}"
         + (f", OOD cut-off {result.ood_cutoff:.3f}" if result.ood_cutoff is not None else ""),
         f"  on these images: sensitivity {_pct(result.sensitivity, result.sensitivity_ci)} "
         f"(95% CI width {100 * (high - low):.1f} points), specificity "

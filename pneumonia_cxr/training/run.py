@@ -54,7 +54,7 @@ from pneumonia_cxr.training.folder import (
 )
 from pneumonia_cxr.training.guard_fit import fit_guard
 from pneumonia_cxr.training.module import PneumoniaLitModule
-from pneumonia_cxr.training.operating_point import fit_operating_point
+from pneumonia_cxr.training.operating_point import fit_on_validation
 from pneumonia_cxr.training.trainer import make_trainer, quiet_libraries
 
 log = logging.getLogger(__name__)
@@ -314,7 +314,7 @@ def finalize_model(
         data_fingerprint=records_fingerprint([*split.train, *split.val], "trainval"),
         package_version=__version__,
     )
-    fit_operating_point(
+    fit_on_validation(
         bundle,
         datamodule.val_records,
         rule=config.train.threshold_rule,
