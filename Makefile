@@ -19,7 +19,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check pneumonia_cxr tests scripts benchmarks
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra -n auto --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check pneumonia_cxr tests scripts benchmarks

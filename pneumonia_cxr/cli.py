@@ -12,6 +12,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from pneumonia_cxr.config import (
+    ADAPT_MIN_SENSITIVITY,
     MONITORS,
     NORMALIZATIONS,
     TYPE_HEAD_MODES,
@@ -21,7 +22,7 @@ from pneumonia_cxr.config import (
 from pneumonia_cxr.data import SPLITS
 from pneumonia_cxr.errors import PneumoniaCxrError
 from pneumonia_cxr.evaluation import THRESHOLD_RULES
-from pneumonia_cxr.explain import CAM_METHODS
+from pneumonia_cxr.explain import CAM_METHODS, EXPLAIN_IMAGES_IN_EVALUATE
 from pneumonia_cxr.inference import ENGINES
 
 EPOCH_FLAGS = ("stage1_epochs", "stage2_epochs")
@@ -133,6 +134,7 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strategy", default=d.train.strategy)
     parser.add_argument("--precision", default=d.train.precision)
     parser.add_argument("--limit_train_batches", type=float, default=None)
+    _add_remaining_config_flags(parser, d)
 
 
 def _add_augment_args(parser: argparse.ArgumentParser, defaults: AugmentConfig) -> None:
@@ -154,44 +156,66 @@ def _yes_no(text: str) -> bool:
     return text.lower() in ("yes", "true", "1")
 
 
+FLAG_NAMES: dict[str, str] = {"early_stopping_patience": "patience"}
+"""Config fields whose flag has another name (the reference's `--patience`)."""
+INVERTED_FLAGS: dict[str, str] = {"class_weights": "no_class_weights"}
+"""Boolean fields that default to on, set off by a `--no_...` flag."""
+NOT_FROM_FLAGS: frozenset[str] = frozenset({"init_from", "augment"})
+"""Fields set otherwise: `--init_from` adopts the parent (`training.init_from`), augmentation
+has its `--aug_*` flags."""
+CONFIG_SECTIONS: tuple[str, ...] = ("data", "model", "train")
+
+
+def _flag_name(name: str) -> str:
+    return INVERTED_FLAGS.get(name, FLAG_NAMES.get(name, name))
+
+
+def _add_remaining_config_flags(parser: argparse.ArgumentParser, defaults: RunConfig) -> None:
+    """A flag for every data/model/train field that has none written out above, typed from its
+    default, so that every training field can be set and the defaults live in the config only."""
+    taken = {action.dest for action in parser._actions}
+    group = parser.add_argument_group("other configuration fields (RunConfig)")
+    for section in CONFIG_SECTIONS:
+        for item in fields(getattr(defaults, section)):
+            default = getattr(getattr(defaults, section), item.name)
+            if item.name in NOT_FROM_FLAGS or _flag_name(item.name) in taken:
+                continue
+            flag = f"--{_flag_name(item.name)}"
+            if isinstance(default, bool):
+                group.add_argument(flag, type=_yes_no, default=None, metavar="{yes,no}")
+            elif isinstance(default, tuple):
+                group.add_argument(flag, type=type(default[0]), nargs=len(default), default=None,
+                                   help=f"default {' '.join(map(str, default))}")  # fmt: skip
+            elif default is None:
+                group.add_argument(flag, type=float, default=None)
+            else:
+                kind = type(default)
+                group.add_argument(flag, type=kind, default=None, help=f"default {default}")
+
+
 def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """The run's config from the parsed flags: every data/model/train field by the flag of its
+    name (`FLAG_NAMES`, `INVERTED_FLAGS`); a flag left at None keeps the config's default."""
     config = RunConfig()
-    data, model, train = config.data, config.model, config.train
-    data.dataset_path = args.dataset_path
-    data.image_size, data.normalization = args.image_size, args.normalization
-    data.batch_size, data.num_workers = args.batch_size, args.num_workers
-    if args.val_fraction is not None:
-        data.val_fraction = args.val_fraction
-    data.balanced_sampler = args.balanced_sampler
-    data.split_seed, data.jpeg_quality = args.split_seed, args.jpeg_quality
-    model.backbone, model.weights, model.unfreeze_layers = (
-        args.backbone,
-        args.weights,
-        args.unfreeze_layers,
-    )
-    for key in EPOCH_FLAGS:
-        if getattr(args, key) is not None:
-            setattr(train, key, getattr(args, key))
-    train.stage1_lr, train.stage2_lr = args.stage1_lr, args.stage2_lr
-    train.class_weights = not args.no_class_weights
-    train.weight_decay, train.label_smoothing = args.weight_decay, args.label_smoothing
+    for section in CONFIG_SECTIONS:
+        part = getattr(config, section)
+        for item in fields(part):
+            if item.name in NOT_FROM_FLAGS:
+                continue
+            value = getattr(args, _flag_name(item.name))
+            if item.name in INVERTED_FLAGS:
+                value = not value
+            if value is None:
+                continue
+            if isinstance(getattr(part, item.name), tuple):
+                value = tuple(value)
+            setattr(part, item.name, value)
     for item in fields(AugmentConfig):
-        setattr(data.augment, item.name, getattr(args, f"aug_{item.name}"))
-    train.early_stopping_patience = args.patience
-    model.type_head, train.type_loss_weight = args.type_head, args.type_loss_weight
-    train.monitor = args.monitor
-    train.threshold_rule, train.min_sensitivity = args.threshold_rule, args.min_sensitivity
-    train.calibrate = args.calibrate
-    train.output_dir, train.run_name, train.seed = args.output_dir, args.run_name, args.seed
-    train.accelerator, train.devices, train.num_nodes = (
-        args.accelerator,
-        args.devices,
-        args.num_nodes,
-    )
-    train.strategy, train.precision = args.strategy, args.precision
-    if args.limit_train_batches is not None:
-        limit = args.limit_train_batches
-        train.limit_train_batches = int(limit) if limit >= 1 else limit
+        setattr(config.data.augment, item.name, getattr(args, f"aug_{item.name}"))
+    for key in ("limit_train_batches", "limit_val_batches"):
+        limit = getattr(config.train, key)
+        if limit is not None:  # a share of the batches, or a count
+            setattr(config.train, key, int(limit) if limit >= 1 else limit)
     return config
 
 
@@ -365,7 +389,7 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--explain_images",
         type=int,
-        default=8,
+        default=EXPLAIN_IMAGES_IN_EVALUATE,
         help="images per heatmap sanity check in the report (0: skip them)",
     )
     parser.add_argument(
@@ -768,10 +792,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     calibrate.add_argument("--split", default="test", choices=SPLITS, help="official layout only")
     calibrate.add_argument("--output", required=True, help="the calibrated model file (.pt)")
+    defaults = RunConfig().train  # one place for the threshold rule's defaults
     calibrate.add_argument(
-        "--threshold_rule", default="max_specificity_at_sensitivity", choices=THRESHOLD_RULES
+        "--threshold_rule", default=defaults.threshold_rule, choices=THRESHOLD_RULES
     )
-    calibrate.add_argument("--min_sensitivity", type=float, default=0.95)
+    calibrate.add_argument("--min_sensitivity", type=float, default=defaults.min_sensitivity)
     calibrate.add_argument(
         "--force", action="store_true", help="calibrate even with < 30 images in a class"
     )
@@ -805,10 +830,13 @@ def build_parser() -> argparse.ArgumentParser:
     adapt.add_argument(
         "--work_dir", help="fine-tuning run and links (default: beside --output); resumable"
     )
+    adapt.add_argument("--threshold_rule", default=defaults.threshold_rule, choices=THRESHOLD_RULES)
     adapt.add_argument(
-        "--threshold_rule", default="max_specificity_at_sensitivity", choices=THRESHOLD_RULES
+        "--min_sensitivity",
+        type=float,
+        default=ADAPT_MIN_SENSITIVITY,
+        help=f"default {ADAPT_MIN_SENSITIVITY}",
     )
-    adapt.add_argument("--min_sensitivity", type=float, default=0.90)
     adapt.add_argument("--seed", type=int, default=0, help="seed of the halves and the training")
     adapt.add_argument(
         "--force", action="store_true", help="go on with < 30 images of a class in a half"

@@ -17,6 +17,10 @@ TYPE_HEAD_MODES: tuple[str, ...] = ("off", "on", "auto")
 MONITORS: tuple[str, ...] = ("val_auc", "val_type_auc", "val_mean_auc")
 
 
+ADAPT_MIN_SENSITIVITY = 0.90
+"""`adapt`'s default target sensitivity (the issue's measured recipe reached it on a site)."""
+
+
 @dataclass
 class Preprocessing:
     """What turns a loaded grayscale image into model input; stored in every model file.

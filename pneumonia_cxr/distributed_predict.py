@@ -10,7 +10,9 @@ one task per GPU and Lightning reads the Slurm environment.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +67,19 @@ class PartWriter(BasePredictionWriter):
             handle.write("".join(f"{index}\t{line}\n" for index, line in rows))
 
 
+@contextlib.contextmanager
+def _environment_kept() -> Iterator[None]:
+    """Lightning writes MASTER_ADDR/MASTER_PORT, ranks and OMP_NUM_THREADS into this process's
+    environment; left there, a later DDP run started from this process (a notebook, the test
+    suite) inherits a port that may be taken (EADDRINUSE). Put the environment back."""
+    before = dict(os.environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(before)
+
+
 def predict_distributed(
     model_path: str | Path,
     paths: Sequence[str | Path],
@@ -78,6 +93,25 @@ def predict_distributed(
     num_workers: int = 0,
 ) -> int:
     """Score every file on `devices` processes; rank 0 writes `output`. Returns the rows."""
+    with _environment_kept():
+        return _predict_distributed(
+            model_path, paths, output, accelerator=accelerator, devices=devices,
+            num_nodes=num_nodes, strategy=strategy, batch_size=batch_size, num_workers=num_workers,
+        )  # fmt: skip
+
+
+def _predict_distributed(
+    model_path: str | Path,
+    paths: Sequence[str | Path],
+    output: str | Path,
+    *,
+    accelerator: str,
+    devices: int | str,
+    num_nodes: int,
+    strategy: str,
+    batch_size: int,
+    num_workers: int,
+) -> int:
     output = Path(output)
     files = expand_paths(paths)
     predictor = Predictor.from_bundle(load_model(model_path), "cpu", source=str(model_path))

@@ -7,6 +7,12 @@ from pathlib import Path
 
 import pytest
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs one pytest worker per core (pytest-xdist): each keeps to one intra-op
+    # thread, so that two workers never put four spinning PyTorch threads on two cores (several
+    # times slower). Set before PyTorch is imported; subprocesses inherit it.
+    os.environ["OMP_NUM_THREADS"] = "1"
+
 from pneumonia_cxr.data.synthetic import SyntheticSpec, generate_synthetic_dataset
 
 TINY_SPEC = SyntheticSpec(
@@ -26,13 +32,24 @@ def tiny_synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return generate_synthetic_dataset(tmp_path_factory.mktemp("synthetic") / "data", TINY_SPEC)
 
 
+def shared_data(variable: str, what: str) -> Path:
+    """The one skip for absent shared data: the folder `variable` names, or a skip saying so."""
+    value = os.environ.get(variable)
+    if not value or not Path(value).is_dir():
+        pytest.skip(f"{what} absent: set {variable} to its folder (CI sets it from ../shared/data)")
+    return Path(value)
+
+
 @pytest.fixture(scope="session")
 def real_data_root() -> Path:
     """The Kermany 224 data set (CI sets PNEUMONIA_CXR_DATA); skip where it is absent."""
-    value = os.environ.get("PNEUMONIA_CXR_DATA")
-    if not value or not Path(value).is_dir():
-        pytest.skip("real data absent: set PNEUMONIA_CXR_DATA to the kermany_224 folder")
-    return Path(value)
+    return shared_data("PNEUMONIA_CXR_DATA", "the kermany_224 data")
+
+
+@pytest.fixture(scope="session")
+def fullres_root() -> Path:
+    """The full-resolution originals (CI sets PNEUMONIA_CXR_FULLRES); skip where absent."""
+    return shared_data("PNEUMONIA_CXR_FULLRES", "the full-resolution sample")
 
 
 @pytest.fixture(scope="session")

@@ -205,6 +205,7 @@ def test_the_shipped_model_is_useful_on_kermany_test_images_used_as_a_site(
     assert sum(bool(r.out_of_distribution) for r in rows) <= 16  # its own site: few flagged
 
 
+@pytest.mark.slow
 def test_adapt_fine_tunes_on_one_half_and_reports_on_the_other(
     model_file: Path, site: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

@@ -79,3 +79,62 @@ def test_train_refuses_to_overwrite_a_run(tmp_path: Path, capsys) -> None:
     args = ["train", "--output_dir", str(tmp_path), "--run_name", "old", "--weights", "none"]
     assert main(args) == 2
     assert "--resume" in capsys.readouterr().err
+
+
+def _other_value(action, default):
+    """A value unlike the default, as the flag's text."""
+    if action.choices:
+        return next(str(c) for c in action.choices if c != default)
+    if action.nargs == 2:
+        return [str(type(v)(v * 2 + 1)) for v in default]
+    if isinstance(default, float) or action.type is float:
+        return str((default or 0.0) + 0.25)
+    if isinstance(default, int) or action.type is int:
+        return str((default or 0) + 3)
+    return f"x_{action.dest}"
+
+
+def test_every_training_field_is_a_flag_and_reaches_the_config() -> None:
+    """Each data/model/train field of RunConfig is set by the flag of its name (the config's
+    defaults when absent), so the CLI keeps no second copy of the config."""
+    from dataclasses import fields
+
+    from pneumonia_cxr.cli import (
+        CONFIG_SECTIONS,
+        INVERTED_FLAGS,
+        NOT_FROM_FLAGS,
+        _flag_name,
+        build_parser,
+        config_from_args,
+    )
+    from pneumonia_cxr.config import RunConfig
+
+    parser = build_parser()
+    train_parser = parser._subparsers._group_actions[0].choices["train"]
+    actions = {a.dest: a for a in train_parser._actions}
+    defaults = RunConfig()
+    assert config_from_args(parser.parse_args(["train"])).to_dict() == defaults.to_dict()
+    argv, expected = ["train"], RunConfig()
+    for section in CONFIG_SECTIONS:
+        for item in fields(getattr(defaults, section)):
+            if item.name in NOT_FROM_FLAGS:
+                continue
+            flag = _flag_name(item.name)
+            assert flag in actions, f"{section}.{item.name} has no flag --{flag}"
+            default = getattr(getattr(defaults, section), item.name)
+            action = actions[flag]
+            if item.name in INVERTED_FLAGS or action.nargs == 0:  # store_true
+                argv.append(f"--{flag}")
+                value = not default
+            else:
+                text = _other_value(action, default)
+                argv += [f"--{flag}", *([text] if isinstance(text, str) else text)]
+                value = action.type(text) if action.type and isinstance(text, str) else text
+                if isinstance(default, tuple):
+                    value = tuple(type(default[0])(v) for v in text)
+            setattr(getattr(expected, section), item.name, value)
+    got = config_from_args(parser.parse_args(argv))
+    for key in ("limit_train_batches", "limit_val_batches"):
+        limit = getattr(expected.train, key)
+        setattr(expected.train, key, int(limit) if limit >= 1 else limit)
+    assert got.to_dict() == expected.to_dict()

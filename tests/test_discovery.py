@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import types
 from pathlib import Path
@@ -21,7 +20,6 @@ from pneumonia_cxr.data.discovery import (
 from pneumonia_cxr.errors import DatasetLayoutError, DataUnavailableError
 from pneumonia_cxr.storage import CACHE_ENV_VAR
 
-REAL_DATA = os.environ.get(DATA_ENV_VAR)
 """Read at import: the autouse fixture below hides the variable from the other tests."""
 OFFICIAL_COUNTS = {
     ("train", "NORMAL"): 1341,
@@ -229,10 +227,8 @@ def test_resolve_downloads_into_cache(tmp_path: Path, monkeypatch: pytest.Monkey
 
 
 @pytest.mark.realdata
-def test_real_data_official_counts() -> None:
-    if not REAL_DATA or not Path(REAL_DATA).is_dir():
-        pytest.skip(f"real data not available: set {DATA_ENV_VAR} to the kermany_224 folder")
-    records = list_images(find_layout_root(REAL_DATA))
+def test_real_data_official_counts(real_data_root: Path) -> None:
+    records = list_images(find_layout_root(real_data_root))
     counts = {(r.split, r.class_name): 0 for r in records}
     for record in records:
         counts[record.split, record.class_name] += 1

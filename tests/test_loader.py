@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
 import struct
 import zlib
 from collections.abc import Callable
@@ -537,16 +536,9 @@ def test_extension_set_and_default_limit() -> None:
 # --- real data -----------------------------------------------------------------------------
 
 
-def _data_dir(variable: str) -> Path:
-    value = os.environ.get(variable)
-    if not value or not Path(value).is_dir():
-        pytest.skip(f"{variable} is not set to a folder; point it at the shared data to run this")
-    return Path(value)
-
-
 @pytest.mark.realdata
-def test_real_224_image_loads_as_one_gray_channel() -> None:
-    root = _data_dir("PNEUMONIA_CXR_DATA")
+def test_real_224_image_loads_as_one_gray_channel(real_data_root: Path) -> None:
+    root = real_data_root
     path = next(p for p in sorted((root / "val" / "PNEUMONIA").iterdir()) if is_image_file(p))
     image = load_xray(path)
     assert image.dtype == torch.uint8
@@ -555,8 +547,8 @@ def test_real_224_image_loads_as_one_gray_channel() -> None:
 
 
 @pytest.mark.realdata
-def test_every_full_resolution_original_loads() -> None:
-    root = _data_dir("PNEUMONIA_CXR_FULLRES")
+def test_every_full_resolution_original_loads(fullres_root: Path) -> None:
+    root = fullres_root
     lines = (root / "MANIFEST.tsv").read_text().splitlines()
     header = lines[0].split("\t")
     sizes = {}

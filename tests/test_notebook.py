@@ -104,7 +104,7 @@ def test_notebook_runs_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert (run_dir / "learning_curves.png").is_file()
     metrics = json.loads((run_dir / "eval_test" / "metrics.json").read_text())
     assert metrics["split"] == "test"
-    assert 0.0 <= metrics["roc_auc"]["value"] <= 1.0
+    assert metrics["roc_auc"]["value"] > 0.6  # trained, not chance (FAST: about 0.8 here)
     assert (run_dir / "eval_test" / "report.html").is_file()
     images = [output for output in outputs if "image/png" in output.get("data", {})]
     assert len(images) >= 6, "samples, curves, confusion, ROC, Grad-CAM grid and overlay shown"

@@ -27,6 +27,8 @@ import torch
 
 from pneumonia_cxr.faults import FAULT_ENV
 
+pytestmark = pytest.mark.slow  # about a minute: 13 training processes
+
 FINAL = "final_pneumonia_model.pt"
 TRAIN_FLAGS = [
     "--backbone", "resnet18", "--weights", "none", "--image_size", "48", "--batch_size", "8",

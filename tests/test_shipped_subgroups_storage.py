@@ -79,6 +79,7 @@ def test_predict_uses_the_shipped_model_by_default(
     assert out.splitlines()[0].startswith("path,probability,label,p_viral,pneumonia_type,ood_score")
 
 
+@pytest.mark.slow
 @pytest.mark.realdata
 def test_shipped_model_reproduces_the_committed_test_confusion(
     real_data_root: Path, tmp_path: Path

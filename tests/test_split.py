@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pneumonia_cxr.data.discovery import DATA_ENV_VAR, ImageRecord, find_layout_root, list_images
+from pneumonia_cxr.data.discovery import ImageRecord, find_layout_root, list_images
 from pneumonia_cxr.data.patients import patient_id, pneumonia_type
 from pneumonia_cxr.data.split import (
     PatientSplit,
@@ -200,11 +200,8 @@ def test_file_sha256_streams_large_files(tmp_path: Path) -> None:
 
 
 @pytest.mark.realdata
-def test_real_data_split_is_leak_free() -> None:
-    location = os.environ.get(DATA_ENV_VAR)
-    if not location or not Path(location).is_dir():
-        pytest.skip(f"real data not available: set {DATA_ENV_VAR} to the kermany_224 folder")
-    records = list_images(find_layout_root(location), splits=("train", "val"))
+def test_real_data_split_is_leak_free(real_data_root: Path) -> None:
+    records = list_images(find_layout_root(real_data_root), splits=("train", "val"))
     split = make_patient_split(records, val_fraction=0.15, seed=42)
     assert len(split.train) + len(split.val) == len(records)
     for key in (lambda r: patient_id(r.path.name), lambda r: file_sha256(r.path)):

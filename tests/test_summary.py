@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from pneumonia_cxr.data.discovery import DATA_ENV_VAR, SPLITS
+from pneumonia_cxr.data.discovery import SPLITS
 from pneumonia_cxr.data.summary import format_summary, summarize_dataset
 
 # (split, class, file name): one or two patients per class and split, all distinct pixels
@@ -121,11 +120,8 @@ def test_accepts_a_folder_above_the_layout(planted: Path) -> None:
 
 
 @pytest.mark.realdata
-def test_real_data_summary() -> None:
-    location = os.environ.get(DATA_ENV_VAR)
-    if not location or not Path(location).is_dir():
-        pytest.skip(f"real data not available: set {DATA_ENV_VAR} to the kermany_224 folder")
-    summary = summarize_dataset(location, check_readable=False)
+def test_real_data_summary(real_data_root: Path) -> None:
+    summary = summarize_dataset(real_data_root, check_readable=False)
     assert summary["counts"] == {
         "train": {"NORMAL": 1341, "PNEUMONIA": 3875},
         "val": {"NORMAL": 8, "PNEUMONIA": 8},

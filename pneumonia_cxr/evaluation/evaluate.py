@@ -46,6 +46,7 @@ from pneumonia_cxr.evaluation.report import (
     write_html_report,
 )
 from pneumonia_cxr.evaluation.type_metrics import type_metrics
+from pneumonia_cxr.explain import EXPLAIN_IMAGES_IN_EVALUATE
 from pneumonia_cxr.explain.check import EXPLAIN_CHECK_FILE, run_explain_check, write_explain_check
 from pneumonia_cxr.explain.gradcam import cam_class, predictor_cams
 from pneumonia_cxr.explain.overlay import CamExample, pick_examples, save_gradcam_grid
@@ -75,7 +76,6 @@ PLOT_FILES: dict[str, str] = {
     "Grad-CAM: true/false positives/negatives": GRADCAM_GRID,
 }
 GRADCAM_PER_GROUP = 2
-EXPLAIN_IMAGES_IN_EVALUATE = 8
 """Images per sanity check inside `evaluate`: a cheap figure; `explain-check` runs more."""
 
 

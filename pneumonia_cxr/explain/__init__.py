@@ -5,3 +5,6 @@ Only constants live here, so the CLI can offer them as choices without importing
 
 CAM_METHODS: tuple[str, ...] = ("gradcam", "gradcam++", "hirescam", "eigencam")
 """Method names accepted by `gradcam.compute_cams`, in the order we recommend trying them."""
+
+EXPLAIN_IMAGES_IN_EVALUATE = 8
+"""Images per heatmap sanity check in `evaluate`'s report (0 skips the checks)."""

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pneumonia_cxr import CLASS_NAMES
-from pneumonia_cxr.config import RunConfig
+from pneumonia_cxr.config import ADAPT_MIN_SENSITIVITY, RunConfig
 from pneumonia_cxr.data.discovery import ImageRecord
 from pneumonia_cxr.data.fingerprint import records_fingerprint
 from pneumonia_cxr.data.site import PATIENTS_FILE, list_site_images, read_patients_csv, site_folds
@@ -134,7 +134,7 @@ def adapt_site(
     work_dir: str | Path | None = None,
     split: str = "test",
     rule: str = "max_specificity_at_sensitivity",
-    min_sensitivity: float = 0.90,
+    min_sensitivity: float = ADAPT_MIN_SENSITIVITY,
     seed: int = 0,
     force: bool = False,
     batch_size: int = 32,
