@@ -4,6 +4,7 @@ are `predict`'s."""
 from __future__ import annotations
 
 import csv
+import json
 import re
 import subprocess
 import sys
@@ -100,3 +101,20 @@ def test_import_is_light_and_the_public_names_resolve() -> None:
         assert getattr(pcx, name) is not None
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         pcx.nope  # noqa: B018
+
+
+def test_evaluate_returns_typed_figures_equal_to_metrics_json(
+    session_tiny_model: Path, tiny_synthetic: Path, tmp_path: Path
+) -> None:
+    result = pcx.evaluate(
+        pcx.load(session_tiny_model), tiny_synthetic, output_dir=tmp_path, n_resamples=50,
+        explain_images=0,
+    )  # fmt: skip
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    summary = result.summary.pneumonia
+    assert summary.n == written["n"] == 16
+    assert summary.roc_auc.value == written["roc_auc"]["value"]
+    assert summary.sensitivity.ci_low == written["at_threshold"]["sensitivity"]["ci_low"]
+    assert summary.confusion == written["at_threshold"]["confusion"]
+    assert sum(summary.confusion.values()) == summary.n
+    assert result.summary.pneumonia_type is None  # the tiny model has no type head

@@ -263,6 +263,9 @@ def test_evaluate_reports_the_type(typed_run: Path, tiny_synthetic: Path, tmp_pa
     assert all(r["pneumonia_type"] in ("BACTERIAL", "VIRAL") for r in called)
     assert all(r["pneumonia_type"] == "" for r in rows if r["predicted"] == "NORMAL")
     assert "VIRAL vs BACTERIAL" in result.report.read_text()
+    typed = result.summary.pneumonia_type  # the typed reading of the same block
+    assert typed is not None and typed.n == block["n_known_type"]
+    assert typed.roc_auc.value == block["viral_vs_bacterial"]["roc_auc"]["value"]
 
 
 def test_the_service_says_the_type(typed_run: Path, tiny_synthetic: Path) -> None:

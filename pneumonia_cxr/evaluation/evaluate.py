@@ -37,7 +37,13 @@ from pneumonia_cxr.errors import EvaluationInputError
 from pneumonia_cxr.evaluation import plots
 from pneumonia_cxr.evaluation.audit import run_audit
 from pneumonia_cxr.evaluation.calibration import expected_calibration_error
-from pneumonia_cxr.evaluation.metrics import ECE_BINS, evaluate_predictions, subgroup_sensitivity
+from pneumonia_cxr.evaluation.metrics import (
+    ECE_BINS,
+    BinaryMetrics,
+    Estimate,
+    evaluate_predictions,
+    subgroup_sensitivity,
+)
 from pneumonia_cxr.evaluation.report import (
     audit_section_html,
     explain_section_html,
@@ -94,6 +100,35 @@ class EvaluationResult:
     @property
     def gradcam_grid(self) -> Path | None:
         return self.files.get("gradcam")
+
+    @property
+    def summary(self) -> EvaluationSummary:
+        """The headline figures as typed records (the `metrics` dict is metrics.json's body)."""
+        kind = self.metrics.get("pneumonia_type")
+        audit = self.metrics.get("audit")
+        frame = ((audit or {}).get("views") or {}).get("frame_only")
+        return EvaluationSummary(
+            pneumonia=BinaryMetrics.from_dict(self.metrics),
+            pneumonia_type=BinaryMetrics.from_dict(kind["viral_vs_bacterial"]) if kind else None,
+            type_right_among_true_positives=(
+                Estimate.from_dict(kind["accuracy_among_true_positives"]) if kind else None
+            ),
+            n_flagged=(self.metrics.get("ood") or {}).get("n_flagged"),
+            frame_only_auc=Estimate.from_dict(frame["roc_auc"]) if frame else None,
+        )
+
+
+@dataclass(frozen=True)
+class EvaluationSummary:
+    """What an evaluation found, typed: the pneumonia question, the type question (VIRAL is
+    the positive class; None for a model without a type head), the applicability flags and
+    the shortcut audit's frame-only AUC (None without `audit`)."""
+
+    pneumonia: BinaryMetrics
+    pneumonia_type: BinaryMetrics | None
+    type_right_among_true_positives: Estimate | None
+    n_flagged: int | None
+    frame_only_auc: Estimate | None
 
 
 def _predict(

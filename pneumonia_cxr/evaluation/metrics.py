@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -316,3 +317,47 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
 
     interval = binomtest(int(successes), int(n)).proportion_ci(confidence, method="wilson")
     return float(interval.low), float(interval.high)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A figure with its 95% interval (bootstrap or Wilson); None where it is undefined."""
+
+    value: float | None
+    ci_low: float | None = None
+    ci_high: float | None = None
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Estimate:
+        return cls(raw.get("value"), raw.get("ci_low"), raw.get("ci_high"))
+
+
+@dataclass(frozen=True)
+class BinaryMetrics:
+    """The typed reading of `evaluate_predictions`' layout (metrics.json's top level, and its
+    `pneumonia_type.viral_vs_bacterial` block): what a caller reads without knowing keys."""
+
+    n: int
+    threshold: float
+    threshold_rule: str
+    roc_auc: Estimate
+    accuracy: Estimate
+    sensitivity: Estimate
+    specificity: Estimate
+    precision: Estimate
+    f1: Estimate
+    confusion: dict[str, int]
+    """tp, fp, tn, fn at the threshold."""
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> BinaryMetrics:
+        at = raw["at_threshold"]
+        rates = ("accuracy", "sensitivity", "specificity", "precision", "f1")
+        return cls(
+            n=int(raw["n"]),
+            threshold=float(raw["threshold"]),
+            threshold_rule=str(raw["threshold_rule"]),
+            roc_auc=Estimate.from_dict(raw["roc_auc"]),
+            confusion={key: int(value) for key, value in at["confusion"].items()},
+            **{name: Estimate.from_dict(at[name]) for name in rates},
+        )
