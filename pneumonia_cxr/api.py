@@ -18,7 +18,7 @@ from PIL import Image
 
 from pneumonia_cxr.inference.predictor import Predictor
 from pneumonia_cxr.model.shipped import resolve_model_path
-from pneumonia_cxr.predict import PredictionRow, predict_paths
+from pneumonia_cxr.predict import PredictionRow, expand_paths, predict_paths
 
 ImageInput = str | Path | np.ndarray | Image.Image
 """A file path, a 2-D (gray) or H x W x 3 (RGB) uint8 array, or a PIL image."""
@@ -55,23 +55,26 @@ class Model:
         self, images: ImageInput | Sequence[ImageInput], *, batch_size: int = 32
     ) -> PredictionRow | list[PredictionRow]:
         """One `PredictionRow` (`.probability`, `.label`, `.ood_score`, `.out_of_distribution`,
-        `.reason`, `.p_viral`, `.pneumonia_type`, `.error`) per image, as `predict` writes it;
-        one row for one image, a list for a list. A path to a folder scores its images. An
-        unreadable file is a row with its `.error`, never an exception."""
-        single = _is_single(images)
-        items = [images] if single else list(images)
-        rows: list[PredictionRow | None] = [None] * len(items)
-        paths = [(i, item) for i, item in enumerate(items) if isinstance(item, str | Path)]
-        if paths:
-            if single and Path(paths[0][1]).is_dir():
-                return predict_paths(self.predictor, [paths[0][1]], batch_size=batch_size)
-            scored = predict_paths(self.predictor, [p for _, p in paths], batch_size=batch_size)
-            for (i, _), row in zip(paths, scored, strict=True):
-                rows[i] = row
+        `.reason`, `.p_viral`, `.pneumonia_type`, `.error`) per image, as `predict` writes it:
+        one row for one file or image, a list for a list or a folder (a folder's images in the
+        order `predict` lists them, in its place). An unreadable file is a row with its
+        `.error`, never an exception."""
+        if isinstance(images, str | Path) and not Path(images).is_dir():
+            return predict_paths(self.predictor, [images], batch_size=batch_size)[0]
+        if _is_in_memory(images):
+            return self._predict_in_memory(images, "<image 0>")
+        items = [images] if isinstance(images, str | Path) else list(images)
+        files = [item for item in items if isinstance(item, str | Path)]
+        scored = iter(predict_paths(self.predictor, files, batch_size=batch_size))
+        rows: list[PredictionRow] = []
         for i, item in enumerate(items):
-            if rows[i] is None:
-                rows[i] = self._predict_in_memory(item, f"<image {i}>")
-        return rows[0] if single else rows  # type: ignore[return-value]
+            if not isinstance(item, str | Path):
+                rows.append(self._predict_in_memory(item, f"<image {i}>"))
+            elif Path(item).is_dir():
+                rows += [next(scored) for _ in expand_paths([item])]
+            else:
+                rows.append(next(scored))
+        return rows
 
     def _predict_in_memory(self, image: np.ndarray | Image.Image, name: str) -> PredictionRow:
         """An array or PIL image goes through the upload path (`input_and_facts_from_bytes`):
@@ -114,9 +117,10 @@ def evaluate(
     return evaluate_model(path, data, split=split, output_dir=output_dir, **options)
 
 
-def _is_single(images: Any) -> bool:
-    return isinstance(images, str | Path | Image.Image) or (
-        isinstance(images, np.ndarray) and images.ndim in (2, 3) and images.dtype != object
+def _is_in_memory(images: Any) -> bool:
+    """One image held in memory (a list of them is a list)."""
+    return isinstance(images, Image.Image) or (
+        isinstance(images, np.ndarray) and images.dtype != object
     )
 
 

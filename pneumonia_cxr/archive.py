@@ -34,6 +34,9 @@ from pneumonia_cxr.predict import (
 from pneumonia_cxr.storage import atomic_write_text
 
 PROGRESS_SUFFIX = ".progress.tsv"
+PATH_BYTES = "surrogateescape"
+"""The progress file keeps each path's own bytes (a name that is not valid UTF-8 included), so
+that a resumed run finds the file again; the CSV shows such a name escaped (`path_text`)."""
 _HEADER = "# pneumonia-cxr predict progress; model_sha256="
 
 
@@ -116,7 +119,7 @@ class Summary:
 
 def _read_done(output: Path, progress: Path, model_sha256: str) -> list[tuple[str, str]]:
     """(CSV line, progress line) of every row a previous run finished; another model refused."""
-    lines = progress.read_text(encoding="utf-8").split("\n")
+    lines = progress.read_text(encoding="utf-8", errors=PATH_BYTES).split("\n")
     if not lines or not lines[0].startswith(_HEADER):
         raise ArchiveError(
             f"{progress}: not a pneumonia-cxr progress file; remove it to start over"
@@ -173,16 +176,17 @@ def score_archive(
     output.parent.mkdir(parents=True, exist_ok=True)
     # Start from the finished rows only (a killed run may have cut its last line).
     atomic_write_text(output, "\n".join([header, *(line for line, _ in kept)]) + "\n")
-    atomic_write_text(log, "\n".join([_HEADER + model_sha256, *(r for _, r in kept)]) + "\n")
+    records = "\n".join([_HEADER + model_sha256, *(r for _, r in kept)]) + "\n"
+    atomic_write_text(log, records, errors=PATH_BYTES)
     summary.kept_from_before = len(kept)
     for values in csv.DictReader(io.StringIO("\n".join([header, *(line for line, _ in kept)]))):
         summary.add(_row_from_csv(values), predictor.class_names[1])
-    positions: dict[str, int] = {}
+    positions: dict[str, list[int]] = {}  # a path listed twice is scored twice, in order
 
     def todo() -> Iterator[Path]:
         for position, path in enumerate(walk_files(paths, files_from)):
-            if position % shard.count == shard.index and path_text(path) not in done:
-                positions[str(path)] = position
+            if position % shard.count == shard.index and str(path) not in done:
+                positions.setdefault(str(path), []).append(position)
                 yield path
 
     # A counting pass (a directory walk, nothing kept) gives the bar its total, hence an ETA.
@@ -191,13 +195,13 @@ def score_archive(
         total = sum(
             1
             for position, path in enumerate(walk_files(paths, files_from))
-            if position % shard.count == shard.index and path_text(path) not in done
+            if position % shard.count == shard.index and str(path) not in done
         )
     bar = tqdm(total=total, desc="predict", unit="img", file=sys.stderr, disable=not progress)
     batches = 0
     with (
         open(output, "a", encoding="utf-8", newline="") as table,
-        open(log, "a", encoding="utf-8") as record,
+        open(log, "a", encoding="utf-8", errors=PATH_BYTES) as record,
     ):
         for rows in iter_prediction_batches(
             predictor,
@@ -213,8 +217,8 @@ def score_archive(
             kill_if(f"archive:batch{batches}:rows")  # a row written, its record not yet
             record.write(
                 "".join(
-                    f"{positions.pop(row.path)}\t{_signature(Path(row.path), content_hash)}\t"
-                    f"{path_text(row.path)}\n"
+                    f"{positions[row.path].pop(0)}\t{_signature(Path(row.path), content_hash)}\t"
+                    f"{row.path}\n"
                     for row in rows
                 )
             )
@@ -265,7 +269,7 @@ def merge_shards(inputs: Sequence[str | Path], output: str | Path) -> int:
         log = table.with_name(table.name + PROGRESS_SUFFIX)
         if not log.exists():
             raise ArchiveError(f"{log}: missing; merge needs each shard's progress file")
-        first = log.read_text(encoding="utf-8").split("\n", 1)[0]
+        first = log.read_text(encoding="utf-8", errors=PATH_BYTES).split("\n", 1)[0]
         sha = first.removeprefix(_HEADER).strip()
         if model is not None and sha != model:
             raise ArchiveError(f"{table}: written by another model than the other shards")
@@ -274,12 +278,14 @@ def merge_shards(inputs: Sequence[str | Path], output: str | Path) -> int:
             rows.append((int(record.split("\t", 1)[0]), csv_line, record))
     rows.sort()
     positions = [position for position, _, _ in rows]
-    if len(set(positions)) != len(positions):
+    paths = [record.rsplit("\t", 1)[-1] for *_, record in rows]
+    if len(set(positions)) != len(positions) or len(set(paths)) != len(paths):
         raise ArchiveError("the shards overlap (a file scored twice): merge distinct shards")
     header = header or rows_to_csv([]).rstrip("\n")
     atomic_write_text(output, "\n".join([header, *(line for _, line, _ in rows)]) + "\n")
     log_out = Path(output).with_name(Path(output).name + PROGRESS_SUFFIX)
-    atomic_write_text(log_out, "\n".join([_HEADER + (model or ""), *(r for *_, r in rows)]) + "\n")
+    records = "\n".join([_HEADER + (model or ""), *(r for *_, r in rows)]) + "\n"
+    atomic_write_text(log_out, records, errors=PATH_BYTES)
     return len(rows)
 
 

@@ -245,7 +245,7 @@ def _columns(rows: Sequence[PredictionRow]) -> list[str]:
 
 
 def _record(row: PredictionRow, columns: Sequence[str]) -> dict[str, Any]:
-    values = asdict(row) | {"path": path_text(row.path)}
+    values = asdict(row) | {"path": path_text(row.path), "heatmap": path_text(row.heatmap)}
     return {column: values[column] for column in columns}
 
 

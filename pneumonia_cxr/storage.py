@@ -67,9 +67,9 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """UTF-8 text, atomically."""
-    return atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
+def atomic_write_text(path: str | Path, text: str, errors: str = "strict") -> Path:
+    """UTF-8 text, atomically (`errors="surrogateescape"` writes a path's own bytes)."""
+    return atomic_write(path, lambda handle: handle.write(text.encode("utf-8", errors)))
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:

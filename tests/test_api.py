@@ -69,6 +69,10 @@ def test_arrays_pil_images_and_files_get_the_same_answer(
     assert pil.probability == pytest.approx(by_file[0].probability, abs=1e-6)
     folder = model.predict(tiny_synthetic / "test" / "PNEUMONIA")
     assert len(folder) == len(list((tiny_synthetic / "test" / "PNEUMONIA").iterdir()))
+    mixed = model.predict([tiny_synthetic / "test" / "PNEUMONIA", gray[0], files[1]])
+    assert len(mixed) == len(folder) + 2  # the folder's rows in its place
+    assert [r.path for r in mixed[: len(folder)]] == [r.path for r in folder]
+    assert mixed[-2].path == f"<image {1}>" and mixed[-1].path == str(files[1])
 
 
 def test_a_bad_file_is_a_row_with_its_error_and_a_bad_array_a_clear_error(

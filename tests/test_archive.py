@@ -201,6 +201,9 @@ def odd_tree(tiny_synthetic: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     (root / "sub dir" / "loop").symlink_to(root, target_is_directory=True)
     (root / "link_to_b.png").symlink_to(root / "b.Png")
     (root / "outside.jpeg").symlink_to(images[4])
+    (root / "raw").mkdir()
+    (root / "raw" / "scan.bin").write_bytes(images[6].read_bytes())  # not listed by its name
+    (root / "scan.jpeg").symlink_to(root / "raw" / "scan.bin")
     os.mkfifo(root / "pipe.jpeg")
     (Path(os.fsdecode(bytes(root)) + os.fsdecode(b"/caf\xe9.jpeg"))).write_bytes(
         images[5].read_bytes()
@@ -227,7 +230,7 @@ def test_every_predict_mode_scores_the_same_files_of_an_odd_tree(
     environment = dict(os.environ)
     assert main([*base, "--output", str(ddp_csv), "--devices", "1", "--accelerator", "cpu"]) == 0
     assert dict(os.environ) == environment  # no MASTER_PORT left for a later DDP run to inherit
-    named = ("sub dir/a film.JPEG", "b.Png", "outside.jpeg")
+    named = ("sub dir/a film.JPEG", "b.Png", "outside.jpeg", "scan.jpeg")
     expected = [*(str(odd_tree / name) for name in named), str(odd_tree) + "/caf\\xe9.jpeg"]
     modes = {
         "plain": [r["path"] for r in csv.DictReader(io.StringIO(plain))],
@@ -242,3 +245,19 @@ def test_every_predict_mode_scores_the_same_files_of_an_odd_tree(
     capsys.readouterr()
     assert main([*base[:1], str(odd_tree / "pipe.jpeg"), *base[2:]]) == 1  # named: a row, no hang
     assert "not a regular file" in capsys.readouterr().out
+
+
+def test_an_odd_tree_resumes_in_place_with_its_non_utf8_name_and_heatmaps(
+    session_tiny_model: Path, odd_tree: Path, tmp_path: Path
+) -> None:
+    """The progress file keeps a non-UTF-8 name's own bytes: `--resume` finds the file again
+    (not rescored, rows in the same order); its heatmap column is escaped like its path."""
+    table, cams = tmp_path / "x.csv", tmp_path / "cams"
+    base = ["predict", str(odd_tree), "--model_path", str(session_tiny_model), "--no_progress"]
+    base += ["--output", str(table), "--gradcam", str(cams), "--batch_size", "2"]
+    assert main(base) == 0
+    first = table.read_text(encoding="utf-8")
+    row = next(r for r in read_table(table) if r["path"].endswith("caf\\xe9.jpeg"))
+    assert row["heatmap"].endswith("caf\\xe9_gradcam.png") and row["probability"]
+    assert main([*base, "--resume"]) == 0
+    assert table.read_text(encoding="utf-8") == first

@@ -6,8 +6,10 @@ What a folder yields, the same whichever mode walks it:
   `.DS_Store` and `._x.jpeg` AppleDouble files, which carry an image extension without being
   images); a path given on the command line is always used as given;
 - only image extensions (`loader.is_image_file`), upper case included;
-- symbolic links are followed, each folder and each file once: a link back to a folder already
-  walked (a loop) or a link to a file the walk reaches by its own name is not listed again;
+- symbolic links are followed, each folder once (a link back to a folder already walked, a
+  loop, is not walked again) and each file once where a link points at an image the walk lists
+  under its own name (in the root or a linked folder; a link whose target is reached later
+  through another linked folder is the one case listed twice);
 - anything that is not a regular file (a named pipe, a socket, a device) is skipped with a
   warning naming it, and never opened: opening a pipe blocks forever.
 """
@@ -18,6 +20,7 @@ import logging
 import os
 import stat
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pneumonia_cxr.data.loader import is_image_file
@@ -31,7 +34,7 @@ def iter_image_files(paths: Iterable[str | Path]) -> Iterator[Path]:
         path = Path(raw).expanduser()
         if path.is_dir():
             found = False
-            for file in _walk(path, root=path.resolve(), seen=set()):
+            for file in _walk(path, _Walk(roots=[path.resolve()])):
                 found = True
                 yield file
             if not found:
@@ -40,16 +43,26 @@ def iter_image_files(paths: Iterable[str | Path]) -> Iterator[Path]:
             yield path
 
 
-def _reached_directly(target: Path, root: Path) -> bool:
-    """Whether the walk of `root` lists `target` under its own name (inside, not hidden)."""
-    try:
-        parts = target.relative_to(root).parts
-    except ValueError:
+@dataclass
+class _Walk:
+    roots: list[Path]
+    """Resolved folders the walk lists by their own names (the root, linked folders)."""
+    seen: set[tuple[int, int]] = field(default_factory=set)
+    """(device, inode) of every folder walked: a link back to one is not walked again."""
+
+    def lists(self, target: Path) -> bool:
+        """Whether `target` (resolved) is an image the walk lists under its own name."""
+        for root in self.roots:
+            try:
+                parts = target.relative_to(root).parts
+            except ValueError:
+                continue
+            if is_image_file(target) and not any(part.startswith(".") for part in parts):
+                return True
         return False
-    return not any(part.startswith(".") for part in parts)
 
 
-def _walk(folder: Path, *, root: Path, seen: set[tuple[int, int]]) -> Iterator[Path]:
+def _walk(folder: Path, walk: _Walk) -> Iterator[Path]:
     try:
         info = folder.stat()
         with os.scandir(folder) as entries:
@@ -57,9 +70,9 @@ def _walk(folder: Path, *, root: Path, seen: set[tuple[int, int]]) -> Iterator[P
     except OSError as error:
         log.warning("skipped folder %s: %s", folder, error.strerror or error)
         return
-    if (info.st_dev, info.st_ino) in seen:
+    if (info.st_dev, info.st_ino) in walk.seen:
         return  # a link back to a folder already walked
-    seen.add((info.st_dev, info.st_ino))
+    walk.seen.add((info.st_dev, info.st_ino))
     for entry in ordered:
         if entry.name.startswith("."):
             continue
@@ -70,12 +83,14 @@ def _walk(folder: Path, *, root: Path, seen: set[tuple[int, int]]) -> Iterator[P
             log.warning("skipped %s: a broken link or an unreadable entry", path)
             continue
         if stat.S_ISDIR(mode):
-            yield from _walk(path, root=root, seen=seen)
+            if entry.is_symlink():
+                walk.roots.append(path.resolve())
+            yield from _walk(path, walk)
         elif not is_image_file(path):
             continue
         elif not stat.S_ISREG(mode):
             log.warning("skipped %s: not a regular file (a named pipe, socket or device)", path)
-        elif entry.is_symlink() and _reached_directly(path.resolve(), root):
+        elif entry.is_symlink() and walk.lists(path.resolve()):
             continue  # listed under its own name
         else:
             yield path

@@ -82,7 +82,6 @@ PLOT_FILES: dict[str, str] = {
     "Grad-CAM: true/false positives/negatives": GRADCAM_GRID,
 }
 GRADCAM_PER_GROUP = 2
-"""Images per sanity check inside `evaluate`: a cheap figure; `explain-check` runs more."""
 
 
 @dataclass
@@ -109,9 +108,15 @@ class EvaluationResult:
         frame = ((audit or {}).get("views") or {}).get("frame_only")
         return EvaluationSummary(
             pneumonia=BinaryMetrics.from_dict(self.metrics),
-            pneumonia_type=BinaryMetrics.from_dict(kind["viral_vs_bacterial"]) if kind else None,
+            pneumonia_type=(
+                BinaryMetrics.from_dict(kind["viral_vs_bacterial"])
+                if kind and kind.get("viral_vs_bacterial")
+                else None  # no type head, or the images do not carry both types
+            ),
             type_right_among_true_positives=(
-                Estimate.from_dict(kind["accuracy_among_true_positives"]) if kind else None
+                Estimate.from_dict(kind["accuracy_among_true_positives"])
+                if kind and kind.get("accuracy_among_true_positives")
+                else None
             ),
             n_flagged=(self.metrics.get("ood") or {}).get("n_flagged"),
             frame_only_auc=Estimate.from_dict(frame["roc_auc"]) if frame else None,

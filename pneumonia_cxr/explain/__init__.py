@@ -7,4 +7,5 @@ CAM_METHODS: tuple[str, ...] = ("gradcam", "gradcam++", "hirescam", "eigencam")
 """Method names accepted by `gradcam.compute_cams`, in the order we recommend trying them."""
 
 EXPLAIN_IMAGES_IN_EVALUATE = 8
-"""Images per heatmap sanity check in `evaluate`'s report (0 skips the checks)."""
+"""Images per heatmap sanity check inside `evaluate` (0 skips the checks): a cheap figure;
+`explain-check` runs more."""

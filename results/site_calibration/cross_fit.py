@@ -75,8 +75,8 @@ def main() -> None:
             {
                 "fitted_on": f"fold {1 - held} ({len(fit)} images)",
                 "held_out": f"fold {held} ({len(folds[held])} images)",
-                "threshold": result.threshold,
-                "temperature": result.temperature,
+                "threshold": result.point.threshold,
+                "temperature": result.point.temperature,
                 "before": _rates(np.array(before["labels"]), np.array(before["decisions"])),
                 "after": _rates(np.array(after["labels"]), np.array(after["decisions"])),
             }

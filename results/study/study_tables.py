@@ -98,12 +98,12 @@ def _patient_val(study: Study, name: str, model_path: Path) -> None:
     val = read_split_csv(study.split_csv).val
     predictor = Predictor.open(model_path, device="cpu")
     result = predictor.score_records(val)
-    engine = predictor.engine
+    decision = predictor.decision
     metrics = evaluate_predictions(
         result.labels,
         result.scores.probabilities,
-        engine.threshold,
-        engine.threshold_rule,
+        decision.threshold,
+        decision.rule,
         1000,
         0,
     )
