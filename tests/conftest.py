@@ -58,3 +58,22 @@ def session_tiny_model(tiny_synthetic: Path, tmp_path_factory: pytest.TempPathFa
     from tiny_runs import train_tiny_model
 
     return train_tiny_model(tiny_synthetic, tmp_path_factory.mktemp("session_model"))
+
+
+# The modules that take longest start first, so that under `make test` (one worker per core)
+# no core idles while the other finishes a long module started last.
+LONGEST_FIRST: tuple[str, ...] = (
+    "test_resume_sigkill.py",
+    "test_training.py",
+    "test_shipped_subgroups_storage.py",
+    "test_notebook.py",
+    "test_archive.py",
+    "test_calibrate_site.py",
+    "test_ensemble_ood.py",
+    "test_cli.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {name: position for position, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order kept within

@@ -5,10 +5,10 @@ augmentation, shuffling, class weights, early stopping, plateau LR, both stages,
 fit), on tiny images and 3 batches per epoch. The process kills itself with SIGKILL at a named
 point (`pneumonia_cxr.faults`), or the test kills it from outside; then `--resume` finishes it.
 
-One run is killed at every named point in turn (each kill resumed by the next step's
-process, the last resume finishing it), so seven processes cover six points; it runs beside
-the unbroken run, the outside kill and the damaged checkpoints (two lanes, one per core, one
-intra-op thread each: the same for every run, so bit-identity is between equal settings).
+Two runs are killed at the named points in turn (each kill resumed by the next step's
+process; one also meets a damaged checkpoint, the other a kill from outside) beside an
+unbroken run: 11 processes on two lanes, one per core, one intra-op thread each (the same for
+every run, so bit-identity is between equal settings).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import torch
 
 from pneumonia_cxr.faults import FAULT_ENV
 
-pytestmark = pytest.mark.slow  # about a minute: 13 training processes
+pytestmark = pytest.mark.slow  # about a minute: 11 training processes
 
 FINAL = "final_pneumonia_model.pt"
 TRAIN_FLAGS = [
@@ -86,46 +86,33 @@ FAULTS = [
 ]
 
 
-# In the order a run meets them, so that one run is killed at each point in turn: each kill
-# is resumed by the next step's process, the last resume finishes the run.
-CHAIN = [FAULTS[0], FAULTS[1], FAULTS[3], FAULTS[2], FAULTS[4], FAULTS[5]]
+# Two runs, each killed at its points in turn, in the order a run meets them; each kill is
+# resumed by the next step's process. Run 1 also meets a damaged checkpoint: after its kill in
+# stage 2 its last.ckpt is cut in half, so the resume that finishes it falls back to best.ckpt;
+# then both checkpoints are garbage and the final file gone, and the resume must refuse. Run 2
+# starts with a kill from outside.
+FIRST = [FAULTS[0], FAULTS[1], FAULTS[3], FAULTS[2]]
+SECOND = [FAULTS[4], FAULTS[5]]
 
 
-def _killed_at_each_point_in_turn(data: Path, out: Path) -> dict:
-    """One run killed at every fault point, each time resumed (by the next step, which
-    is then killed at the next point), then finished: fault -> outcome, and the run."""
-    outcome: dict = {"run": out / "run"}
-    for step, fault in enumerate(CHAIN):
-        args = _new_run(data, out, "run") if step == 0 else ["--resume", str(out / "run")]
-        outcome[fault] = {"killed": _run(args, fault)[0], "final": (out / "run" / FINAL).exists()}
-    outcome["resumed"] = _run(["--resume", str(out / "run")])[0]
-    return outcome
+def _killed_at(args: list[str], fault: str, run: Path) -> dict:
+    return {"killed": _run(args, fault)[0], "final": (run / FINAL).exists()}
 
 
-def _killed_from_outside(data: Path, out: Path) -> dict:
-    process = _train(_new_run(data, out, "run"), output=subprocess.DEVNULL)
-    landed = out / "run" / "checkpoints" / "stage1" / "last.ckpt"
-    deadline = time.monotonic() + 300
-    while not landed.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.5)  # somewhere in the next epoch
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=60)
-    return {"run": out / "run", "resumed": _run(["--resume", str(out / "run")])[0]}
-
-
-def _damaged_then_resumed(data: Path, out: Path) -> dict:
-    """Killed in stage 2; last.ckpt truncated: the resume falls back to best.ckpt. Then both
-    checkpoints garbage and the final file gone: the resume refuses, naming the fix."""
+def _first_run(data: Path, out: Path) -> dict:
+    """Killed at FIRST's points; last.ckpt damaged; finished by falling back; then refused."""
     run = out / "run"
-    killed = _run(_new_run(data, out, "run"), "stage2:epoch1:batch1")[0]
+    outcome: dict = {"run": run}
+    for step, fault in enumerate(FIRST):
+        args = _new_run(data, out, "run") if step == 0 else ["--resume", str(run)]
+        outcome[fault] = _killed_at(args, fault, run)
     stage2 = run / "checkpoints" / "stage2"
     last = stage2 / "last.ckpt"
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # truncated
     process = _train(["--resume", str(run)])
     fell_back, _ = process.communicate(timeout=600)
-    outcome = {"run": run, "killed": killed, "fell_back": (process.returncode, fell_back)}
-    outcome["state_after_fallback"] = _state(run), _rows(run)
+    outcome["resumed"], outcome["fell_back"] = process.returncode, fell_back
+    outcome["state"], outcome["rows"] = _state(run), _rows(run)
     for name in ("last.ckpt", "best.ckpt"):
         (stage2 / name).write_bytes(b"garbage")
     (run / FINAL).unlink()
@@ -137,28 +124,41 @@ def _damaged_then_resumed(data: Path, out: Path) -> dict:
     return outcome
 
 
+def _second_run(data: Path, out: Path) -> dict:
+    """Killed from outside in stage 1, then at SECOND's points, then finished."""
+    run = out / "run"
+    process = _train(_new_run(data, out, "run"), output=subprocess.DEVNULL)
+    landed = run / "checkpoints" / "stage1" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    while not landed.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # somewhere in the next epoch
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    outcome: dict = {"run": run, "outside": process.returncode}
+    for fault in SECOND:
+        outcome[fault] = _killed_at(["--resume", str(run)], fault, run)
+    outcome["resumed"] = _run(["--resume", str(run)])[0]
+    outcome["state"], outcome["rows"] = _state(run), _rows(run)
+    return outcome
+
+
 @pytest.fixture(scope="module")
 def scenarios(tiny_synthetic: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
-    """Every run of this module on two lanes (one per core): the chain of kills on one, the
-    unbroken run, the outside kill and the damaged checkpoints on the other."""
-    chain, outside, damaged = (tmp_path_factory.mktemp(n) for n in ("chain", "outside", "damaged"))
+    """Every run of this module on two lanes (one per core): the first killed run on one; the
+    unbroken run, then the second killed run, on the other (6 and 5 processes)."""
+    first, second = (tmp_path_factory.mktemp(name) for name in ("first", "second"))
 
-    def unbroken() -> dict:
+    def unbroken_then_second() -> dict:
         out = tmp_path_factory.mktemp("unbroken")
         code, output = _run(_new_run(tiny_synthetic, out, "run"))
-        return {"run": out / "run", "code": code, "output": output}
-
-    def other_lane() -> dict:
-        return {
-            "unbroken": unbroken(),
-            "outside": _killed_from_outside(tiny_synthetic, outside),
-            "damaged": _damaged_then_resumed(tiny_synthetic, damaged),
-        }
+        unbroken = {"run": out / "run", "code": code, "output": output}
+        return {"unbroken": unbroken, "second": _second_run(tiny_synthetic, second)}
 
     with ThreadPoolExecutor(max_workers=2) as pool:
-        chained = pool.submit(_killed_at_each_point_in_turn, tiny_synthetic, chain)
-        rest = pool.submit(other_lane)
-        return {"chain": chained.result(), **rest.result()}
+        one = pool.submit(_first_run, tiny_synthetic, first)
+        rest = pool.submit(unbroken_then_second)
+        return {"first": one.result(), **rest.result()}
 
 
 @pytest.fixture(scope="module")
@@ -181,48 +181,43 @@ def test_training_output_has_no_library_noise(unbroken_run: tuple[Path, str]) ->
     assert "run folder:" in output
 
 
-def _assert_identical(run: Path, unbroken: Path) -> None:
-    expected, got = _state(unbroken), _state(run)
-    assert expected.keys() == got.keys()
-    different = [k for k in expected if not torch.equal(expected[k], got[k])]
+def _assert_identical(state: dict, rows: list, unbroken: Path) -> None:
+    expected = _state(unbroken)
+    assert expected.keys() == state.keys()
+    different = [k for k in expected if not torch.equal(expected[k], state[k])]
     assert not different, f"{len(different)} of {len(expected)} tensors differ: {different[:5]}"
-    assert _rows(run) == _rows(unbroken)  # no duplicated or missing epoch, same numbers
-    assert len(_rows(run)) == 4
+    assert rows == _rows(unbroken)  # no duplicated or missing epoch, same numbers
+    assert len(rows) == 4
 
 
 @pytest.mark.parametrize("fault", FAULTS)
 def test_sigkill_then_resume_is_bit_identical(
     fault: str, unbroken: Path, scenarios: dict[str, dict]
 ) -> None:
-    chain = scenarios["chain"]
-    assert chain[fault]["killed"] == -signal.SIGKILL
-    assert not chain[fault]["final"]
-    assert chain["resumed"] == 0
-    run = chain["run"]
-    _assert_identical(run, unbroken)
-    assert any((run / "logs" / "stage1").glob("attempt*/metrics.csv"))  # earlier logs kept
+    result = scenarios["first" if fault in FIRST else "second"]
+    assert result[fault]["killed"] == -signal.SIGKILL
+    assert not result[fault]["final"]
+    assert result["resumed"] == 0
+    _assert_identical(result["state"], result["rows"], unbroken)
+    assert any((result["run"] / "logs" / "stage1").glob("attempt*/metrics.csv"))  # logs kept
 
 
 def test_external_sigkill_then_resume_is_bit_identical(
     unbroken: Path, scenarios: dict[str, dict]
 ) -> None:
-    assert scenarios["outside"]["resumed"] == 0
-    _assert_identical(scenarios["outside"]["run"], unbroken)
+    second = scenarios["second"]
+    assert second["outside"] == -signal.SIGKILL
+    assert second["resumed"] == 0
+    _assert_identical(second["state"], second["rows"], unbroken)
 
 
 def test_damaged_last_checkpoint_falls_back_then_refuses_clearly(
     unbroken: Path, scenarios: dict[str, dict]
 ) -> None:
-    damaged = scenarios["damaged"]
-    assert damaged["killed"] != 0
-    code, output = damaged["fell_back"]
-    assert code == 0 and "last.ckpt is damaged" in output
-    state, rows = damaged["state_after_fallback"]
-    expected = _state(unbroken)
-    assert state.keys() == expected.keys()
-    assert all(torch.equal(state[k], expected[k]) for k in expected)
-    assert rows == _rows(unbroken) and len(rows) == 4
-    code, output = damaged["refused"]
-    stage2 = damaged["run"] / "checkpoints" / "stage2"
+    first = scenarios["first"]
+    assert first["resumed"] == 0 and "last.ckpt is damaged" in first["fell_back"]
+    _assert_identical(first["state"], first["rows"], unbroken)
+    code, output = first["refused"]
+    stage2 = first["run"] / "checkpoints" / "stage2"
     assert code == 2
-    assert f"rm -r {stage2}" in output and not (damaged["run"] / FINAL).exists()
+    assert f"rm -r {stage2}" in output and not (first["run"] / FINAL).exists()
