@@ -64,16 +64,18 @@ class Model:
         if _is_in_memory(images):
             return self._predict_in_memory(images, "<image 0>")
         items = [images] if isinstance(images, str | Path) else list(images)
-        files = [item for item in items if isinstance(item, str | Path)]
+        # Each path listed once (a folder: its images), all files scored in one pass.
+        listed = {
+            i: expand_paths([item]) for i, item in enumerate(items) if isinstance(item, str | Path)
+        }
+        files = [file for group in listed.values() for file in group]
         scored = iter(predict_paths(self.predictor, files, batch_size=batch_size))
         rows: list[PredictionRow] = []
         for i, item in enumerate(items):
-            if not isinstance(item, str | Path):
-                rows.append(self._predict_in_memory(item, f"<image {i}>"))
-            elif Path(item).is_dir():
-                rows += [next(scored) for _ in expand_paths([item])]
+            if i in listed:
+                rows += [next(scored) for _ in listed[i]]
             else:
-                rows.append(next(scored))
+                rows.append(self._predict_in_memory(item, f"<image {i}>"))
         return rows
 
     def _predict_in_memory(self, image: np.ndarray | Image.Image, name: str) -> PredictionRow:

@@ -123,6 +123,3 @@ class Decision:
             type=TypeDecision.from_payload(kind) if kind else None,
             calibration=meta.get("calibration"),
         )
-
-    def label(self, decision: int) -> str:
-        return label_name(decision, self.class_names)

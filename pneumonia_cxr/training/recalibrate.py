@@ -139,8 +139,7 @@ def fit_site(
         labels, scored.scores.probabilities, bundle.threshold, bundle.threshold_rule, n_resamples
     )
     point = fit_operating_point(labels, logits, rule=rule, min_sensitivity=min_sensitivity)
-    threshold, temperature = point.threshold, point.temperature
-    decisions = decide(probability(logits, temperature), threshold)
+    decisions = decide(probability(logits, point.temperature), point.threshold)
     positives, negatives = labels == 1, labels == 0
     hits = int(decisions[positives].sum())
     ood = scored.scores.ood_scores
