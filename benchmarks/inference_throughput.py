@@ -241,7 +241,9 @@ def _real_images(root: Path, split: str, n: int) -> list[Path]:
 def _load_tensor(paths: list[Path], preprocessing: Preprocessing) -> torch.Tensor:
     transform = build_transforms(preprocessing)
     size = preprocessing.image_size
-    return torch.stack([load_input(p, transform, size, keep_original=True)[0] for p in paths])
+    return torch.from_numpy(
+        np.stack([load_input(p, transform, size, keep_original=True)[0] for p in paths])
+    )
 
 
 def _bundle(args: argparse.Namespace) -> ModelBundle:

@@ -70,7 +70,7 @@ def main() -> None:
         variants["full"].append(load_xray(original))
         variants["remade"].append(_jpeg_q75(_pil_resized(original)))
         variants["pil"].append(_gray(_pil_resized(original)))
-        ours = load_xray(original, min_side=size)
+        ours = torch.from_numpy(load_xray(original, min_side=size))
         ours = (
             torch.nn.functional.interpolate(
                 ours[None].float(), size=(size, size), mode="bilinear", antialias=True
@@ -81,7 +81,7 @@ def main() -> None:
         )
         variants["ours_q75"].append(_jpeg_q75(Image.fromarray(ours[0].numpy()).convert("RGB")))
     scores = {
-        name: predictor.scores(torch.stack([predictor.transform(g) for g in grays]))
+        name: predictor.scores(np.stack([predictor.transform(np.asarray(g)) for g in grays]))
         for name, grays in variants.items()
     }
     probs = {name: s.probabilities for name, s in scores.items()}

@@ -887,9 +887,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     try:
         return args.func(args)
-    except (PneumoniaCxrError, FileNotFoundError, ImportError) as error:
+    except ImportError as error:
+        print(f"error: {_install_hint(args.command, error)}", file=sys.stderr)
+        return 2
+    except (PneumoniaCxrError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+
+
+FULL_STACK: frozenset[str] = frozenset(
+    {"torch", "torchvision", "lightning", "timm", "pytorch_grad_cam", "sklearn", "scipy"}
+    | {"matplotlib", "onnx", "tensorboard", "kagglehub", "safetensors"}
+)
+"""Top-level modules of the full install (`pip install "pneumonia-cxr[full]"`) that the light
+install (`[score]`: predict, serve, data, web, the API's load/predict) does without."""
+
+
+def _install_hint(command: str, error: ImportError) -> str:
+    """A missing module of the full install named as such, with the command that needs it."""
+    missing = (error.name or "").split(".")[0]
+    if missing not in FULL_STACK:
+        return str(error)
+    from pneumonia_cxr.model.onnx_format import FULL_INSTALL_HINT
+
+    return (
+        f"`pneumonia-cxr {command}` needs {missing!r}, which the light install leaves out; "
+        f"install the full one: {FULL_INSTALL_HINT}"
+    )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,16 @@ from typing import Any, TypeVar
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+_HALF: tuple[float, float, float] = (0.5, 0.5, 0.5)
+BACKBONE_NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "resnet50": (IMAGENET_MEAN, IMAGENET_STD),
+    "resnet18": (IMAGENET_MEAN, IMAGENET_STD),
+    "densenet121": (IMAGENET_MEAN, IMAGENET_STD),
+    # TF's (x - 127) / 128 input scaling of the EfficientNet-Lite weights: mean = std = 0.5.
+    **{f"efficientnet_lite{k}": (_HALF, _HALF) for k in range(3)},
+}
+"""(mean, std) of each registered backbone's pretrained weights. Here, without PyTorch, so that
+an ONNX model's contract is checked in the light install; `model.backbones` registers from it."""
 
 T = TypeVar("T")
 

@@ -17,8 +17,9 @@ Graph contract (opset `DEFAULT_OPSET` unless asked otherwise):
 
 An ensemble exports as one graph (its members' logits averaged inside it).
 
-onnx, onnxruntime and openvino are optional dependencies (`pip install 'pneumonia-cxr[export]'`);
-they are imported only when an ONNX function is called (`require_optional`).
+Writing an export needs PyTorch and onnx (the full install); running one needs only ONNX Runtime
+or OpenVINO (the light install, `inference.engines`). They are imported when an ONNX function
+is called (`require_optional`).
 """
 
 from __future__ import annotations
@@ -37,39 +38,23 @@ from torch import nn
 from pneumonia_cxr import __version__
 from pneumonia_cxr.model.decision import probability
 from pneumonia_cxr.model.model_file import ModelBundle
+from pneumonia_cxr.model.onnx_format import (
+    GUARD_OUTPUT,
+    INPUT_NAME,
+    LOGIT_OUTPUT,
+    METADATA_KEY,
+    ONNX_FORMAT_NAME,
+    ONNX_FORMAT_VERSION,
+    OOD_OUTPUT,
+    PROBABILITY_OUTPUT,
+    TYPE_OUTPUT,
+    require_optional,
+)
 from pneumonia_cxr.storage import atomic_write
-
-ONNX_FORMAT_NAME = "pneumonia-cxr-onnx"
-ONNX_FORMAT_VERSION = 1
-METADATA_KEY = "pneumonia_cxr"
-"""The one metadata_props key; its value is the JSON document `onnx_metadata` builds."""
-
-INPUT_NAME = "image"
-LOGIT_OUTPUT = "logit"
-PROBABILITY_OUTPUT = "probability"
-OOD_OUTPUT = "ood_score"
-TYPE_OUTPUT = "type_logit"
-"""Only in the graph of a model with a pneumonia type head: VIRAL-vs-BACTERIAL logit (N,)."""
-GUARD_OUTPUT = "guard_score"
-"""Only in the graph of a model with an applicability guard: its feature score (N,)."""
 
 DEFAULT_OPSET = 17
 """Old enough for every current runtime (ONNX Runtime >= 1.14, TensorRT, OpenVINO); ResNet and
 EfficientNet need nothing newer."""
-
-INSTALL_HINT = "pip install 'pneumonia-cxr[export]'"
-
-
-def require_optional(module: str) -> Any:
-    """Import an optional dependency, or say which extra provides it."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as error:
-        raise ImportError(
-            f"ONNX support needs the optional package {module!r}: {INSTALL_HINT}"
-        ) from error
 
 
 class _ExportedGraph(nn.Module):

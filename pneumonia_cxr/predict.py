@@ -18,16 +18,17 @@ import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from PIL import Image
 from tqdm import tqdm
 
 from pneumonia_cxr.data.walk import iter_image_files, path_text
 from pneumonia_cxr.inference.predictor import Predictor, ScoredBatch
-from pneumonia_cxr.model.model_file import ModelBundle
 from pneumonia_cxr.storage import atomic_write, atomic_write_text, check_table_path
+
+if TYPE_CHECKING:
+    from pneumonia_cxr.model.model_file import ModelBundle
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ def predict_paths(
     batch_size: int = 32,
     *,
     num_workers: int = 0,
-    device: str | torch.device | None = None,
+    device: Any = None,
     gradcam_dir: str | Path | None = None,
     gradcam_method: str = "gradcam",
     gradcam_target: str = "pneumonia",
@@ -96,7 +97,7 @@ def predict_paths(
         paths: Files and folders (folders are searched recursively).
         batch_size: Images per forward pass.
         num_workers: DataLoader worker processes decoding images (0: in this process).
-        device: Only for a `ModelBundle`: where it runs (default: `resolve_device`).
+        device: Only for a `ModelBundle`: where it runs (default: the GPU when there is one).
         gradcam_dir: When given, one overlay PNG per readable image is written there
             (`<file stem>_gradcam.png`), on the image at its original resolution.
         gradcam_method: One of `pneumonia_cxr.explain.gradcam.CAM_METHODS`.
@@ -108,7 +109,7 @@ def predict_paths(
         Rows with probability P(PNEUMONIA) (temperature applied), the label at the model's
         stored threshold and the OOD score and flag, or the error that made the file unreadable.
     """
-    if isinstance(predictor, ModelBundle):
+    if not isinstance(predictor, Predictor):
         predictor = Predictor.from_bundle(predictor, device)
     files = expand_paths(paths)
     rows: list[PredictionRow] = []

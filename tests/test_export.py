@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+from pneumonia_cxr import export as export_module
 from pneumonia_cxr.config import Preprocessing
 from pneumonia_cxr.data.loader import load_xray
 from pneumonia_cxr.data.transforms import build_transforms
 from pneumonia_cxr.errors import ModelFileError
 from pneumonia_cxr.export import METADATA_KEY, export_onnx
-from pneumonia_cxr.inference import engines
 from pneumonia_cxr.inference.engines import OnnxEngine, OpenVinoEngine, cached_onnx_engine
 from pneumonia_cxr.inference.predictor import Predictor
 from pneumonia_cxr.model.classifier import PneumoniaNet
@@ -216,7 +216,7 @@ def test_missing_onnx_names_the_extra_to_install(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setitem(sys.modules, "onnx", None)  # makes `import onnx` raise ImportError
-    with pytest.raises(ImportError, match=r"pneumonia-cxr\[export\]"):
+    with pytest.raises(ImportError, match=r"pneumonia-cxr\[full\]"):
         export_onnx(_tiny_bundle(), tmp_path / "m.onnx")
 
 
@@ -230,7 +230,7 @@ def test_cached_predictor_exports_once_per_model_and_metadata(
         calls.append(Path(path))
         return export_onnx(b, path, **kwargs)
 
-    monkeypatch.setattr(engines, "export_onnx", counting_export)
+    monkeypatch.setattr(export_module, "export_onnx", counting_export)
     first = cached_onnx_engine(bundle, tmp_path)
     again = cached_onnx_engine(bundle, tmp_path)
     assert len(calls) == 1 and first.path == again.path

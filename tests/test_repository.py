@@ -27,19 +27,23 @@ SHIPPED_MAX_BYTES = 50_000_000
 
 
 def test_no_weights_no_data_images_no_large_files() -> None:
-    """The one exception: the shipped model, at most 50 MB and pinned by its sha256."""
+    """The one exception: the shipped model and its ONNX twin, each at most 50 MB and pinned
+    by its sha256."""
     from pneumonia_cxr.data.split import file_sha256
     from pneumonia_cxr.model import shipped
 
     files = _tracked()
     assert files
-    model = shipped.WEIGHTS_DIR / shipped.SHIPPED_MODEL_FILE
-    weights = [f for f in files if f.suffix.lower() in WEIGHT_SUFFIXES]
-    assert weights in ([], [model])
-    if weights:
+    pinned = {
+        shipped.WEIGHTS_DIR / shipped.SHIPPED_MODEL_FILE: shipped.SHIPPED_MODEL_SHA256,
+        shipped.WEIGHTS_DIR / shipped.SHIPPED_ONNX_FILE: shipped.SHIPPED_ONNX_SHA256,
+    }
+    weights = sorted(f for f in files if f.suffix.lower() in WEIGHT_SUFFIXES)
+    assert weights in ([], sorted(pinned))
+    for model in weights:
         assert model.stat().st_size <= SHIPPED_MAX_BYTES
-        assert file_sha256(model) == shipped.SHIPPED_MODEL_SHA256
-    files = [f for f in files if f != model]
+        assert file_sha256(model) == pinned[model]
+    files = [f for f in files if f not in pinned]
     # Images only as small figures under assets/ (plots, the Grad-CAM grid), never data.
     images = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
     assert all(f.parent == ROOT / "assets" for f in images), images

@@ -134,7 +134,7 @@ def test_jpeg_quality_step_reproduces_the_copies_compression() -> None:
     gray = torch.randint(0, 256, (1, 300, 260), dtype=torch.uint8)
     plain = Preprocessing(image_size=64, normalization="unit", channels=1)
     step = Preprocessing(image_size=64, normalization="unit", channels=1, jpeg_quality=75)
-    resized = build_transforms(plain).transforms[0](gray)
+    resized = build_transforms(plain).transforms[1](gray)
     expected = TF.to_dtype(TF.jpeg(resized, quality=75), torch.float32, scale=True)
     once, twice = build_transforms(step)(gray), build_transforms(step)(gray)
     assert torch.equal(once, twice)

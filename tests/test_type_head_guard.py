@@ -359,7 +359,7 @@ def test_type_heatmaps_explain_the_type_logit(
     )
     assert all(Path(r.heatmap).name.endswith("_gradcam_type.png") for r in rows)
     predictor = Predictor.from_bundle(model, "cpu")
-    images = torch.stack([predictor.load_input(f)[0] for f in files])
+    images = torch.from_numpy(np.stack([predictor.load_input(f)[0] for f in files]))
     pneumonia = model_cams(model.model, images)
     kind = model_cams(model.model, images, target="type")
     assert kind.shape == pneumonia.shape and not np.allclose(kind, pneumonia)

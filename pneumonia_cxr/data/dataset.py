@@ -47,7 +47,7 @@ class XrayDataset(Dataset):
         """`key` is an index, or an `EpochSampler` key (index + n * k) for repeated draws."""
         index = key % len(self.paths)
         try:
-            image = load_xray(self.paths[index], min_side=self.min_side)
+            image = torch.from_numpy(load_xray(self.paths[index], min_side=self.min_side))
         except ImageLoadError as error:
             warnings.warn(f"skipping unreadable image {error}", stacklevel=2)
             return {"index": index, "error": str(error)}

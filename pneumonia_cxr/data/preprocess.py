@@ -1,18 +1,13 @@
-"""The model's deterministic input steps, with PyTorch and Pillow only: gray uint8 -> input.
+"""The model's deterministic input steps in numpy and Pillow: gray uint8 -> model input.
 
-Inference (`inference.predictor`) builds its input from this module alone, so `predict` and the
-service, on a CPU engine with an exported or cached model and without Grad-CAM, never import
-torchvision: its import costs 1.2-1.7 s at every start here (its detection ops import
-`torch._dynamo`), as much as the rest of a `predict` on one image. (Building a network, timm
-and Grad-CAM still import it.) Training's transforms (`data.transforms`) put their random steps
-around these same functions, so training and inference cannot drift.
-
-Where torchvision resizes uint8 natively (AVX2, AVX-512 and ARM CPUs: every machine this
-project has run on), the results equal those of torchvision's `Resize`, `JPEG`, `ToDtype`, `RGB`
-and `Normalize`, which the models shipped so far were fitted through, bit for bit
-(tests/test_preprocess.py, on the shared data). Elsewhere torchvision took a float path that
-differs by one grey level on some pixels; PyTorch's uint8 kernel used here gives the same bits
-on every CPU.
+Scoring (`inference.predictor`: predict, the service, the Python API, the `web` export's golden
+vectors) builds its input from this module alone, so it runs without PyTorch: the light install
+(`pip install ".[score]"`) has none. Training's transforms (`data.transforms`) implement the
+same contract in PyTorch around their random steps; the browser's page implements it in
+JavaScript from the model's metadata. The three agree (tests/test_preprocess.py, golden vectors
+of real images): exactly where no resize is needed (the shared 224-px copies, the JPEG step,
+scaling, normalisation), and within one grey level on a few pixels per thousand where an image
+is resized (Pillow's and PyTorch's antialiased bilinear kernels round differently).
 """
 
 from __future__ import annotations
@@ -22,12 +17,11 @@ import io
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
-import torch
 from PIL import Image
 
 from pneumonia_cxr.config import Preprocessing
 
-Step = Callable[[torch.Tensor], torch.Tensor]
+Step = Callable[[np.ndarray], np.ndarray]
 
 
 class Steps:
@@ -37,7 +31,7 @@ class Steps:
     def __init__(self, *parts: Sequence[Step]) -> None:
         self.steps = tuple(step for part in parts for step in part)
 
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+    def __call__(self, image: np.ndarray) -> np.ndarray:
         for step in self.steps:
             image = step(image)
         return image
@@ -56,56 +50,57 @@ def _step_name(step: Step) -> str:
     return getattr(step, "__name__", repr(step))
 
 
-def resize(image: torch.Tensor, size: int) -> torch.Tensor:
-    """(..., C, H, W) uint8 on the CPU -> (..., C, size, size), bilinear and antialiased,
-    aspect ratio not kept ("squash"): PyTorch's uint8 kernel, the one torchvision's `Resize`
-    calls on AVX2, AVX-512 and ARM CPUs."""
+def _check_gray(image: np.ndarray) -> None:
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[0] != 1:
+        raise ValueError(
+            f"expected a (1, H, W) uint8 gray image, got {tuple(image.shape)} {image.dtype}"
+        )
+
+
+def resize(image: np.ndarray, size: int) -> np.ndarray:
+    """(1, H, W) uint8 -> (1, size, size), bilinear and antialiased, aspect ratio not kept
+    ("squash"): Pillow's kernel, the one PyTorch's uint8 kernel was derived from."""
+    _check_gray(image)
     if image.shape[-2:] == (size, size):
         return image
-    flat = image.reshape(-1, *image.shape[-3:])
-    out = torch.nn.functional.interpolate(
-        flat, size=(size, size), mode="bilinear", align_corners=False, antialias=True
-    )
-    return out.reshape(*image.shape[:-2], size, size)
+    resized = Image.fromarray(image[0]).resize((size, size), Image.Resampling.BILINEAR)
+    return np.array(resized)[None]
 
 
-def jpeg_roundtrip(image: torch.Tensor, quality: int) -> torch.Tensor:
+def jpeg_roundtrip(image: np.ndarray, quality: int) -> np.ndarray:
     """(1, H, W) gray uint8 -> the same image encoded as a JPEG at `quality` and decoded again:
     the compression of the shared 224-px copies, which a model stores as its `jpeg_quality`
-    step so that originals look like the copies it was fitted on. Pillow built with
-    libjpeg-turbo (its wheels are) gives the bytes torchvision's encoder gives: the same
-    standard tables and integer DCT."""
-    if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 1:
-        shape = tuple(image.shape)
-        raise ValueError(f"expected a (1, H, W) uint8 gray image, got {shape} {image.dtype}")
+    step so that originals look like the copies it was fitted on (Pillow's libjpeg-turbo: the
+    standard tables and integer DCT, the bytes torchvision's encoder gives)."""
+    _check_gray(image)
     encoded = io.BytesIO()
-    Image.fromarray(image[0].numpy()).save(encoded, format="JPEG", quality=quality)
+    Image.fromarray(image[0]).save(encoded, format="JPEG", quality=quality)
     with Image.open(encoded) as decoded:
-        return torch.from_numpy(np.array(decoded))[None]
+        return np.array(decoded)[None]
 
 
-def to_unit_float(image: torch.Tensor) -> torch.Tensor:
-    """uint8 -> float32 in [0, 1] (torchvision's `ToDtype(float32, scale=True)` arithmetic)."""
-    if image.dtype != torch.uint8:
+def to_unit_float(image: np.ndarray) -> np.ndarray:
+    """uint8 -> float32 in [0, 1] (x * (1/255) in float32, as torchvision's `ToDtype`)."""
+    if image.dtype != np.uint8:
         raise TypeError(f"expected uint8 pixels, got {image.dtype}")
-    return image.to(torch.float32).mul_(1.0 / 255)
+    return image.astype(np.float32) * np.float32(1.0 / 255)
 
 
-def to_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
+def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
     """(..., 1, H, W) -> (..., `channels`, H, W): gray replicated for RGB backbones; a view
-    (the normalisation after it writes a new tensor)."""
+    (the normalisation after it writes a new array)."""
     if image.shape[-3] == channels:
         return image
-    return image.expand(*image.shape[:-3], channels, *image.shape[-2:])
+    return np.broadcast_to(image, (*image.shape[:-3], channels, *image.shape[-2:]))
 
 
-def normalize(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """(x - mean) / std per channel (torchvision's `Normalize` arithmetic), with as many of the
-    stored per-channel values as the image has channels (one for a gray model)."""
+def normalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """(x - mean) / std per channel in float32, with as many of the stored per-channel values
+    as the image has channels (one for a gray model)."""
     channels = image.shape[-3]
-    mean_t = torch.as_tensor(mean[:channels], dtype=image.dtype, device=image.device)
-    std_t = torch.as_tensor(std[:channels], dtype=image.dtype, device=image.device)
-    return image.sub(mean_t.view(-1, 1, 1)).div_(std_t.view(-1, 1, 1))
+    mean_a = np.asarray(mean[:channels], dtype=np.float32).reshape(-1, 1, 1)
+    std_a = np.asarray(std[:channels], dtype=np.float32).reshape(-1, 1, 1)
+    return np.ascontiguousarray((image - mean_a) / std_a, dtype=np.float32)
 
 
 def resize_step(preprocessing: Preprocessing) -> Step:
@@ -128,10 +123,9 @@ def output_steps(preprocessing: Preprocessing) -> list[Step]:
 
 
 def evaluation_stages(preprocessing: Preprocessing) -> tuple[Steps, Steps]:
-    """The evaluation input in two parts: per image on uint8 (resize, the JPEG step), then on a
+    """The model input in two parts: per image on uint8 (resize, the JPEG step), then on a
     stacked float batch (scale, channels, normalisation: the same arithmetic per element).
-    Scoring many files applies the second part once per batch: a quarter of the memory to
-    stack, no per-image Python overhead. One image runs both in a row."""
+    Scoring many files applies the second part once per batch; one image runs both in a row."""
     per_image = [resize_step(preprocessing), jpeg_step(preprocessing)]
     per_batch = [to_unit_float, *output_steps(preprocessing)]
     return Steps([s for s in per_image if s is not None]), Steps(per_batch)

@@ -1,14 +1,81 @@
-"""Training's transforms: the model's own deterministic steps (`data.preprocess`, which inference
-uses alone) with torchvision's random ones around them, so training and inference cannot drift."""
+"""Training's transforms: the model's deterministic input steps in PyTorch (the contract
+`data.preprocess` implements in numpy for scoring) with torchvision's random ones around them.
+
+The deterministic steps equal, bit for bit, torchvision's `Resize`, `JPEG`, `ToDtype`, `RGB` and
+`Normalize`, which the models shipped so far were fitted through, where torchvision resizes
+uint8 natively (AVX2, AVX-512 and ARM CPUs); elsewhere torchvision took a float path one grey
+level off on some pixels, while PyTorch's uint8 kernel used here gives the same bits on every
+CPU. tests/test_preprocess.py holds the two implementations to the same golden vectors.
+"""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable, Sequence
+
+import numpy as np
 import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from pneumonia_cxr.config import AugmentConfig, Preprocessing
 from pneumonia_cxr.data import preprocess
+
+TensorStep = Callable[[torch.Tensor], torch.Tensor]
+
+
+def resize(image: torch.Tensor, size: int) -> torch.Tensor:
+    """(..., C, H, W) uint8 on the CPU -> (..., C, size, size), bilinear and antialiased,
+    aspect ratio not kept ("squash"): PyTorch's uint8 kernel, the one torchvision's `Resize`
+    calls on AVX2, AVX-512 and ARM CPUs."""
+    if image.shape[-2:] == (size, size):
+        return image
+    flat = image.reshape(-1, *image.shape[-3:])
+    out = torch.nn.functional.interpolate(
+        flat, size=(size, size), mode="bilinear", align_corners=False, antialias=True
+    )
+    return out.reshape(*image.shape[:-2], size, size)
+
+
+def jpeg_roundtrip(image: torch.Tensor, quality: int) -> torch.Tensor:
+    """`preprocess.jpeg_roundtrip` on a (1, H, W) uint8 tensor (one Pillow codec for both)."""
+    if image.dtype != torch.uint8:
+        raise ValueError(f"expected a (1, H, W) uint8 gray image, got {image.dtype}")
+    return torch.from_numpy(preprocess.jpeg_roundtrip(image.numpy(), quality))
+
+
+def to_unit_float(image: torch.Tensor) -> torch.Tensor:
+    """uint8 -> float32 in [0, 1] (torchvision's `ToDtype(float32, scale=True)` arithmetic)."""
+    if image.dtype != torch.uint8:
+        raise TypeError(f"expected uint8 pixels, got {image.dtype}")
+    return image.to(torch.float32).mul_(1.0 / 255)
+
+
+def to_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
+    """(..., 1, H, W) -> (..., `channels`, H, W): gray replicated for RGB backbones (a view)."""
+    if image.shape[-3] == channels:
+        return image
+    return image.expand(*image.shape[:-3], channels, *image.shape[-2:])
+
+
+def normalize(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """(x - mean) / std per channel (torchvision's `Normalize` arithmetic)."""
+    channels = image.shape[-3]
+    mean_t = torch.as_tensor(mean[:channels], dtype=image.dtype, device=image.device)
+    std_t = torch.as_tensor(std[:channels], dtype=image.dtype, device=image.device)
+    return image.sub(mean_t.view(-1, 1, 1)).div_(std_t.view(-1, 1, 1))
+
+
+def _output_steps(preprocessing: Preprocessing) -> list[TensorStep]:
+    return [
+        functools.partial(to_channels, channels=preprocessing.channels),
+        functools.partial(normalize, mean=preprocessing.mean, std=preprocessing.std),
+    ]
+
+
+def from_array(image: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """The loader's numpy pixels as a tensor (shared memory); a tensor passes through."""
+    return torch.from_numpy(image) if isinstance(image, np.ndarray) else image
 
 
 class RandomGamma(v2.Transform):
@@ -56,7 +123,7 @@ class RandomFrameFill(v2.Transform):
 def _resize(preprocessing: Preprocessing, augment: AugmentConfig | None) -> v2.Transform:
     """The evaluation resize (bilinear, antialiased); with `resample_jitter`, one of several
     filters, so the model does not learn one resampler's fingerprint (originals vs copies)."""
-    exact = _step(preprocess.resize_step(preprocessing))
+    exact = _step(functools.partial(resize, size=preprocessing.image_size))
     size = (preprocessing.image_size, preprocessing.image_size)
     if augment is None or not augment.resample_jitter:
         return exact
@@ -109,10 +176,11 @@ def build_transforms(
     """Turn the loader's uint8 (1, H, W) gray tensor into normalized float (3, S, S) input.
 
     Resizing happens first, on uint8, so augmentation always works on the small image.
-    `augment=None` gives the deterministic evaluation pipeline: `preprocess.evaluation_stages`'
-    steps one after the other.
+    `augment=None` gives the deterministic evaluation pipeline, `preprocess.evaluation_stages`'
+    steps in PyTorch. A numpy image (the loader's) is taken as a tensor first.
     """
-    return v2.Compose(_pixel_steps(preprocessing, augment) + _tensor_steps(preprocessing, augment))
+    steps = _pixel_steps(preprocessing, augment) + _tensor_steps(preprocessing, augment)
+    return v2.Compose([v2.Lambda(from_array, np.ndarray), *steps])
 
 
 def _pixel_steps(preprocessing: Preprocessing, augment: AugmentConfig | None) -> list[v2.Transform]:
@@ -121,9 +189,9 @@ def _pixel_steps(preprocessing: Preprocessing, augment: AugmentConfig | None) ->
         # Re-encode at a random quality: the shared 224-px copies are JPEG q75, originals are not.
         # In training it replaces the model's fixed step below (its quality lies in the range).
         steps.append(v2.JPEG(quality=(augment.jpeg_quality_min, 100)))
-    elif (fixed := preprocess.jpeg_step(preprocessing)) is not None:
+    elif quality := preprocessing.jpeg_quality:
         # The model's own compression step (deterministic): originals look like the copies.
-        steps.append(_step(fixed))
+        steps.append(_step(functools.partial(jpeg_roundtrip, quality=quality)))
     if augment is not None:
         steps += _geometric(augment, (preprocessing.image_size, preprocessing.image_size))
     return steps
@@ -132,13 +200,13 @@ def _pixel_steps(preprocessing: Preprocessing, augment: AugmentConfig | None) ->
 def _tensor_steps(
     preprocessing: Preprocessing, augment: AugmentConfig | None
 ) -> list[v2.Transform]:
-    steps: list[v2.Transform] = [_step(preprocess.to_unit_float)]
+    steps: list[v2.Transform] = [_step(to_unit_float)]
     if augment is not None:
         steps += _intensity(augment)
-    return steps + [_step(step) for step in preprocess.output_steps(preprocessing)]
+    return steps + [_step(step) for step in _output_steps(preprocessing)]
 
 
-def _step(step: preprocess.Step) -> v2.Transform:
+def _step(step: TensorStep) -> v2.Transform:
     """One of the model's own steps inside a v2 pipeline; applied to tensors only, so a label
     passed along with the image is left alone."""
     return v2.Lambda(step, torch.Tensor)

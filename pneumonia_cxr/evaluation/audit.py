@@ -83,10 +83,10 @@ def _score_view(
                 gray = load_xray(record.path, min_side=predictor.image_size)
             except ImageLoadError:
                 continue  # evaluate reports unreadable files; the audit only skips them
-            inputs.append(predictor.transform(change(gray)))
+            inputs.append(predictor.transform(change(torch.from_numpy(gray)).numpy()))
             labels.append(record.label)
         if inputs:
-            probabilities.append(predictor.scores(torch.stack(inputs)).probabilities)
+            probabilities.append(predictor.scores(np.stack(inputs)).probabilities)
     return np.asarray(labels), np.concatenate(probabilities) if probabilities else np.zeros(0)
 
 
@@ -97,7 +97,7 @@ def frame_energy(predictor: Predictor, records: Sequence[ImageRecord]) -> dict:
     shares: dict[str, list[float]] = {}
     for start in range(0, len(records), 16):
         chunk = records[start : start + 16]
-        images = torch.stack([predictor.load_input(r.path)[0] for r in chunk])
+        images = np.stack([predictor.load_input(r.path)[0] for r in chunk])
         for record, cam in zip(chunk, predictor_cams(predictor, images), strict=True):
             cam = np.clip(np.asarray(cam, dtype=np.float64), 0, None)
             rows, cols = _box(cam.shape, FRAME, FRAME, 1 - FRAME, 1 - FRAME)

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from pneumonia_cxr import CLASS_NAMES, TYPE_NAMES, __version__
 from pneumonia_cxr.data.discovery import ImageRecord, list_images, resolve_dataset_for_model
@@ -249,10 +248,10 @@ def _gradcam_grid(
     indices = [i for group in ("TP", "FP", "TN", "FN") for i in picked[group]]
     loaded = [predictor.load_input(records[i].path, keep_original=True) for i in indices]
     originals = [gray for _, gray in loaded]
-    cams = predictor_cams(predictor, torch.stack([image for image, _ in loaded]), method=method)
+    cams = predictor_cams(predictor, np.stack([image for image, _ in loaded]), method=method)
     examples = [
         CamExample(
-            image=gray.numpy(),
+            image=gray,
             cam=cam,
             label=int(labels[i]),
             probability=float(probs[i]),

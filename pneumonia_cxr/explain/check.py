@@ -71,7 +71,7 @@ def sample_records(
 
 def load_inputs(
     records: Sequence[ImageRecord], bundle: ModelBundle
-) -> tuple[torch.Tensor, list[torch.Tensor], list[ImageRecord]]:
+) -> tuple[torch.Tensor, list[np.ndarray], list[ImageRecord]]:
     """Model inputs and original pixels of the readable records; unreadable ones warned, skipped."""
     transform = evaluation_transform(bundle.preprocessing)
     size = bundle.preprocessing.image_size
@@ -82,7 +82,7 @@ def load_inputs(
         except ImageLoadError as error:
             warnings.warn(f"explain-check skips unreadable image {error}", stacklevel=2)
             continue
-        inputs.append(image)
+        inputs.append(torch.from_numpy(image))
         originals.append(gray)
         kept.append(record)
     stacked = (

@@ -227,16 +227,18 @@ def model_cams(
 
 def predictor_cams(
     predictor: Predictor,
-    inputs: torch.Tensor,
+    inputs: torch.Tensor | np.ndarray,
     *,
     method: str = "gradcam",
     target: str = "pneumonia",
 ) -> np.ndarray:
-    """Maps of a batch of model inputs from an opened PyTorch predictor: on its device, in its
-    memory layout (mixed layouts are ~3x slower), one batch."""
+    """Maps of a batch of model inputs (the predictor's arrays, or tensors) from an opened
+    PyTorch predictor: on its device, in its memory layout (mixed layouts are ~3x slower)."""
     if predictor.bundle is None:
         raise ValueError("Grad-CAM needs the PyTorch model file (.pt), not an ONNX export")
-    images = inputs.to(predictor.device).contiguous(memory_format=torch.channels_last)
+    images = (
+        torch.as_tensor(inputs).to(predictor.device).contiguous(memory_format=torch.channels_last)
+    )
     return model_cams(
         predictor.bundle.model, images, method=method, batch_size=len(images), target=target
     )

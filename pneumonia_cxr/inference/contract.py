@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import Protocol
 
 from pneumonia_cxr import CLASS_NAMES
-from pneumonia_cxr.config import Preprocessing
+from pneumonia_cxr.config import BACKBONE_NORMALIZATION, Preprocessing
 from pneumonia_cxr.errors import ModelFileError
-from pneumonia_cxr.model.backbones import get_backbone
 from pneumonia_cxr.model.decision import Decision
 
 MIN_IMAGE_SIZE = 32
@@ -42,9 +41,10 @@ def check_model_contract(model: DescribedModel, source: str | Path = "model file
       indices swapped, would turn every probability into that of the wrong class);
     - channels: 3, since every registered backbone takes RGB input (gray replicated);
     - size: at least `MIN_IMAGE_SIZE` pixels; resize mode one the transforms implement;
-    - normalization "imagenet": mean and std equal (to 1e-6) those the backbone registry lists
-      for the pretrained weights of every member's backbone (an ensemble whose members disagree
-      on preprocessing is refused here); normalization "unit": mean 0, std 1.
+    - normalization "imagenet": mean and std equal (to 1e-6) those
+      `config.BACKBONE_NORMALIZATION` lists for the pretrained weights of every member's
+      backbone (an ensemble whose members disagree on preprocessing is refused here);
+      normalization "unit": mean 0, std 1.
 
     Raises:
         ModelFileError: naming the file, the mismatch and what to do.
@@ -80,8 +80,10 @@ def _contract_problems(model: DescribedModel) -> list[str]:
 
 def _normalization_problems(pre: Preprocessing, backbone: str) -> list[str]:
     if pre.normalization == "imagenet":
-        spec = get_backbone(backbone)
-        expected = {"mean": spec.mean, "std": spec.std}
+        if backbone not in BACKBONE_NORMALIZATION:
+            return [f"unknown backbone {backbone!r} (known: {sorted(BACKBONE_NORMALIZATION)})"]
+        mean, std = BACKBONE_NORMALIZATION[backbone]
+        expected = {"mean": mean, "std": std}
     else:
         expected = {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
     problems = []

@@ -1,6 +1,7 @@
-"""The two engines behind one small protocol: PyTorch (CPU or GPU, Grad-CAM) and ONNX Runtime
-(CPU, fast). Both take normalized image batches and return logits and OOD scores; everything
-after that (probability, decision, flag) happens once, in `inference.predictor`.
+"""The engines behind one small protocol: ONNX Runtime and OpenVINO (CPU, fast, no PyTorch)
+here, PyTorch (CPU or GPU, Grad-CAM) in `inference.torch_engine`. All take normalized image
+batches (numpy) and return logits and OOD scores; everything after that (probability,
+decision, flag) happens once, in `inference.predictor`.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-import torch
 
 from pneumonia_cxr import __version__
 from pneumonia_cxr.config import Preprocessing
 from pneumonia_cxr.errors import ModelFileError
-from pneumonia_cxr.export import (
+from pneumonia_cxr.model.decision import Decision
+from pneumonia_cxr.model.intended_use import IntendedUse
+from pneumonia_cxr.model.onnx_format import (
     GUARD_OUTPUT,
     INPUT_NAME,
     LOGIT_OUTPUT,
@@ -31,17 +33,14 @@ from pneumonia_cxr.export import (
     OOD_OUTPUT,
     PROBABILITY_OUTPUT,
     TYPE_OUTPUT,
-    export_onnx,
-    onnx_metadata,
     require_optional,
 )
-from pneumonia_cxr.model.decision import Decision
-from pneumonia_cxr.model.intended_use import IntendedUse
-from pneumonia_cxr.model.model_file import ModelBundle
 from pneumonia_cxr.storage import cache_root
 
 if TYPE_CHECKING:
     import onnxruntime
+
+    from pneumonia_cxr.model.model_file import ModelBundle
 
 log = logging.getLogger(__name__)
 
@@ -71,54 +70,9 @@ class Engine(Protocol):
     @property
     def backbone_names(self) -> tuple[str, ...]: ...
 
-    def score(self, images: torch.Tensor) -> EngineOutput: ...
+    def score(self, images: np.ndarray) -> EngineOutput: ...
 
     def fingerprint(self) -> str: ...
-
-
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """The one device policy: the device asked for, else the GPU when there is one, else CPU."""
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-class TorchEngine:
-    """A loaded `.pt` model file in eval mode on one device, channels_last (the fast layout)."""
-
-    def __init__(self, bundle: ModelBundle, device: str | torch.device | None = None) -> None:
-        self.bundle = bundle
-        self.device = resolve_device(device)
-        self.preprocessing, self.decision = bundle.preprocessing, bundle.decision
-        self.backbone_name = bundle.backbone_name
-        self.data_fingerprint = bundle.data_fingerprint
-        self.intended_use = bundle.intended_use
-        self.scoring = bundle.scoring_model().to(
-            device=self.device, memory_format=torch.channels_last
-        )
-        self.scoring.eval()
-
-    @property
-    def backbone_names(self) -> tuple[str, ...]:
-        return self.bundle.backbone_names
-
-    def score(self, images: torch.Tensor) -> EngineOutput:
-        images = images.to(self.device, non_blocking=True)
-        images = images.contiguous(memory_format=torch.channels_last)
-        # Full float32 on GPU too (no TF32): a probability next to the threshold must get the
-        # label it gets on the CPU, where the threshold may have been fitted.
-        with torch.inference_mode(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
-            logits, ood, kinds, guard = self.scoring(images)
-        typed, guarded = self.decision.type is not None, self.decision.guard_cutoff is not None
-        return EngineOutput(
-            logits[:, 0].float().cpu().numpy(),
-            ood.float().cpu().numpy().reshape(-1),
-            kinds.float().cpu().numpy().reshape(-1) if typed else None,
-            guard.float().cpu().numpy().reshape(-1) if guarded else None,
-        )
-
-    def fingerprint(self) -> str:
-        return self.bundle.fingerprint()
 
 
 def available_cpus() -> int:
@@ -232,9 +186,9 @@ class OnnxEngine:
         """The weights hash of the model file it was exported from (same as its `fingerprint()`)."""
         return str(self.metadata.get("fingerprint", ""))
 
-    def _as_input(self, images: torch.Tensor | np.ndarray) -> np.ndarray:
-        if isinstance(images, torch.Tensor):
-            images = images.detach().to("cpu", torch.float32).contiguous().numpy()
+    def _as_input(self, images: np.ndarray) -> np.ndarray:
+        if hasattr(images, "detach"):  # a torch.Tensor, without importing torch
+            images = images.detach().cpu().float().contiguous().numpy()
         array = np.ascontiguousarray(images, dtype=np.float32)
         size = int(self.preprocessing.image_size)
         expected = (int(self.preprocessing.channels), size, size)
@@ -246,7 +200,7 @@ class OnnxEngine:
             )
         return array
 
-    def run(self, images: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Logits and probabilities, both shape (N,), from one pass."""
         array = self._as_input(images)
         if len(array) == 0:
@@ -255,7 +209,7 @@ class OnnxEngine:
         logit, probability = self._run([LOGIT_OUTPUT, PROBABILITY_OUTPUT], array)
         return logit.reshape(-1), probability.reshape(-1)
 
-    def score(self, images: torch.Tensor) -> EngineOutput:
+    def score(self, images: np.ndarray) -> EngineOutput:
         """Logits and OOD scores (NaN when the export has no statistics), shape (N,) each."""
         array = self._as_input(images)
         if len(array) == 0:
@@ -276,11 +230,11 @@ class OnnxEngine:
         guard = values[GUARD_OUTPUT].reshape(-1) if GUARD_OUTPUT in values else None
         return EngineOutput(logits, ood, kinds, guard)
 
-    def logits(self, images: torch.Tensor | np.ndarray) -> np.ndarray:
+    def logits(self, images: np.ndarray) -> np.ndarray:
         """Raw PNEUMONIA logits, shape (N,)."""
         return self.run(images)[0]
 
-    def probabilities(self, images: torch.Tensor | np.ndarray) -> np.ndarray:
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
         """P(PNEUMONIA) with the stored temperature applied, shape (N,).
 
         Unlike `ModelBundle.probabilities`, which takes logits, this takes images: the
@@ -310,12 +264,15 @@ class OpenVinoEngine(OnnxEngine):
 
     def _open(self, num_threads: int | None) -> tuple[str | None, list[str], set[str]]:
         ov = require_optional("openvino")
-        onnx = require_optional("onnx")
         try:
-            proto = onnx.load(str(self.path), load_external_data=False)
             core = ov.Core()
+            model = core.read_model(str(self.path))
+            # OpenVINO keeps the ONNX metadata_props under rt_info["framework"] (no `onnx`
+            # import: its ml_dtypes costs 0.6 s of every start)
+            where = ["framework", METADATA_KEY]
+            raw = model.get_rt_info(where).astype(str) if model.has_rt_info(where) else None
             self._compiled = core.compile_model(
-                core.read_model(str(self.path)),
+                model,
                 "CPU",
                 {
                     "INFERENCE_PRECISION_HINT": self.precision,
@@ -329,7 +286,6 @@ class OpenVinoEngine(OnnxEngine):
                 f"{self.path}: OpenVINO cannot read this ONNX model ({type(error).__name__}: "
                 f"{first_line}); export it again with `pneumonia-cxr export`."
             ) from error
-        raw = {p.key: p.value for p in proto.metadata_props}.get(METADATA_KEY)
         inputs = [i.get_any_name() for i in self._compiled.inputs]
         outputs = {name for o in self._compiled.outputs for name in o.get_names()}
         return raw, inputs, outputs
@@ -373,6 +329,8 @@ def cached_onnx_engine(
     Raises:
         ImportError: onnx or the runtime is missing (names the extra to install).
     """
+    from pneumonia_cxr.export import onnx_metadata
+
     key = hashlib.sha256(json.dumps(onnx_metadata(bundle), sort_keys=True).encode()).hexdigest()
     path = _export_dir(cache_dir) / f"model-{key[:16]}.onnx"
     return cached_export(
@@ -439,5 +397,7 @@ def cached_export(
             if runtime == "openvino" and _readable_by_onnxruntime(path):
                 raise  # the export is fine, OpenVINO is not: the caller falls back
             # a damaged cache entry (disk full, killed copy): export it again below
+    from pneumonia_cxr.export import export_onnx  # PyTorch: only to write a missing export
+
     export_onnx(load(), path)
     return engine(path)

@@ -1,26 +1,30 @@
 """The one inference path: a model file -> images -> logits -> probabilities -> decisions.
 
 `Predictor.open` opens a `.pt` or `.onnx` model file, checks its input contract once and picks
-the engine and device by one policy; `score_files` turns paths into scores batch by batch
-(labelled records for `evaluate`, unlabelled paths for `predict`, the validation split for the
-threshold fit), `load_input` / `input_from_bytes` serve single images (Grad-CAM, the service).
-The probability formula and the threshold decision are `model.decision`'s, applied in
-`scores_from_outputs` only; `results` turns scores into one `ImageResult` per image.
+the engine and device by one policy (an `.onnx` file on ONNX Runtime or OpenVINO needs no
+PyTorch: the light install scores through this same module); `score_files` turns paths into
+scores batch by batch (labelled records for `evaluate`, unlabelled paths for `predict`, the
+validation split for the threshold fit), `load_input` / `input_from_bytes` serve single
+images (Grad-CAM, the service). The probability formula and the threshold decision are
+`model.decision`'s, applied in `scores_from_outputs` only; `results` turns scores into one
+`ImageResult` per image.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import logging
+import os
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from glob import glob
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader, Dataset
 
 from pneumonia_cxr.data.discovery import ImageRecord
 from pneumonia_cxr.data.loader import (
@@ -38,15 +42,18 @@ from pneumonia_cxr.inference.engines import (
     Engine,
     OnnxEngine,
     OpenVinoEngine,
-    TorchEngine,
     cached_export,
     cached_onnx_engine,
     file_export_path,
-    resolve_device,
 )
 from pneumonia_cxr.model.decision import Decision, decide, label_name, probability
 from pneumonia_cxr.model.intended_use import FEATURE_REASON, out_of_scope
-from pneumonia_cxr.model.model_file import ModelBundle, bundle_from_payload, read_model_file
+from pneumonia_cxr.model.onnx_format import FULL_INSTALL_HINT
+
+if TYPE_CHECKING:
+    from torch.utils.data import DataLoader
+
+    from pneumonia_cxr.model.model_file import ModelBundle
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +122,8 @@ class ScoredBatch:
 
     indices: list[int]
     scores: Scores
-    inputs: torch.Tensor | None
-    originals: list[torch.Tensor | None]
+    inputs: np.ndarray | None
+    originals: list[np.ndarray | None]
     errors: list[tuple[int, str]]
     facts: list[ImageFacts | None] = field(default_factory=list)
     """What each scored file says about itself (colour, DICOM header), in `indices` order."""
@@ -155,7 +162,7 @@ def one_line(error: BaseException) -> str:
 
 def load_input(
     path: str | Path, transform, image_size: int, keep_original: bool = False
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[np.ndarray, np.ndarray]:
     """The one loader, then the model's transforms: (model input, decoded gray image).
 
     The input always comes from the same decode (JPEG draft decoding down to `image_size`), so
@@ -167,16 +174,17 @@ def load_input(
 
 def load_input_with_facts(
     path: str | Path, transform, image_size: int, keep_original: bool = False
-) -> tuple[torch.Tensor, torch.Tensor, ImageFacts]:
+) -> tuple[np.ndarray, np.ndarray, ImageFacts]:
     """`load_input` and the file's `ImageFacts` (the applicability checks read them)."""
     gray, facts = load_xray_with_facts(path, min_side=image_size)
     original = load_xray(path) if keep_original else gray
     return transform(gray), original, facts
 
 
-class _FileInputs(Dataset):
+class _FileInputs:
     """Path -> the per-image part of the model's input (uint8, resized, the JPEG step), or the
     error text; keeps the original pixels when asked (overlays). `_Collate` finishes the batch.
+    A map-style dataset (length and indexing), which PyTorch's DataLoader also takes (DDP).
 
     Decoding uses JPEG draft mode (a speed hint) unless the originals are kept: overlays want
     the full-resolution film.
@@ -210,7 +218,7 @@ class _Collate:
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         good = [s for s in samples if "image" in s]
-        images = self.batch_transform(torch.stack([s["image"] for s in good])) if good else None
+        images = self.batch_transform(np.stack([s["image"] for s in good])) if good else None
         return {
             "image": images,
             "index": [s["index"] for s in good],
@@ -239,26 +247,98 @@ def _read_ahead(batches: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
 
     Decoding and the JPEG step release the GIL and fill the gaps that ONNX Runtime's and
     OpenVINO's thread pools leave (0.4-0.9 s of 18 s on 1,872 test files in alternated runs
-    here, within the noise in others: a small gain, never a loss measured). The reader runs
-    PyTorch on one thread: those pools own the cores, and on one small image PyTorch's
-    intra-op threads cost more than they give (the JPEG step and the normalisation ran several
-    times slower on two threads than on one). PyTorch fixes a thread's count at its first call,
-    so the caller's thread keeps all of its own. Not in the service: one request is one image.
+    here, within the noise in others: a small gain, never a loss measured). Not in the
+    service: one request is one image.
     """
     reader = ThreadPoolExecutor(1, thread_name_prefix=READER_THREAD)
     try:
-        before = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            reader.submit(torch.get_num_threads).result()  # the reader's first call: one
-        finally:
-            torch.set_num_threads(before)
         pending = reader.submit(next, batches, None)
         while (batch := pending.result()) is not None:
             pending = reader.submit(next, batches, None)
             yield batch
     finally:
         reader.shutdown(cancel_futures=True)
+
+
+def _batches(
+    dataset: _FileInputs, collate: _Collate, batch_size: int, num_workers: int
+) -> Iterator[dict[str, Any]]:
+    """Collated batches in file order: decoded here, or by `num_workers` processes that each
+    take whole batches, at most two batches per worker ahead (memory stays bounded on an
+    archive); a worker dies with its parent (`data.workers`)."""
+    starts = range(0, len(dataset), batch_size)
+    if num_workers == 0:
+        for start in starts:
+            yield _decode_batch(dataset, collate, start, batch_size)
+        return
+    initializer = worker_init()
+    with ProcessPoolExecutor(num_workers, initializer=initializer, initargs=(0,)) as pool:
+        pending: deque[Future] = deque()
+        for start in starts:
+            pending.append(pool.submit(_decode_batch, dataset, collate, start, batch_size))
+            if len(pending) >= 2 * num_workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def _decode_batch(
+    dataset: _FileInputs, collate: _Collate, start: int, batch_size: int
+) -> dict[str, Any]:
+    stop = min(start + batch_size, len(dataset))
+    return collate([dataset[index] for index in range(start, stop)])
+
+
+def has_cuda_gpu() -> bool:
+    """Whether PyTorch is installed and sees a GPU: asked of PyTorch only where an NVIDIA
+    driver shows a device, so a CPU machine never pays PyTorch's import (1-2 s) to learn no."""
+    if importlib.util.find_spec("torch") is None:
+        return False
+    if not glob("/dev/nvidia[0-9]*") and not os.environ.get("PNEUMONIA_CXR_ASK_TORCH_FOR_GPU"):
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _on_cpu(device: Any) -> bool:
+    """The one device policy: the device asked for, else the GPU when there is one, else CPU."""
+    if device is None:
+        return not has_cuda_gpu()
+    return str(device).split(":")[0] == "cpu"
+
+
+def _torch_engine(bundle: ModelBundle, device: Any) -> Engine:
+    from pneumonia_cxr.inference.torch_engine import TorchEngine
+
+    return TorchEngine(bundle, device)
+
+
+def _shipped_twin(path: Path) -> Path | None:
+    """The shipped ONNX export when `path` is the shipped model file (both pinned): scoring it
+    on the CPU then reads no `.pt` and imports no PyTorch (a second of every start)."""
+    from pneumonia_cxr.data.split import file_sha256
+    from pneumonia_cxr.model import shipped
+
+    if path.suffix.lower() != ".pt" or not shipped.is_shipped_model(path):
+        return None
+    try:
+        if file_sha256(path) != shipped.SHIPPED_MODEL_SHA256:
+            return None
+        return shipped.shipped_onnx_path()
+    except (OSError, ModelFileError) as error:
+        log.warning("%s; reading the model file instead", error)
+        return None
+
+
+def _require_torch(path: Path) -> None:
+    """A `.pt` file is read by PyTorch: say what to do where the light install has none."""
+    if importlib.util.find_spec("torch") is None:
+        raise ModelFileError(
+            f"{path}: a PyTorch model file (.pt) needs the full install ({FULL_INSTALL_HINT}); "
+            "this install scores ONNX exports: use the model's .onnx (the shipped model has "
+            "one; `pneumonia-cxr export --model_path M` writes one with the full install)"
+        )
 
 
 class Predictor:
@@ -278,7 +358,7 @@ class Predictor:
         model_path: str | Path,
         *,
         engine: str = "auto",
-        device: str | torch.device | None = None,
+        device: Any = None,
         gradcam: bool = False,
     ) -> Predictor:
         """Open a model file with the fastest engine that gives the model's own labels.
@@ -297,6 +377,17 @@ class Predictor:
                 raise ModelFileError(f"{path}: an ONNX export runs without PyTorch or Grad-CAM")
             runtimes = AUTO_CPU_ENGINES if engine == "auto" else (engine,)
             return cls(_first_runtime(runtimes, lambda r: _onnx_file_engine(path, r)), path)
+        if not path.is_file():
+            raise ModelFileError(
+                f"{path}: model file not found; train one with `pneumonia-cxr train`"
+            )
+        fast_cpu = engine != "torch" and not gradcam and _on_cpu(device)
+        if fast_cpu and (twin := _shipped_twin(path)) is not None:
+            runtimes = AUTO_CPU_ENGINES if engine == "auto" else (engine,)
+            return cls(_first_runtime(runtimes, lambda r: _onnx_file_engine(twin, r)), path)
+        _require_torch(path)
+        from pneumonia_cxr.model.model_file import bundle_from_payload, read_model_file
+
         model_file = read_model_file(path)  # missing, foreign, corrupt: raised before any engine
         bundle = functools.cache(lambda: bundle_from_payload(model_file.payload, path))
         export = file_export_path(model_file.sha256)
@@ -315,7 +406,7 @@ class Predictor:
     def from_bundle(
         cls,
         bundle: ModelBundle,
-        device: str | torch.device | None = None,
+        device: Any = None,
         source: str | Path = "model",
         *,
         engine: str = "torch",
@@ -337,7 +428,7 @@ class Predictor:
         cls,
         bundle: Callable[[], ModelBundle],
         open_export: Callable[[str], OnnxEngine],
-        device: str | torch.device | None,
+        device: Any,
         source: str | Path,
         *,
         engine: str,
@@ -348,9 +439,9 @@ class Predictor:
         does. `bundle()` is only called when PyTorch runs or an export must be made."""
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
-        on_cpu = resolve_device(device).type == "cpu"
+        on_cpu = _on_cpu(device)
         if engine == "torch" or gradcam or (engine == "auto" and not on_cpu):
-            return cls(TorchEngine(bundle(), device), source)
+            return cls(_torch_engine(bundle(), device), source)
         runtimes = AUTO_CPU_ENGINES if engine == "auto" else (engine,)
         try:
             fast = _first_runtime(runtimes, open_export)
@@ -359,7 +450,7 @@ class Predictor:
                 raise
             # Same labels either way, only slower: never fail a prediction over the fast path.
             log.warning("no exported-graph engine available (%s); predicting with PyTorch", error)
-            return cls(TorchEngine(bundle(), device), source)
+            return cls(_torch_engine(bundle(), device), source)
         return cls(fast, source)
 
     @property
@@ -368,8 +459,9 @@ class Predictor:
         return getattr(self.engine, "bundle", None)
 
     @property
-    def device(self) -> torch.device:
-        return getattr(self.engine, "device", torch.device("cpu"))
+    def device(self) -> Any:
+        """The PyTorch engine's `torch.device`; "cpu" for the ONNX engines."""
+        return getattr(self.engine, "device", "cpu")
 
     @property
     def image_size(self) -> int:
@@ -393,20 +485,20 @@ class Predictor:
 
     def load_input(
         self, path: str | Path, keep_original: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The one loader and the model's transforms: (model input, decoded gray image)."""
         return load_input(path, self.transform, self.image_size, keep_original)
 
     def input_from_bytes(
         self, data: bytes, name: str, keep_original: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[np.ndarray, np.ndarray]:
         """`load_input` for an upload held in memory (never written to disk)."""
         image, original, _ = self.input_and_facts_from_bytes(data, name, keep_original)
         return image, original
 
     def input_and_facts_from_bytes(
         self, data: bytes, name: str, keep_original: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor, ImageFacts]:
+    ) -> tuple[np.ndarray, np.ndarray, ImageFacts]:
         """`input_from_bytes` and the upload's `ImageFacts`."""
         gray, facts = decode_xray_with_facts(data, name, min_side=self.image_size)
         original = decode_xray_with_facts(data, name)[0] if keep_original else gray
@@ -491,7 +583,7 @@ class Predictor:
             )
         return results
 
-    def scores(self, images: torch.Tensor) -> Scores:
+    def scores(self, images: np.ndarray) -> Scores:
         """Scores of a batch of model inputs (from `load_input` or `transform`)."""
         output = self.engine.score(images)
         return self.scores_from_outputs(
@@ -506,19 +598,28 @@ class Predictor:
         num_workers: int = 0,
         keep_original: bool = False,
     ) -> DataLoader:
-        """The DataLoader behind `iter_inputs` (Lightning's prediction loop shards it)."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        per_image, per_batch = self._file_stages
+        """`iter_inputs`' batches as a PyTorch DataLoader, for Lightning's prediction loop,
+        which shards it across ranks (`predict --devices`; the full install)."""
+        from torch.utils.data import DataLoader
+
+        dataset, collate = self._inputs(paths, batch_size, keep_original)
         return DataLoader(
-            _FileInputs([Path(p) for p in paths], per_image, self.image_size, keep_original),
+            dataset,
             batch_size=batch_size,
             shuffle=False,
             num_workers=num_workers,
-            collate_fn=_Collate(per_batch),
-            pin_memory=self.device.type == "cuda",
+            collate_fn=collate,
             worker_init_fn=worker_init() if num_workers > 0 else None,
         )
+
+    def _inputs(
+        self, paths: Sequence[str | Path], batch_size: int, keep_original: bool
+    ) -> tuple[_FileInputs, _Collate]:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        per_image, per_batch = self._file_stages
+        files = _FileInputs([Path(p) for p in paths], per_image, self.image_size, keep_original)
+        return files, _Collate(per_batch)
 
     def iter_inputs(
         self,
@@ -529,10 +630,12 @@ class Predictor:
         keep_original: bool = False,
     ) -> Iterator[dict[str, Any]]:
         """Decoded, transformed batches in file order: {"image" (or None), "index", "original",
-        "errors"}; an unreadable file is an error entry, never a default image."""
-        yield from self.input_loader(
-            paths, batch_size=batch_size, num_workers=num_workers, keep_original=keep_original
-        )
+        "errors"}; an unreadable file is an error entry, never a default image.
+        `num_workers` processes decode ahead (0: this process)."""
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be 0 or more, got {num_workers}")
+        dataset, collate = self._inputs(paths, batch_size, keep_original)
+        yield from _batches(dataset, collate, batch_size, num_workers)
 
     def iter_files(
         self,

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from pneumonia_cxr.config import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from pneumonia_cxr.config import BACKBONE_NORMALIZATION, IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from pneumonia_cxr.errors import WeightsUnavailableError
 
 if TYPE_CHECKING:
@@ -63,6 +63,8 @@ OFFLINE_HINT = (
 
 
 def register(spec: BackboneSpec) -> BackboneSpec:
+    if BACKBONE_NORMALIZATION.get(spec.name) != (spec.mean, spec.std):
+        raise ValueError(f"{spec.name}: config.BACKBONE_NORMALIZATION must list its mean/std")
     _REGISTRY[spec.name] = spec
     return spec
 

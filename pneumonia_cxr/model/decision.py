@@ -12,22 +12,24 @@ from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
 import numpy as np
-import torch
 
 from pneumonia_cxr import CLASS_NAMES, TYPE_NAMES
 
-ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
+ArrayT = TypeVar("ArrayT")
 
 
 def probability(logits: ArrayT, temperature: float = 1.0) -> ArrayT:
     """P(PNEUMONIA) = sigmoid(logit / T), T fitted on validation (1.0 = none).
 
-    Tensors stay tensors (float32, so the ONNX graph traces it); arrays stay float64 arrays.
+    Tensors stay tensors (float32, so the ONNX graph traces it); arrays become float64 arrays
+    (numpy, so scoring needs no PyTorch; the two agree to 1e-16).
     """
-    if isinstance(logits, torch.Tensor):
-        return torch.sigmoid(logits.float() / temperature)
-    scaled = torch.from_numpy(np.asarray(logits, dtype=np.float64) / temperature)
-    return torch.sigmoid(scaled).numpy()
+    if hasattr(logits, "sigmoid"):  # a torch.Tensor, without importing torch
+        return (logits.float() / temperature).sigmoid()
+    scaled = np.asarray(logits, dtype=np.float64) / temperature
+    # sigmoid without overflow: exp of a negative number only
+    positive = np.exp(-np.abs(scaled))
+    return np.where(scaled >= 0, 1.0 / (1.0 + positive), positive / (1.0 + positive))
 
 
 def decide(probabilities: np.ndarray | Sequence[float] | float, threshold: float) -> np.ndarray:

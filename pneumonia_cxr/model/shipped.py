@@ -1,8 +1,14 @@
 """The detector that ships inside the package, pinned by its sha256 (as torchxrayvision pins its
-weight files): every command uses it when no --model_path is given (`resolve_model_path`)."""
+weight files): every command uses it when no --model_path is given (`resolve_model_path`).
+
+It ships twice: the PyTorch model file, and its ONNX export (`pneumonia-cxr export`, byte for
+byte: tests/test_light_install.py), which the light install (no PyTorch) scores with and the
+full install uses as the model file's export instead of writing one at first use.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -17,21 +23,38 @@ SHIPPED_MODEL_SHA256: str | None = (
     "2094dfec4980348bbfd652b76e961d657959cc9fadbf8428c925f04a763d5809"
 )
 """None until a model is committed: then every load checks the file against this digest."""
+SHIPPED_ONNX_FILE = "pneumonia_cxr_effnet_lite0_typed.onnx"
+SHIPPED_ONNX_SHA256 = "f016e07dc865d2d2d69d68b2dc822ad728ce8ffd2d44df6a43a4268cfd9dc7f7"
+"""The export of the shipped model file, pinned the same way."""
 
 
 def is_shipped_model(path: str | Path) -> bool:
-    return Path(path).resolve() == (WEIGHTS_DIR / SHIPPED_MODEL_FILE)
+    return Path(path).resolve() in (
+        WEIGHTS_DIR / SHIPPED_MODEL_FILE,
+        WEIGHTS_DIR / SHIPPED_ONNX_FILE,
+    )
 
 
 def default_model_path() -> Path:
-    """The shipped model file, after checking it is the one this version of the code pins.
+    """The shipped model, after checking it is the one this version of the code pins: the
+    PyTorch file, or its ONNX export where PyTorch is not installed (the light install).
 
     Raises:
         ModelFileError: the package ships no model, the file is missing, or its sha256 differs
             (a damaged install or a replaced file): never a silent fallback to another model.
     """
-    path = WEIGHTS_DIR / SHIPPED_MODEL_FILE
-    if SHIPPED_MODEL_SHA256 is None:
+    if importlib.util.find_spec("torch") is None:
+        return shipped_onnx_path()
+    return _checked(WEIGHTS_DIR / SHIPPED_MODEL_FILE, SHIPPED_MODEL_SHA256)
+
+
+def shipped_onnx_path() -> Path:
+    """The shipped model's ONNX export, checked against its pinned sha256."""
+    return _checked(WEIGHTS_DIR / SHIPPED_ONNX_FILE, SHIPPED_ONNX_SHA256)
+
+
+def _checked(path: Path, pinned: str | None) -> Path:
+    if pinned is None:
         raise ModelFileError(
             "this version of pneumonia-cxr ships no trained model yet; pass --model_path "
             "(a final_pneumonia_model.pt from `pneumonia-cxr train`)"
@@ -42,10 +65,10 @@ def default_model_path() -> Path:
             "(`pip install --force-reinstall pneumonia-cxr`) or pass --model_path"
         )
     actual = file_sha256(path)
-    if actual != SHIPPED_MODEL_SHA256:
+    if actual != pinned:
         raise ModelFileError(
             f"{path}: sha256 {actual[:16]}... differs from the pinned "
-            f"{SHIPPED_MODEL_SHA256[:16]}...; the file is damaged or was replaced. "
+            f"{pinned[:16]}...; the file is damaged or was replaced. "
             "Reinstall the package or pass --model_path"
         )
     return path

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from pneumonia_cxr.errors import ImageLoadError, ImageTooLargeError, NotAnImageError
 
-if TYPE_CHECKING:  # torch & co. load on the worker thread: the server answers /health first
-    import torch
+if TYPE_CHECKING:  # the model loads on the worker thread: the server answers /health first
+    import numpy as np
 
     from pneumonia_cxr.inference.predictor import Predictor
 
@@ -149,7 +149,7 @@ class ModelService:
                 self._in_flight -= 1
 
     def _score(self, files: list[tuple[str, bytes]], gradcam: bool) -> list[dict[str, Any]]:
-        import torch
+        import numpy as np
 
         from pneumonia_cxr.inference.predictor import one_line
 
@@ -174,7 +174,7 @@ class ModelService:
             facts.append(fact)
         if not kept:
             return results
-        batch = torch.stack(inputs)
+        batch = np.stack(inputs)
         scored = predictor.results(predictor.scores(batch), facts)
         for index, result in zip(kept, scored, strict=True):
             results[index].update(asdict(result), threshold=predictor.threshold)
@@ -208,8 +208,8 @@ class ModelService:
 
 def _overlays(
     predictor: Predictor,
-    batch: torch.Tensor,
-    originals: list[torch.Tensor],
+    batch: np.ndarray,
+    originals: list[np.ndarray],
     target: str = "pneumonia",
 ) -> list[str]:
     from PIL import Image

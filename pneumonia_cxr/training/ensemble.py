@@ -82,7 +82,11 @@ def _train_features(
     for batch in predictor.iter_inputs(paths, batch_size=batch_size):
         if batch["image"] is None:
             continue
-        images = batch["image"].to(predictor.device).contiguous(memory_format=torch.channels_last)
+        images = (
+            torch.as_tensor(batch["image"])
+            .to(predictor.device)
+            .contiguous(memory_format=torch.channels_last)
+        )
         features = member_features(predictor.bundle.model, images)
         per_member = per_member or [[] for _ in features]
         for store, f in zip(per_member, features, strict=True):

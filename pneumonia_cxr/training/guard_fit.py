@@ -47,7 +47,11 @@ def tap_vectors(
     for batch in predictor.iter_inputs(paths, batch_size=batch_size):
         if batch["image"] is None:
             continue
-        images = batch["image"].to(predictor.device).contiguous(memory_format=torch.channels_last)
+        images = (
+            torch.as_tensor(batch["image"])
+            .to(predictor.device)
+            .contiguous(memory_format=torch.channels_last)
+        )
         _, taps = member.features_with_taps(images, layers)
         for store, tap in zip(per_layer, taps, strict=True):
             store.append(tap.float().cpu())
