@@ -656,6 +656,19 @@ def _add_engine_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def cmd_web(args: argparse.Namespace) -> int:
+    from pneumonia_cxr.web import write_web_folder
+
+    written = write_web_folder(args.out_dir, _model_path_or_shipped(args.model_path))
+    print(
+        f"{written['out_dir']}: {written['files']} files, {written['bytes'] / 2**20:.1f} MB "
+        f"(model sha256 {written['sha256'][:16]}...). Serve it with any static file server, "
+        f"e.g. `python3 -m http.server --directory {written['out_dir']}`, and open the page; "
+        "images are scored in the browser and never leave it."
+    )
+    return 0
+
+
 def _model_path_or_shipped(model_path: str | None) -> Path:
     from pneumonia_cxr.model.shipped import resolve_model_path
 
@@ -867,6 +880,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device_arg(web)
     _add_engine_arg(web)
     web.set_defaults(func=cmd_serve)
+
+    static = sub.add_parser(
+        "web", help="the page as a static folder that scores in the browser (no server needed)"
+    )
+    static.add_argument("out_dir", help="folder to write (new, empty, or written by `web` before)")
+    _add_model_path_arg(static)
+    static.set_defaults(func=cmd_web)
 
     check = sub.add_parser(
         "explain-check", help="do the heatmaps mean something? randomization + pointing game"

@@ -69,6 +69,7 @@ with TestClient(create_app(ServeConfig(device="cpu"))) as client:
     while client.get("/ready").status_code != 200 and time.monotonic() < deadline:
         time.sleep(0.1)
     report["ready"] = client.get("/ready").status_code
+    report["model"] = client.get("/v1/model").status_code
     answer = client.post("/v1/predict", files=[("file", (files[-1].name, files[-1].read_bytes()))])
     report["serve"] = answer.json()
 report["train_rc"] = main(["train", "--dataset_path", str(out), "--output_dir", str(out)])
@@ -113,7 +114,7 @@ def test_light_install_scores_like_the_full_one(real_data_root: Path, tmp_path: 
     api_p = np.array([a[0] for a in api])
     assert np.max(np.abs(api_p - [r.probability for r in expected])) <= 1e-4
 
-    assert report["ready"] == 200
+    assert report["ready"] == 200 and report["model"] == 200
     [served] = report["serve"]["results"]
     assert served["label"] == expected[-1].label
     assert abs(served["probability"] - expected[-1].probability) < 1e-4

@@ -14,7 +14,7 @@ from typing import Any
 
 from pneumonia_cxr.evaluation.metrics import RATE_NAMES
 from pneumonia_cxr.explain.check import pointing_game_summary
-from pneumonia_cxr.model.model_file import calibration_line
+from pneumonia_cxr.model.decision import calibration_line
 from pneumonia_cxr.storage import atomic_write_text
 
 RATE_LABELS: dict[str, str] = {

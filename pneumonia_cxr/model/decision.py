@@ -125,3 +125,15 @@ class Decision:
             type=TypeDecision.from_payload(kind) if kind else None,
             calibration=meta.get("calibration"),
         )
+
+
+def calibration_line(record: dict[str, Any] | None) -> str | None:
+    """ "calibrated on N local images (...)" for a site-calibrated model file (`calibrate`),
+    None otherwise: what reports and the page say instead of the parent's test figures."""
+    if not record:
+        return None
+    total = sum(record.get("images", {}).values())
+    return (
+        f"calibrated on {total} local images ({str(record.get('date', ''))[:10]}, "
+        f"{record.get('threshold_rule')}, target sensitivity {record.get('min_sensitivity')})"
+    )

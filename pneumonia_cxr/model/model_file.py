@@ -111,18 +111,6 @@ class ModelBundle:
         return digest.hexdigest()[:16]
 
 
-def calibration_line(record: dict[str, Any] | None) -> str | None:
-    """ "calibrated on N local images (...)" for a site-calibrated model file (`calibrate`),
-    None otherwise: what reports and the page say instead of the parent's test figures."""
-    if not record:
-        return None
-    total = sum(record.get("images", {}).values())
-    return (
-        f"calibrated on {total} local images ({str(record.get('date', ''))[:10]}, "
-        f"{record.get('threshold_rule')}, target sensitivity {record.get('min_sensitivity')})"
-    )
-
-
 def _member_payload(member: PneumoniaNet, dtype: torch.dtype) -> dict[str, Any]:
     return {
         "backbone": member.backbone_name,

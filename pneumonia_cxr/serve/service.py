@@ -103,37 +103,8 @@ class ModelService:
 
     def info(self) -> dict[str, Any]:
         """What /v1/model shows: enough to know which model answers and how it decides."""
-        from pneumonia_cxr.model.model_file import calibration_line
-
-        predictor = self.predictor
-        assert predictor is not None and self.model_path is not None
-        engine, decision = predictor.engine, predictor.decision
-        calibrated = decision.calibration is not None
-        return {
-            "model_path": str(self.model_path),
-            "shipped": _is_shipped(self.model_path),
-            "backbone": engine.backbone_name,
-            "members": list(engine.backbone_names),
-            "preprocessing": asdict(engine.preprocessing),
-            "threshold": decision.threshold,
-            "threshold_rule": decision.rule,
-            "min_sensitivity": decision.min_sensitivity,
-            "temperature": decision.temperature,
-            "classes": list(decision.class_names),
-            "ood_cutoff": decision.ood_cutoff,
-            "guard_cutoff": decision.guard_cutoff,
-            "type": asdict(decision.type) if decision.type is not None else None,
-            "intended_use": asdict(engine.intended_use),
-            "scope": engine.intended_use.scope_sentence(),
-            "site_verdict": (decision.calibration or {}).get("verdict"),
-            "training_data_fingerprint": engine.data_fingerprint,
-            "model_fingerprint": engine.fingerprint(),
-            "engine": type(engine).__name__,
-            "calibration": decision.calibration,
-            "calibration_line": calibration_line(decision.calibration),
-            # A site-calibrated file's operating point is not the one the parent was tested at.
-            "test_metrics": None if calibrated else _test_metrics(self.model_path),
-        }
+        assert self.predictor is not None and self.model_path is not None
+        return describe_model(self.predictor, self.model_path)
 
     async def predict(self, files: list[tuple[str, bytes]], gradcam: bool) -> list[dict[str, Any]]:
         """Score uploads on the worker thread, after any request already queued."""
@@ -204,6 +175,39 @@ class ModelService:
                 self.model_path, engine="torch", device=self.config.device
             )
         return self._explainer
+
+
+def describe_model(predictor: Predictor, model_path: Path) -> dict[str, Any]:
+    """Which model answers and how it decides: /v1/model, and the `web` folder's model.json."""
+    from pneumonia_cxr.model.decision import calibration_line
+
+    engine, decision = predictor.engine, predictor.decision
+    calibrated = decision.calibration is not None
+    return {
+        "model_path": str(model_path),
+        "shipped": _is_shipped(model_path),
+        "backbone": engine.backbone_name,
+        "members": list(engine.backbone_names),
+        "preprocessing": asdict(engine.preprocessing),
+        "threshold": decision.threshold,
+        "threshold_rule": decision.rule,
+        "min_sensitivity": decision.min_sensitivity,
+        "temperature": decision.temperature,
+        "classes": list(decision.class_names),
+        "ood_cutoff": decision.ood_cutoff,
+        "guard_cutoff": decision.guard_cutoff,
+        "type": asdict(decision.type) if decision.type is not None else None,
+        "intended_use": asdict(engine.intended_use),
+        "scope": engine.intended_use.scope_sentence(),
+        "site_verdict": (decision.calibration or {}).get("verdict"),
+        "training_data_fingerprint": engine.data_fingerprint,
+        "model_fingerprint": engine.fingerprint(),
+        "engine": type(engine).__name__,
+        "calibration": decision.calibration,
+        "calibration_line": calibration_line(decision.calibration),
+        # A site-calibrated file's operating point is not the one the parent was tested at.
+        "test_metrics": None if calibrated else _test_metrics(model_path),
+    }
 
 
 def _overlays(

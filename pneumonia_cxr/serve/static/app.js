@@ -1,6 +1,9 @@
 "use strict";
 // The page for one or several images: upload, show probability, label, OOD warning, heatmap.
+// One page, two ways to score: through the server's API (`pneumonia-cxr serve`), or inside the
+// browser (static/browser.js) when the folder holds model/model.json (`pneumonia-cxr web`).
 const $ = (id) => document.getElementById(id);
+let browserMode = false;
 const percent = (value) => (value == null ? "n/a" : (100 * value).toFixed(1) + "%");
 
 // A server reachable from the network needs its access token: asked once, kept for this tab.
@@ -18,29 +21,65 @@ async function api(url, options = {}) {
   return fetch(url, options);
 }
 
+function loadScript(src) {
+  return new Promise((resolve, reject) => {
+    const script = document.createElement("script");
+    script.src = src;
+    script.onload = resolve;
+    script.onerror = () => reject(new Error(`${src} could not be loaded`));
+    document.head.append(script);
+  });
+}
+
+// The static folder: the model loads in this tab (progress shown), then scores here only.
+async function startInBrowser() {
+  browserMode = true;
+  $("privacy").textContent = "Images are analysed inside this browser and never leave this device.";
+  const manifest = document.createElement("link");
+  manifest.rel = "manifest";
+  manifest.href = "manifest.webmanifest";
+  document.head.append(manifest);
+  if ("serviceWorker" in navigator) navigator.serviceWorker.register("sw.js").catch(() => {});
+  try {
+    await loadScript("static/browser.js");
+    const info = await BrowserScorer.load((share) => {
+      $("model").textContent = `Loading the model… ${percent(share)}`;
+    });
+    describeModel(info.model);
+    document.body.dataset.ready = "true";
+  } catch (error) {
+    $("model").textContent = `The model is not available: ${error.message}`;
+    $("model").className = "model error";
+    $("model").dataset.testid = "error";
+  }
+}
+
+function describeModel(model) {
+  const metrics = model.test_metrics;
+  const figures = metrics
+    ? ` Test split (${metrics.n} images): AUC ${metrics.roc_auc.toFixed(3)}, accuracy ` +
+      `${percent(metrics.accuracy)}, sensitivity ${percent(metrics.sensitivity)}, ` +
+      `specificity ${percent(metrics.specificity)}.`
+    : "";
+  const where = model.calibration_line
+    ? `${model.calibration_line}; its figures are the site's, not the test split's`
+    : "chosen on validation data";
+  $("model").textContent =
+    `Model: ${model.backbone}${model.shipped ? " (shipped with pneumonia-cxr)" : ""}; ` +
+    `PNEUMONIA when P ≥ ${percent(model.threshold)} (${where}).` + figures +
+    (model.type ? " It also says whether a pneumonia looks bacterial or viral." : "");
+  $("scope").textContent = model.scope;
+  if (model.site_verdict) {
+    $("verdict").textContent = `At the site it was calibrated on: ${model.site_verdict.text}.`;
+    $("verdict").className = model.site_verdict.useful ? "verdict" : "verdict warning";
+  }
+}
+
 async function showModel() {
   for (let attempt = 0; attempt < 60; attempt++) {
     const response = await api("/v1/model");
     if (response.ok) {
-      const model = await response.json();
-      const metrics = model.test_metrics;
-      const figures = metrics
-        ? ` Test split (${metrics.n} images): AUC ${metrics.roc_auc.toFixed(3)}, accuracy ` +
-          `${percent(metrics.accuracy)}, sensitivity ${percent(metrics.sensitivity)}, ` +
-          `specificity ${percent(metrics.specificity)}.`
-        : "";
-      const where = model.calibration_line
-        ? `${model.calibration_line}; its figures are the site's, not the test split's`
-        : "chosen on validation data";
-      $("model").textContent =
-        `Model: ${model.backbone}${model.shipped ? " (shipped with pneumonia-cxr)" : ""}; ` +
-        `PNEUMONIA when P ≥ ${percent(model.threshold)} (${where}).` + figures +
-        (model.type ? " It also says whether a pneumonia looks bacterial or viral." : "");
-      $("scope").textContent = model.scope;
-      if (model.site_verdict) {
-        $("verdict").textContent = `At the site it was calibrated on: ${model.site_verdict.text}.`;
-        $("verdict").className = model.site_verdict.useful ? "verdict" : "verdict warning";
-      }
+      describeModel(await response.json());
       return;
     }
     const body = await response.json().catch(() => ({}));
@@ -129,8 +168,28 @@ function card(result, file) {
   return element;
 }
 
+// In the browser: one image after the other, each card shown as soon as it is scored.
+async function scoreHere(files) {
+  if (!browserReady()) return;
+  $("results").replaceChildren();
+  const all = [...files];
+  $("status").textContent = `Analysing ${all.length} image(s) in this browser…`;
+  await BrowserScorer.score(all, (result, done) => {
+    $("results").append(card(result, all[done - 1]));
+    $("status").textContent = done < all.length ? `Analysed ${done} of ${all.length}…` : "";
+  });
+  document.body.dataset.scored = String(Number(document.body.dataset.scored || 0) + 1);
+}
+
+function browserReady() {
+  if (document.body.dataset.ready === "true") return true;
+  $("status").textContent = "The model is still loading (or failed to load); try again in a moment.";
+  return false;
+}
+
 async function upload(files) {
   if (!files.length) return;
+  if (browserMode) return scoreHere(files);
   const form = new FormData();
   for (const file of files) form.append("file", file, file.name);
   $("status").textContent = `Analysing ${files.length} image(s)…`;
@@ -174,4 +233,7 @@ drop.addEventListener("drop", (event) => {
   drop.classList.remove("over");
   upload(event.dataTransfer.files);
 });
-showModel();
+// The static folder has model/model.json; the server answers 404 there and scores itself.
+fetch("model/model.json", { method: "HEAD" })
+  .then((response) => (response.ok ? startInBrowser() : showModel()))
+  .catch(() => showModel());

@@ -1,0 +1,159 @@
+"""`pneumonia-cxr web`: the static folder, served by a plain static file server, scores in
+Chromium with the labels and probabilities of `predict`, offline once loaded, sends no image
+anywhere, gives a photo and a scanned page no label, and survives bad files and a damaged model.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import shutil
+import struct
+import threading
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_serve_browser import CHROMIUM, CHROMIUM_ARGS
+
+from pneumonia_cxr.cli import main
+
+pytestmark = [
+    pytest.mark.skipif(CHROMIUM is None, reason="no Chromium: `apt-get install chromium`"),
+    pytest.mark.realdata,
+]
+
+
+@pytest.fixture(scope="module")
+def web_folder(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("web") / "site"
+    try:
+        assert main(["web", str(folder)]) == 0
+    except SystemExit:
+        pytest.fail("web failed")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def static_server(web_folder: Path) -> Iterator[str]:
+    """`python3 -m http.server`'s handler: no special headers, no cross-origin isolation."""
+    root = web_folder.parent
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height (a decompression bomb's first bytes)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    chunk = lambda kind, data: (  # noqa: E731
+        struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    )
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"") + chunk(b"IEND", b"")
+
+
+def _pick_xrays(real_data_root: Path, predictor, n: int = 12, near: int = 3) -> list[Path]:
+    """Both classes, `near` of them within 0.1 of the threshold (the hardest to agree on)."""
+    test = real_data_root / "test"
+    pool = sorted((test / "NORMAL").iterdir())[:60] + sorted((test / "PNEUMONIA").iterdir())[:60]
+    scores = predictor.score_files(pool).scores.probabilities
+    gap = np.abs(scores - predictor.threshold)
+    close = [pool[i] for i in np.argsort(gap)[:near]]
+    rest = [p for p in pool[::10] if p not in close][: n - near]
+    return close + rest
+
+
+def test_the_static_folder_scores_like_predict_offline_and_keeps_images_local(
+    web_folder: Path, static_server: str, real_data_root: Path, tmp_path: Path
+) -> None:
+    from playwright.sync_api import sync_playwright
+
+    from pneumonia_cxr.inference.predictor import Predictor
+    from pneumonia_cxr.model.shipped import default_model_path
+
+    predictor = Predictor.open(default_model_path(), device="cpu")
+    xrays = _pick_xrays(real_data_root, predictor)
+    expected = predictor.results(predictor.score_files(xrays).scores)
+    skimage_data = pytest.importorskip("skimage.data")
+    cat, page_scan = tmp_path / "cat.jpeg", tmp_path / "scanned_page.png"
+    Image.fromarray(skimage_data.chelsea()).save(cat, quality=90)
+    Image.fromarray(skimage_data.page()).save(page_scan)
+    bad = {
+        "notes.jpeg": b"this is a text file, not an image\n",
+        "truncated.jpeg": xrays[0].read_bytes()[:4000],
+        "bomb.png": _png_header(60000, 60000),
+    }
+    for name, data in bad.items():
+        (tmp_path / name).write_bytes(data)
+    uploads = [*xrays, cat, page_scan, *(tmp_path / name for name in bad)]
+
+    requests: list[tuple[str, str, bytes | None]] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        context = browser.new_context()
+        context.on("request", lambda r: requests.append((r.method, r.url, r.post_data_buffer)))
+        page = context.new_page()
+        page.goto(f"{static_server}/site/")
+        page.wait_for_selector("body[data-ready=true]", timeout=90_000)
+        assert "shipped with pneumonia-cxr" in page.inner_text("#model")
+        assert "never leave this device" in page.inner_text("#privacy")
+        context.set_offline(True)  # from here on, nothing may be fetched
+        page.set_input_files("#file", [str(p) for p in uploads])
+        page.wait_for_selector("body[data-scored='1']", timeout=120_000)
+        shown = {
+            card["name"]: card
+            for card in page.eval_on_selector_all(
+                "[data-testid=result]",
+                """cards => cards.map(c => ({
+                    name: c.querySelector(".name").textContent,
+                    label: c.querySelector("[data-testid=label]")?.textContent,
+                    p: c.querySelector("[data-testid=probability]")?.dataset.value,
+                    error: c.querySelector("[data-testid=error]")?.textContent}))""",
+            )
+        }
+
+        # Damaged model: the sha256 check stops it with a message, the page does not hang.
+        damaged = web_folder.parent / "damaged"
+        shutil.copytree(web_folder, damaged)
+        document = json.loads((damaged / "model" / "model.json").read_text())
+        document["sha256"] = "0" * 64
+        (damaged / "model" / "model.json").write_text(json.dumps(document))
+        context.set_offline(False)
+        other = context.new_page()
+        other.goto(f"{static_server}/damaged/")
+        other.wait_for_selector("#model[data-testid=error]", timeout=60_000)
+        assert "sha256 check" in other.inner_text("#model")
+        browser.close()
+
+    assert len(shown) == len(uploads)
+    largest = 0.0
+    for path, result in zip(xrays, expected, strict=True):
+        assert shown[path.name]["label"] == result.label, path.name
+        largest = max(largest, abs(float(shown[path.name]["p"]) - result.probability))
+    assert largest <= 0.01, largest
+    for name in (cat.name, page_scan.name):
+        assert shown[name]["label"] == "not assessed", shown[name]
+    errors = {name: shown[name]["error"] or "" for name in bad}
+    assert "NotAnImageError" in errors["notes.jpeg"], errors
+    assert "truncated" in errors["truncated.jpeg"], errors
+    assert "decompression bomb" in errors["bomb.png"], errors
+
+    # Every request went to the static server, none carried a body (no image left the page).
+    # (blob: URLs are the page's own thumbnails of the chosen files, held in the tab's memory)
+    outside = [u for _, u, _ in requests if not u.removeprefix("blob:").startswith(static_server)]
+    assert requests and not outside, outside
+    assert {method for method, _, _ in requests} <= {"GET", "HEAD"}
+    assert all(body is None for _, _, body in requests)
+
+
+def test_web_refuses_a_folder_it_did_not_write(tmp_path: Path, capsys) -> None:
+    (tmp_path / "keep.txt").write_text("someone's file")
+    assert main(["web", str(tmp_path)]) == 2
+    assert "not written by `pneumonia-cxr web`" in capsys.readouterr().err
