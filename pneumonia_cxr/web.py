@@ -93,7 +93,7 @@ def write_web_folder(out_dir: str | Path, model_path: str | Path) -> dict[str, A
     from pneumonia_cxr.data.loader import DEFAULT_MAX_PIXELS
     from pneumonia_cxr.inference.engines import OnnxEngine
     from pneumonia_cxr.inference.predictor import Predictor
-    from pneumonia_cxr.model.intended_use import COLOUR_REASON, FEATURE_REASON
+    from pneumonia_cxr.model import intended_use as use
     from pneumonia_cxr.serve.service import describe_model
 
     out_dir, model_path = Path(out_dir), Path(model_path)
@@ -122,7 +122,14 @@ def write_web_folder(out_dir: str | Path, model_path: str | Path) -> dict[str, A
         "sha256": sha256,
         "metadata": engine.metadata,
         "model": description,
-        "reasons": {"colour": COLOUR_REASON, "feature": FEATURE_REASON},
+        "reasons": {
+            "colour": use.COLOUR_REASON,
+            "feature": use.FEATURE_REASON,
+            "age": use.AGE_REASON,
+            "view": use.VIEW_REASON,
+            "body_part": use.BODY_PART_REASON,
+            "modality": use.MODALITY_REASON,
+        },
         "max_pixels": DEFAULT_MAX_PIXELS,
     }
     (out_dir / "model" / "model.json").write_text(json.dumps(document, indent=1) + "\n")

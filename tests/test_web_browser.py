@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from test_loader import dicom_bytes
 from test_serve_browser import CHROMIUM, CHROMIUM_ARGS
 
 from pneumonia_cxr.cli import main
@@ -70,6 +71,29 @@ def _pick_xrays(real_data_root: Path, predictor, n: int = 12, near: int = 3) -> 
     return close + rest
 
 
+def _dicoms(gray: np.ndarray, folder: Path) -> list[Path]:
+    """One real X-ray as the four kinds of DICOM a PACS exports: 8- and 16-bit, MONOCHROME2
+    and MONOCHROME1 (inverted storage), with a rescale and a window on the 16-bit ones."""
+    wide = gray.astype(np.uint16) * 16 + 100
+    files = {
+        "mono2_8bit.dcm": dicom_bytes(gray),
+        "mono1_8bit.dcm": dicom_bytes(255 - gray, photometric="MONOCHROME1"),
+        "mono2_16bit.dcm": dicom_bytes(
+            wide, RescaleSlope=2, RescaleIntercept=-50, WindowCenter=4200, WindowWidth=7000
+        ),
+        "mono1_16bit.dcm": dicom_bytes(4500 - wide, photometric="MONOCHROME1"),
+    }
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    return [folder / name for name in files]
+
+
+def _scored(predictor, paths: list[Path]):
+    batch = predictor.iter_files(paths, batch_size=len(paths))
+    [scored] = list(batch)
+    return scored.scores, scored.facts
+
+
 def test_the_static_folder_scores_like_predict_offline_and_keeps_images_local(
     web_folder: Path, static_server: str, real_data_root: Path, tmp_path: Path
 ) -> None:
@@ -90,9 +114,13 @@ def test_the_static_folder_scores_like_predict_offline_and_keeps_images_local(
         "truncated.jpeg": xrays[0].read_bytes()[:4000],
         "bomb.png": _png_header(60000, 60000),
     }
+    gray = np.asarray(Image.open(xrays[-1]).convert("L"))
+    bad["no_pixels.dcm"] = dicom_bytes(gray, with_pixels=False)
     for name, data in bad.items():
         (tmp_path / name).write_bytes(data)
-    uploads = [*xrays, cat, page_scan, *(tmp_path / name for name in bad)]
+    dicoms = _dicoms(gray, tmp_path)
+    expected += predictor.results(*_scored(predictor, dicoms))
+    uploads = [*xrays, *dicoms, cat, page_scan, *(tmp_path / name for name in bad)]
 
     requests: list[tuple[str, str, bytes | None]] = []
     with sync_playwright() as playwright:
@@ -115,7 +143,8 @@ def test_the_static_folder_scores_like_predict_offline_and_keeps_images_local(
                     name: c.querySelector(".name").textContent,
                     label: c.querySelector("[data-testid=label]")?.textContent,
                     p: c.querySelector("[data-testid=probability]")?.dataset.value,
-                    error: c.querySelector("[data-testid=error]")?.textContent}))""",
+                    error: c.querySelector("[data-testid=error]")?.textContent,
+                    reason: c.querySelector("[data-testid=reason]")?.textContent}))""",
             )
         }
 
@@ -134,8 +163,11 @@ def test_the_static_folder_scores_like_predict_offline_and_keeps_images_local(
 
     assert len(shown) == len(uploads)
     largest = 0.0
-    for path, result in zip(xrays, expected, strict=True):
-        assert shown[path.name]["label"] == result.label, path.name
+    for path, result in zip([*xrays, *dicoms], expected, strict=True):
+        label = "not assessed" if result.out_of_distribution else result.label
+        assert shown[path.name]["label"] == label, (shown[path.name], result)
+        if result.out_of_distribution:  # the same reasons, word for word
+            assert shown[path.name]["reason"] == result.reason, (shown[path.name], result)
         largest = max(largest, abs(float(shown[path.name]["p"]) - result.probability))
     assert largest <= 0.01, largest
     for name in (cat.name, page_scan.name):
@@ -144,6 +176,7 @@ def test_the_static_folder_scores_like_predict_offline_and_keeps_images_local(
     assert "NotAnImageError" in errors["notes.jpeg"], errors
     assert "truncated" in errors["truncated.jpeg"], errors
     assert "decompression bomb" in errors["bomb.png"], errors
+    assert "no PixelData" in errors["no_pixels.dcm"], errors
 
     # Every request went to the static server, none carried a body (no image left the page).
     # (blob: URLs are the page's own thumbnails of the chosen files, held in the tab's memory)

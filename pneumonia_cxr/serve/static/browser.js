@@ -62,7 +62,7 @@ const BrowserScorer = (() => {
   function sniff(bytes, name) {
     if (!bytes.length) throw new ImageError("EmptyFileError", "the file is empty (0 bytes); re-copy or re-export it");
     const ascii = (start, length) => String.fromCharCode(...bytes.subarray(start, start + length));
-    if (bytes.length > 132 && ascii(128, 4) === "DICM" || /\.(dcm|dicom)$/i.test(name)) return { kind: "dicom" };
+    if (bytes.length > 132 && ascii(128, 4) === "DICM") return { kind: "dicom" };
     if (bytes[0] === 0x89 && ascii(1, 3) === "PNG") {
       if (bytes.length < 24) throw new ImageError("CorruptImageError", "starts like a PNG but its header is damaged; re-export the file");
       const view = new DataView(bytes.buffer, bytes.byteOffset);
@@ -92,6 +92,9 @@ const BrowserScorer = (() => {
       }
       if (!width || !height) throw new ImageError("CorruptImageError", "starts like a JPEG but its header is damaged; re-export the file");
       return { kind: "jpeg", width, height, complete: eoi > sos };
+    }
+    if (/\.(dcm|dicom)$/i.test(name)) {
+      throw new ImageError("NotAnImageError", "named like DICOM but without the DICOM preamble this page reads; score it with `pneumonia-cxr predict`");
     }
     throw new ImageError("NotAnImageError", "not a JPEG, PNG or DICOM file (judged by its content, not its name)");
   }
@@ -147,8 +150,110 @@ const BrowserScorer = (() => {
     return count ? sum / count : 0;
   }
 
-  function decodeDicom() {
-    throw new ImageError("UnsupportedDicomError", "DICOM files are not decoded in the browser yet; score them with `pneumonia-cxr predict` or the server's page");
+  // DICOM as `_dicom_to_gray` reads it: uncompressed single-frame pixels; the modality LUT
+  // (rescale or sequence), the VOI LUT (sequence, else the first window, LINEAR, LINEAR_EXACT or
+  // SIGMOID), MONOCHROME1 inverted, then the image's own range onto 0..255 (round half even).
+  const UNCOMPRESSED = new Set(["1.2.840.10008.1.2", "1.2.840.10008.1.2.1"]);
+  let dicomReady = null;
+
+  async function decodeDicom(bytes) {
+    dicomReady = dicomReady || loadScript("dicom/dicomParser.min.js");
+    await dicomReady;
+    let ds;
+    try {
+      ds = dicomParser.parseDicom(bytes);
+    } catch (error) {
+      throw new ImageError("CorruptImageError", `the DICOM header is damaged (${error.message || error}); re-export it from the PACS`);
+    }
+    const text = (tag) => (ds.string(tag) || "").trim();
+    const facts = { PatientAge: text("x00101010"), ViewPosition: text("x00185101"), BodyPartExamined: text("x00180015"), Modality: text("x00080060") };
+    const pixelData = ds.elements.x7fe00010;
+    if (!pixelData) throw new ImageError("UnsupportedDicomError", "the DICOM file has no PixelData (not an image object); export the image itself");
+    const syntax = text("x00020010");
+    if (!UNCOMPRESSED.has(syntax)) {
+      throw new ImageError("UnsupportedDicomError", `pixel data stored with transfer syntax ${syntax || "(none)"}, which this page cannot decode; score it with \`pneumonia-cxr predict\` or re-export it uncompressed`);
+    }
+    const frames = parseInt(text("x00280008") || "1", 10);
+    if (frames > 1) throw new ImageError("UnsupportedDicomError", `multi-frame DICOM (${frames} frames); export the single radiograph on its own`);
+    const rows = ds.uint16("x00280010"), columns = ds.uint16("x00280011");
+    const samples = ds.uint16("x00280002") || 1, bits = ds.uint16("x00280100");
+    const signed = ds.uint16("x00280103") === 1;
+    const photometric = text("x00280004").toUpperCase();
+    if (!rows || !columns || !bits) throw new ImageError("UnsupportedDicomError", "the DICOM image header is incomplete; re-export it");
+    if (rows * columns > info.max_pixels) throw new ImageError("ImageTooLargeError", `${columns}x${rows} pixels exceeds the limit of ${info.max_pixels.toLocaleString("en")} (likely a decompression bomb)`);
+    const n = rows * columns * samples;
+    const bytesPer = bits / 8;
+    if (pixelData.dataOffset + n * bytesPer > bytes.length) throw new ImageError("CorruptImageError", "the DICOM pixel data is truncated or damaged; re-export it");
+    const view = new DataView(bytes.buffer, bytes.byteOffset + pixelData.dataOffset, n * bytesPer);
+    const read = bits === 8 ? (i) => (signed ? view.getInt8(i) : view.getUint8(i))
+      : bits === 16 ? (i) => (signed ? view.getInt16(2 * i, true) : view.getUint16(2 * i, true))
+        : null;
+    if (!read) throw new ImageError("UnsupportedDicomError", `${bits}-bit DICOM pixels are not supported here; score it with \`pneumonia-cxr predict\``);
+    if (samples === 3) {
+      if (bits !== 8) throw new ImageError("UnsupportedDicomError", "colour DICOM with more than 8 bits; only 8-bit RGB is supported, export it as grayscale");
+      const rgba = new Uint8ClampedArray(rows * columns * 4);
+      for (let p = 0; p < rows * columns; p++) {
+        for (let c = 0; c < 3; c++) rgba[4 * p + c] = read(3 * p + c);
+        rgba[4 * p + 3] = 255;
+      }
+      return { width: columns, height: rows, gray: luma(rgba), chroma: chroma(rgba), dicom: facts };
+    }
+    if (photometric !== "MONOCHROME1" && photometric !== "MONOCHROME2") {
+      throw new ImageError("UnsupportedDicomError", `photometric interpretation '${photometric}' is not supported; export as MONOCHROME2 grayscale`);
+    }
+    let values = new Float64Array(rows * columns);
+    for (let i = 0; i < values.length; i++) values[i] = read(i);
+    values = voiLut(ds, modalityLut(ds, values));
+    if (photometric === "MONOCHROME1") for (let i = 0; i < values.length; i++) values[i] = -values[i];
+    return { width: columns, height: rows, gray: minMaxToUint8(values), chroma: null, dicom: facts };
+  }
+
+  function lutOf(sequence) {
+    const item = sequence && sequence.items && sequence.items[0] && sequence.items[0].dataSet;
+    if (!item || !item.elements.x00283006) return null;
+    const entries = item.uint16("x00283002", 0) || 65536;
+    const first = item.uint16("x00283002", 1);
+    const bits = item.uint16("x00283002", 2);
+    const element = item.elements.x00283006;
+    const data = new DataView(item.byteArray.buffer, item.byteArray.byteOffset + element.dataOffset, element.length);
+    const table = new Float64Array(entries);
+    for (let i = 0; i < entries; i++) table[i] = bits > 8 || element.length >= 2 * entries ? data.getUint16(2 * i, true) : data.getUint8(i);
+    return (x) => table[Math.min(Math.max(Math.round(x) - first, 0), entries - 1)];
+  }
+
+  function modalityLut(ds, values) {
+    const lut = lutOf(ds.elements.x00283000);
+    if (lut) return values.map(lut);
+    const slope = ds.floatString("x00281053"), intercept = ds.floatString("x00281052");
+    if (slope === undefined && intercept === undefined) return values;
+    return values.map((x) => x * (slope ?? 1) + (intercept ?? 0));
+  }
+
+  function voiLut(ds, values) {
+    const lut = lutOf(ds.elements.x00283010);
+    if (lut) return values.map(lut);
+    let center = ds.floatString("x00281050", 0), width = ds.floatString("x00281051", 0);
+    if (center === undefined || width === undefined) return values;
+    const fn = (ds.string("x00281056") || "LINEAR").trim().toUpperCase();
+    if (fn === "SIGMOID") return values.map((x) => 1 / (1 + Math.exp((-4 * (x - center)) / width)));
+    if (fn === "LINEAR") { center -= 0.5; width -= 1; }
+    if (!(width > 0)) return values;
+    return values.map((x) => Math.min(1, Math.max(0, (x - center) / width + 0.5)));
+  }
+
+  function minMaxToUint8(values) {
+    let low = Infinity, high = -Infinity;
+    for (const v of values) { if (v < low) low = v; if (v > high) high = v; }
+    const gray = new Uint8Array(values.length);
+    if (!(high > low)) return gray;
+    const scale = 255 / (high - low);
+    for (let i = 0; i < values.length; i++) {
+      const v = (values[i] - low) * scale;
+      let r = Math.round(v);
+      if (Math.abs(v - Math.trunc(v)) === 0.5) r = 2 * Math.round(v / 2); // numpy's rint
+      gray[i] = r;
+    }
+    return gray;
   }
 
   // Pillow's antialiased bilinear resampling of an 8-bit image (ImagingResample): coefficients
@@ -246,6 +351,28 @@ const BrowserScorer = (() => {
     return { input, gray };
   }
 
+  // `intended_use.out_of_scope` on the DICOM header (age, view, body part, modality).
+  const LATERAL = new Set(["LL", "RL", "LAT", "LATERAL", "LLD", "RLD", "XTABLE"]);
+  const YEARS = { D: 1 / 365.25, W: 7 / 365.25, M: 1 / 12, Y: 1 };
+  function headerReasons(header, use, text) {
+    if (!header || !use) return [];
+    const reasons = [];
+    const age = /^(\d{3})([DWMY])$/.exec((header.PatientAge || "").toUpperCase());
+    if (age) {
+      const years = Number(age[1]) * YEARS[age[2]];
+      if (years < use.min_age_years || years > use.max_age_years) {
+        reasons.push(`${text.age} (PatientAge ${header.PatientAge} = ${years.toFixed(1)} years; intended ${use.min_age_years}-${use.max_age_years})`);
+      }
+    }
+    const view = (header.ViewPosition || "").toUpperCase();
+    if (LATERAL.has(view)) reasons.push(`${text.view} (ViewPosition ${view}; intended ${use.projections.join("/")})`);
+    const part = (header.BodyPartExamined || "").toUpperCase();
+    if (part && !use.body_parts.includes(part)) reasons.push(`${text.body_part} (BodyPartExamined ${part})`);
+    const modality = (header.Modality || "").toUpperCase();
+    if (modality && !use.modalities.includes(modality)) reasons.push(`${text.modality} (Modality ${modality}; intended ${use.modalities.join("/")})`);
+    return reasons;
+  }
+
   const sigmoid = (x) => (x >= 0 ? 1 / (1 + Math.exp(-x)) : Math.exp(x) / (1 + Math.exp(x)));
 
   // `Predictor.scores_from_outputs` + `Predictor.results` for one image.
@@ -257,9 +384,10 @@ const BrowserScorer = (() => {
     const decision = probability >= meta.threshold ? 1 : 0;
     const reasons = [];
     const use = meta.intended_use;
-    if (use && decoded.chroma > use.max_chroma) {
+    if (use && decoded.chroma !== null && decoded.chroma > use.max_chroma) {
       reasons.push(`${reasonText.colour} (chroma ${decoded.chroma.toFixed(1)} > ${use.max_chroma}): not a grayscale radiograph`);
     }
+    for (const reason of headerReasons(decoded.dicom, use, reasonText)) reasons.push(reason);
     const guard = first("guard_score");
     if (guard !== null && meta.guard && guard > meta.guard.cutoff) {
       reasons.push(`${reasonText.feature} (guard score ${guard.toFixed(1)} > cut-off ${meta.guard.cutoff.toFixed(1)})`);
