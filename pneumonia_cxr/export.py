@@ -39,6 +39,7 @@ from pneumonia_cxr import __version__
 from pneumonia_cxr.model.decision import probability
 from pneumonia_cxr.model.model_file import ModelBundle
 from pneumonia_cxr.model.onnx_format import (
+    CAM_OUTPUT,
     GUARD_OUTPUT,
     INPUT_NAME,
     LOGIT_OUTPUT,
@@ -47,6 +48,7 @@ from pneumonia_cxr.model.onnx_format import (
     ONNX_FORMAT_VERSION,
     OOD_OUTPUT,
     PROBABILITY_OUTPUT,
+    TYPE_CAM_OUTPUT,
     TYPE_OUTPUT,
     require_optional,
 )
@@ -57,8 +59,66 @@ DEFAULT_OPSET = 17
 EfficientNet need nothing newer."""
 
 
+def _mlp_linears(head: nn.Module) -> list[nn.Linear] | None:
+    """The Linear layers of a head that is Linear (ReLU Linear)* with dropouts between (the
+    classifier's and the type head's shape), or None for any other head."""
+    layers = [m for m in head if not isinstance(m, nn.Dropout)]
+    linears = layers[::2]
+    if not all(isinstance(m, nn.Linear) for m in linears) or not all(
+        isinstance(m, nn.ReLU) for m in layers[1::2]
+    ):
+        return None
+    return linears if len(layers) == 2 * len(linears) - 1 else None
+
+
+def head_gradcam(linears: list[nn.Linear], feature_map: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM of a ReLU MLP head on the globally averaged `feature_map` (N, C, h, w), in
+    closed form, so that an ONNX graph (no autograd) carries the heatmap: the gradient of the
+    logit with respect to the pooled features is the head's weights chained through its ReLU
+    masks, the same at every position of the map (average pooling), so Grad-CAM's channel
+    weights are that gradient / (h w) and the map is ReLU(sum_c weight_c * map_c) (N, h, w)."""
+    x = feature_map.mean(dim=(2, 3))
+    masks = []
+    for linear in linears[:-1]:
+        x = linear(x)
+        masks.append((x > 0).to(x.dtype))
+        x = torch.relu(x)
+    gradient = linears[-1].weight  # (1, hidden): broadcast over the batch by the first mask
+    for linear, mask in zip(reversed(linears[:-1]), reversed(masks), strict=True):
+        gradient = (gradient * mask) @ linear.weight
+    weights = gradient / (feature_map.shape[2] * feature_map.shape[3])
+    return torch.relu((weights[:, :, None, None] * feature_map).sum(dim=1))
+
+
+def _cam_heads(bundle: ModelBundle) -> list[list[nn.Linear]]:
+    """The heads whose Grad-CAM the graph can carry: one network whose backbone output is its
+    Grad-CAM layer's output (so the pooled map is the one the heads read); [] otherwise."""
+    members = bundle.model.members
+    if len(members) != 1:
+        return []
+    network = members[0]
+    heads = [network.head] + ([network.type_head] if network.type_head is not None else [])
+    linears = [_mlp_linears(head) for head in heads]
+    if any(found is None or len(found) < 2 for found in linears):
+        return []
+    size = int(bundle.preprocessing.image_size)
+    probe = torch.zeros(1, int(bundle.preprocessing.channels), size, size)
+    copy_ = (
+        copy.deepcopy(network).to(device="cpu", dtype=torch.float32).eval()
+    )  # caller's untouched
+    seen: list[torch.Tensor] = []
+    handle = copy_.cam_target_layer.register_forward_hook(lambda _m, _i, out: seen.append(out))
+    try:
+        with torch.inference_mode():
+            output = copy_.backbone(probe)
+    finally:
+        handle.remove()
+    return linears if seen and seen[-1] is output else []  # type: ignore[return-value]
+
+
 class _ExportedGraph(nn.Module):
-    """The exported graph: logit, the one probability formula, and the OOD score."""
+    """The exported graph: logit, the one probability formula, the OOD score, and where the
+    model allows it the Grad-CAM maps (`head_gradcam`) from the same pass."""
 
     def __init__(self, bundle: ModelBundle) -> None:
         super().__init__()
@@ -66,25 +126,37 @@ class _ExportedGraph(nn.Module):
         self.temperature = float(bundle.temperature)
         self.typed = bundle.type_decision is not None
         self.guarded = bundle.guard is not None
+        self.cam_heads = _cam_heads(bundle)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        logit, ood_score, type_logit, guard_score = self.scoring(image)
+        maps: list[torch.Tensor] = []
+        handle = None
+        if self.cam_heads:
+            backbone = self.scoring.classifier.members[0].backbone
+            handle = backbone.register_forward_hook(lambda _m, _i, out: maps.append(out))
+        try:
+            logit, ood_score, type_logit, guard_score = self.scoring(image)
+        finally:
+            if handle is not None:
+                handle.remove()
         outputs = [logit, probability(logit, self.temperature), ood_score]
         if self.typed:
             outputs.append(type_logit)
         if self.guarded:
             outputs.append(guard_score)
+        outputs += [head_gradcam(linears, maps[0]) for linears in self.cam_heads]
         return tuple(outputs)
 
 
 def output_names(bundle: ModelBundle) -> list[str]:
-    """The graph's outputs, in order: the type's and the guard's only when the model has them."""
+    """The graph's outputs, in order: the type's and the guard's only when the model has them,
+    then the Grad-CAM maps the graph can carry (`_cam_heads`)."""
     names = [LOGIT_OUTPUT, PROBABILITY_OUTPUT, OOD_OUTPUT]
     if bundle.type_decision is not None:
         names.append(TYPE_OUTPUT)
     if bundle.guard is not None:
         names.append(GUARD_OUTPUT)
-    return names
+    return names + [CAM_OUTPUT, TYPE_CAM_OUTPUT][: len(_cam_heads(bundle))]
 
 
 def onnx_metadata(bundle: ModelBundle) -> dict[str, Any]:
@@ -141,6 +213,9 @@ def onnx_metadata(bundle: ModelBundle) -> dict[str, Any]:
             PROBABILITY_OUTPUT: "sigmoid(logit / temperature) = P(PNEUMONIA), shape (batch, 1)",
             OOD_OUTPUT: "out-of-distribution score, shape (batch,); NaN without statistics; "
             "flag when > ood.cutoff",
+            CAM_OUTPUT: "Grad-CAM of the PNEUMONIA logit on the last feature map, (batch, h, w), "
+            "unscaled; only where the graph carries it",
+            TYPE_CAM_OUTPUT: "the same for the type logit",
         },
     }
 

@@ -144,9 +144,13 @@ def test_the_static_folder_scores_like_predict_offline_and_keeps_images_local(
                     label: c.querySelector("[data-testid=label]")?.textContent,
                     p: c.querySelector("[data-testid=probability]")?.dataset.value,
                     error: c.querySelector("[data-testid=error]")?.textContent,
-                    reason: c.querySelector("[data-testid=reason]")?.textContent}))""",
+                    reason: c.querySelector("[data-testid=reason]")?.textContent,
+                    cam: c.querySelector("img")?.dataset.cam,
+                    overlay: c.querySelector("img")?.dataset.overlay}))""",
             )
         }
+
+        type_toggle_shown = page.is_visible("#type-toggle")
 
         # Damaged model: the sha256 check stops it with a message, the page does not hang.
         damaged = web_folder.parent / "damaged"
@@ -170,6 +174,25 @@ def test_the_static_folder_scores_like_predict_offline_and_keeps_images_local(
             assert shown[path.name]["reason"] == result.reason, (shown[path.name], result)
         largest = max(largest, abs(float(shown[path.name]["p"]) - result.probability))
     assert largest <= 0.01, largest
+    # The heatmap: the graph's Grad-CAM (export.head_gradcam) against pytorch-grad-cam's.
+    import torch
+
+    from pneumonia_cxr.explain.gradcam import model_cams
+    from pneumonia_cxr.model.model_file import load_model
+
+    bundle = load_model(default_model_path())
+    inputs = torch.from_numpy(np.stack([predictor.load_input(p)[0] for p in xrays]))
+    reference = model_cams(bundle.model, inputs)
+    correlations = []
+    for path, expected_map in zip(xrays, reference, strict=True):
+        assert shown[path.name]["overlay"].startswith("data:image/png;base64,")
+        cam = json.loads(shown[path.name]["cam"])
+        grid = np.array(cam["values"], dtype=np.float32).reshape(cam["height"], cam["width"])
+        size = expected_map.shape[::-1]
+        upsampled = np.asarray(Image.fromarray(grid, "F").resize(size, Image.Resampling.BILINEAR))
+        correlations.append(np.corrcoef(upsampled.ravel(), expected_map.ravel())[0, 1])
+    assert min(correlations) >= 0.9, correlations
+    assert type_toggle_shown  # the type's heatmap: the second toggle
     for name in (cat.name, page_scan.name):
         assert shown[name]["label"] == "not assessed", shown[name]
     errors = {name: shown[name]["error"] or "" for name in bad}

@@ -20,6 +20,12 @@ TYPE_OUTPUT = "type_logit"
 GUARD_OUTPUT = "guard_score"
 """Only in the graph of a model with an applicability guard: its feature score (N,)."""
 
+CAM_OUTPUT = "cam"
+"""Only in the graph of one network whose head is a ReLU MLP on the pooled map of its Grad-CAM
+layer: that map's Grad-CAM of the PNEUMONIA logit, (N, h, w), before scaling."""
+TYPE_CAM_OUTPUT = "type_cam"
+"""The same for the type logit, in a graph with a type head."""
+
 INSTALL_HINT = "pip install 'pneumonia-cxr[score]'"
 FULL_INSTALL_HINT = "pip install 'pneumonia-cxr[full]'"
 """PyTorch and the training stack: train, distill, Grad-CAM, reading and exporting `.pt` files."""

@@ -129,6 +129,7 @@ function card(result, file) {
   image.dataset.original = original || "";
   image.dataset.overlay = overlay || "";
   image.dataset.typeOverlay = typeOverlay || "";
+  if (result.cam) image.dataset.cam = JSON.stringify(result.cam); // the map itself (tests)
   element.append(image);
   const verdict = document.createElement("p");
   const probability = document.createElement("span");

@@ -415,6 +415,56 @@ const BrowserScorer = (() => {
     };
   }
 
+  // The graph's Grad-CAM (export.head_gradcam) scaled onto [0, 1], as pytorch-grad-cam scales it.
+  function mapOf(tensor) {
+    const [, height, width] = tensor.dims;
+    const values = Array.from(tensor.data.subarray(0, height * width));
+    const low = Math.min(...values);
+    const high = Math.max(...values) - low;
+    return { height, width, values: values.map((v) => (v - low) / (1e-7 + high)) };
+  }
+
+  // Matplotlib's jet, as OpenCV's COLORMAP_JET draws it (piecewise linear).
+  function jet(v) {
+    const channel = (offset) => Math.round(255 * Math.min(1, Math.max(0, 1.5 - Math.abs(4 * v - offset))));
+    return [channel(3), channel(2), channel(1)];
+  }
+
+  // The map resized (bilinear, the canvas's smoothing) onto the film, blended 40% as
+  // `explain.overlay.overlay_heatmap`; at most 512 px a side, as a PNG for the card.
+  async function overlay(decoded, map) {
+    const scale = Math.min(1, 512 / Math.max(decoded.width, decoded.height));
+    const width = Math.max(1, Math.round(decoded.width * scale));
+    const height = Math.max(1, Math.round(decoded.height * scale));
+    const film = new OffscreenCanvas(decoded.width, decoded.height);
+    const filmContext = film.getContext("2d");
+    const pixels = filmContext.createImageData(decoded.width, decoded.height);
+    decoded.gray.forEach((g, i) => {
+      pixels.data[4 * i] = pixels.data[4 * i + 1] = pixels.data[4 * i + 2] = g;
+      pixels.data[4 * i + 3] = 255;
+    });
+    filmContext.putImageData(pixels, 0, 0);
+    const small = new OffscreenCanvas(map.width, map.height);
+    const smallContext = small.getContext("2d");
+    const cells = smallContext.createImageData(map.width, map.height);
+    map.values.forEach((v, i) => {
+      const [r, g, b] = jet(v);
+      cells.data.set([r, g, b, 255], 4 * i);
+    });
+    smallContext.putImageData(cells, 0, 0);
+    const canvas = new OffscreenCanvas(width, height);
+    const context = canvas.getContext("2d");
+    context.drawImage(film, 0, 0, width, height);
+    context.globalAlpha = 0.4;
+    context.imageSmoothingEnabled = true;
+    context.drawImage(small, 0, 0, width, height);
+    const blob = await canvas.convertToBlob({ type: "image/png" });
+    const bytes = new Uint8Array(await blob.arrayBuffer());
+    let text = "";
+    for (let i = 0; i < bytes.length; i += 32768) text += String.fromCharCode(...bytes.subarray(i, i + 32768));
+    return btoa(text);
+  }
+
   // One image at a time (memory stays that of one film); a bad file is that file's error only.
   async function scoreOne(file) {
     try {
@@ -424,7 +474,15 @@ const BrowserScorer = (() => {
       const pre = info.metadata.preprocessing;
       const tensor = new ort.Tensor("float32", input, [1, pre.channels, pre.image_size, pre.image_size]);
       const outputs = await session.run({ [session.inputNames[0]]: tensor });
-      return { name: file.name, ...decide(outputs, decoded) };
+      const result = { name: file.name, ...decide(outputs, decoded) };
+      if (outputs.cam) {
+        result.cam = mapOf(outputs.cam);
+        result.gradcam_png_base64 = await overlay(decoded, result.cam);
+      }
+      if (outputs.type_cam && result.p_viral !== null) {
+        result.gradcam_type_png_base64 = await overlay(decoded, mapOf(outputs.type_cam));
+      }
+      return result;
     } catch (error) {
       const kind = error instanceof ImageError ? error.kind : error.name || "Error";
       return { name: file.name, error: `${kind}: ${error.message}` };
