@@ -116,7 +116,30 @@ const BrowserScorer = (() => {
       throw new ImageError("CorruptImageError", `the ${label} data is truncated or damaged; re-copy or re-export it`);
     }
     const rgba = pixelsOf(bitmap);
-    return { width: bitmap.width, height: bitmap.height, gray: luma(rgba.data), chroma: chroma(rgba.data), dicom: null };
+    const decoded = { width: bitmap.width, height: bitmap.height, gray: luma(rgba.data), chroma: chroma(rgba.data), dicom: null };
+    return head.kind === "jpeg" ? draft(decoded, info.metadata.preprocessing.image_size) : decoded;
+  }
+
+  // `load_xray(min_side=size)` decodes a large JPEG at 1/2, 1/4 or 1/8 scale (Pillow's draft:
+  // the largest scale keeping both sides >= size); a box average by that factor gives the same
+  // pixels within a grey level or two, where a full-size decode would differ by tens.
+  function draft(decoded, size) {
+    const ratio = Math.min(Math.floor(decoded.width / size), Math.floor(decoded.height / size));
+    const k = [8, 4, 2, 1].find((s) => ratio >= s);
+    if (k === 1) return decoded;
+    const width = Math.ceil(decoded.width / k), height = Math.ceil(decoded.height / k);
+    const gray = new Uint8Array(width * height);
+    for (let y = 0; y < height; y++) {
+      for (let x = 0; x < width; x++) {
+        let sum = 0, count = 0;
+        for (let dy = 0; dy < k && y * k + dy < decoded.height; dy++) {
+          const row = (y * k + dy) * decoded.width;
+          for (let dx = 0; dx < k && x * k + dx < decoded.width; dx++) { sum += decoded.gray[row + x * k + dx]; count++; }
+        }
+        gray[y * width + x] = Math.floor((sum + count / 2) / count);
+      }
+    }
+    return { ...decoded, width, height, gray };
   }
 
   function pixelsOf(bitmap) {
