@@ -138,3 +138,37 @@ def test_the_inference_path_never_imports_torchvision() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
     assert result.stdout.strip() == "[]"
+
+
+GOLDEN = Path(__file__).parent / "golden" / "preprocessing.json"
+
+
+@pytest.mark.realdata
+def test_both_python_implementations_give_the_golden_vectors(real_data_root: Path) -> None:
+    """benchmarks/golden_vectors.py wrote them; the browser's script is held to the same file
+    (tests/test_web_browser.py)."""
+    import hashlib
+    import json
+
+    from pneumonia_cxr.inference.predictor import Predictor
+    from pneumonia_cxr.model.shipped import SHIPPED_ONNX_SHA256, shipped_onnx_path
+
+    golden = json.loads(GOLDEN.read_text())
+    assert golden["model_onnx_sha256"] == SHIPPED_ONNX_SHA256, "rerun benchmarks/golden_vectors.py"
+    predictor = Predictor.open(shipped_onnx_path())
+    per_image, per_batch = evaluation_stages(predictor.engine.preprocessing)
+    training = build_transforms(predictor.engine.preprocessing)
+    digest = lambda a: hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()  # noqa: E731
+    for vector in golden["vectors"]:
+        path = real_data_root / vector["file"]
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == vector["file_sha256"]
+        gray = load_xray(path, min_side=predictor.image_size)
+        pixels = per_image(gray)
+        assert digest(pixels) == vector["uint8_sha256"]
+        model_input = per_batch(pixels[None])[0]
+        assert digest(model_input) == vector["float32_sha256"]
+        assert digest(training(gray).numpy()) == vector["float32_sha256"]
+        [result] = predictor.results(predictor.scores(model_input[None]))
+        assert result.probability == pytest.approx(vector["probability"], abs=1e-6)
+        assert result.p_viral == pytest.approx(vector["p_viral"], abs=1e-6)
+        assert result.ood_score == pytest.approx(vector["guard_score"], abs=1e-4)

@@ -5,6 +5,7 @@ anywhere, gives a photo and a scanned page no label, and survives bad files and 
 
 from __future__ import annotations
 
+import base64
 import functools
 import http.server
 import json
@@ -69,6 +70,17 @@ def _pick_xrays(real_data_root: Path, predictor, n: int = 12, near: int = 3) -> 
     close = [pool[i] for i in np.argsort(gap)[:near]]
     rest = [p for p in pool[::10] if p not in close][: n - near]
     return close + rest
+
+
+GOLDEN = Path(__file__).parent / "golden" / "preprocessing.json"
+GOLDEN_JS = """async ([encoded, name]) => {
+    const bytes = Uint8Array.from(atob(encoded), (c) => c.charCodeAt(0));
+    const { input, gray } = await BrowserScorer.modelInput(await BrowserScorer.decode(bytes, name));
+    const hex = async (array) => [...new Uint8Array(await crypto.subtle.digest("SHA-256",
+        new Uint8Array(array.buffer, array.byteOffset, array.byteLength)))]
+        .map((b) => b.toString(16).padStart(2, "0")).join("");
+    return { uint8: await hex(gray), float32: await hex(input) };
+}"""
 
 
 def _dicoms(gray: np.ndarray, folder: Path) -> list[Path]:
@@ -151,6 +163,14 @@ def test_the_static_folder_scores_like_predict_offline_and_keeps_images_local(
         }
 
         type_toggle_shown = page.is_visible("#type-toggle")
+        golden = json.loads(GOLDEN.read_text())
+        computed = [
+            page.evaluate(
+                GOLDEN_JS,
+                [base64.b64encode((real_data_root / v["file"]).read_bytes()).decode(), v["file"]],
+            )
+            for v in golden["vectors"]
+        ]
 
         # Damaged model: the sha256 check stops it with a message, the page does not hang.
         damaged = web_folder.parent / "damaged"
@@ -193,6 +213,10 @@ def test_the_static_folder_scores_like_predict_offline_and_keeps_images_local(
         correlations.append(np.corrcoef(upsampled.ravel(), expected_map.ravel())[0, 1])
     assert min(correlations) >= 0.9, correlations
     assert type_toggle_shown  # the type's heatmap: the second toggle
+    # The browser's implementation of the input contract gives the golden vectors bit for bit.
+    for vector, ours in zip(golden["vectors"], computed, strict=True):
+        assert ours["uint8"] == vector["uint8_sha256"], vector["file"]
+        assert ours["float32"] == vector["float32_sha256"], vector["file"]
     for name in (cat.name, page_scan.name):
         assert shown[name]["label"] == "not assessed", shown[name]
     errors = {name: shown[name]["error"] or "" for name in bad}
