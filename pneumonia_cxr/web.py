@@ -106,8 +106,12 @@ def write_web_folder(out_dir: str | Path, model_path: str | Path) -> dict[str, A
         (out_dir / sub).mkdir(exist_ok=True)
     static = resources.files("pneumonia_cxr.serve") / "static"
     for name in PAGE_FILES:
-        target = out_dir / ("static" if name not in ("index.html", "sw.js") else "") / name
-        target.write_bytes((static / name).read_bytes())
+        if name not in ("index.html", "sw.js"):
+            (out_dir / "static" / name).write_bytes((static / name).read_bytes())
+    page = (static / "index.html").read_text()
+    if page.count("<body>") != 1:
+        raise WebExportError("serve/static/index.html must hold one <body> tag")
+    (out_dir / "index.html").write_text(page.replace("<body>", '<body data-mode="browser">'))
     for package, names in NODE_FILES.items():
         folder = "ort" if package.startswith("onnxruntime") else "dicom"
         for name in names:
@@ -131,6 +135,7 @@ def write_web_folder(out_dir: str | Path, model_path: str | Path) -> dict[str, A
             "modality": use.MODALITY_REASON,
         },
         "max_pixels": DEFAULT_MAX_PIXELS,
+        "header_rules": {"lateral_views": sorted(use.LATERAL_VIEWS), "age_units": use.AGE_UNITS},
     }
     (out_dir / "model" / "model.json").write_text(json.dumps(document, indent=1) + "\n")
     manifest = {
@@ -147,9 +152,17 @@ def write_web_folder(out_dir: str | Path, model_path: str | Path) -> dict[str, A
     files = sorted(
         p.relative_to(out_dir).as_posix()
         for p in out_dir.rglob("*")
-        if p.is_file() and p.name != MARKER
+        if p.is_file() and p.relative_to(out_dir).as_posix() not in (MARKER, "sw.js", "files.json")
     )
-    listing = {"cache": f"pneumonia-cxr-{sha256[:16]}", "files": ["./", *files, "files.json"]}
+    version = hashlib.sha256()
+    for name in files:
+        version.update(name.encode() + b"\0" + (out_dir / name).read_bytes())
+    (out_dir / "sw.js").write_text(
+        f'const CACHE = "pneumonia-cxr-{version.hexdigest()[:16]}";\n'
+        + (static / "sw.js").read_text()
+    )
+    files.append("sw.js")
+    listing = {"files": ["./", *files, "files.json"]}
     (out_dir / "files.json").write_text(json.dumps(listing, indent=1) + "\n")
     size = sum((out_dir / f).stat().st_size for f in [*files, "files.json"])
     return {"files": len(files) + 1, "bytes": size, "sha256": sha256, "out_dir": str(out_dir)}

@@ -144,6 +144,7 @@ def test_the_static_folder_scores_like_predict_offline_and_keeps_images_local(
         page.wait_for_selector("body[data-ready=true]", timeout=90_000)
         assert "shipped with pneumonia-cxr" in page.inner_text("#model")
         assert "never leave this device" in page.inner_text("#privacy")
+        page.evaluate("navigator.serviceWorker.ready.then(() => true)")  # cached for offline
         context.set_offline(True)  # from here on, nothing may be fetched
         page.set_input_files("#file", [str(p) for p in uploads])
         page.wait_for_selector("body[data-scored='1']", timeout=120_000)
@@ -163,6 +164,11 @@ def test_the_static_folder_scores_like_predict_offline_and_keeps_images_local(
         }
 
         type_toggle_shown = page.is_visible("#type-toggle")
+        page.reload()  # offline: the service worker serves the page, the model, the runtime
+        page.wait_for_selector("body[data-ready=true]", timeout=90_000)
+        page.set_input_files("#file", [str(xrays[0])])
+        page.wait_for_selector("body[data-scored='1']", timeout=60_000)
+        reloaded = page.eval_on_selector("[data-testid=probability]", "e => e.dataset.value")
         golden = json.loads(GOLDEN.read_text())
         computed = [
             page.evaluate(
@@ -194,6 +200,7 @@ def test_the_static_folder_scores_like_predict_offline_and_keeps_images_local(
             assert shown[path.name]["reason"] == result.reason, (shown[path.name], result)
         largest = max(largest, abs(float(shown[path.name]["p"]) - result.probability))
     assert largest <= 0.01, largest
+    assert abs(float(reloaded) - expected[0].probability) <= 0.01  # offline, after a reload
     # The heatmap: the graph's Grad-CAM (export.head_gradcam) against pytorch-grad-cam's.
     import torch
 

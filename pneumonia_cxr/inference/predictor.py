@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
+import multiprocessing
 import os
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -190,13 +191,28 @@ class _FileInputs:
     the full-resolution film.
     """
 
-    def __init__(self, paths: Sequence[Path], transform, image_size: int, keep_original: bool):
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        transform,
+        image_size: int,
+        keep_original: bool,
+        first_index: int = 0,
+    ):
         # The transform and size only, not the engine: worker processes receive a pickled copy.
         self.paths, self.transform = list(paths), transform
         self.image_size, self.keep_original = image_size, keep_original
+        self.first_index = first_index
+        """Index of `paths[0]` in the whole listing (a `part` keeps the listing's indices)."""
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def part(self, start: int, size: int) -> _FileInputs:
+        """Files start .. start + size - 1 as their own dataset (what one worker task holds)."""
+        paths = self.paths[start : start + size]
+        first = self.first_index + start
+        return _FileInputs(paths, self.transform, self.image_size, self.keep_original, first)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         try:
@@ -204,9 +220,10 @@ class _FileInputs:
                 self.paths[index], self.transform, self.image_size, self.keep_original
             )
         except (ImageLoadError, OSError) as error:
-            return {"index": index, "error": one_line(error)}
+            return {"index": self.first_index + index, "error": one_line(error)}
         original = gray if self.keep_original else None
-        return {"index": index, "image": image, "original": original, "facts": facts}
+        listed = self.first_index + index
+        return {"index": listed, "image": image, "original": original, "facts": facts}
 
 
 class _Collate:
@@ -269,32 +286,36 @@ def _batches(
     starts = range(0, len(dataset), batch_size)
     if num_workers == 0:
         for start in starts:
-            yield _decode_batch(dataset, collate, start, batch_size)
+            yield _decode_batch(dataset.part(start, batch_size), collate)
         return
+    # spawn: a fork beside ONNX Runtime's and OpenVINO's running threads may deadlock, and the
+    # parent check of `data.workers` holds only for a child of this process (not forkserver's)
+    context = multiprocessing.get_context("spawn")
     initializer = worker_init()
-    with ProcessPoolExecutor(num_workers, initializer=initializer, initargs=(0,)) as pool:
+    with ProcessPoolExecutor(
+        num_workers, mp_context=context, initializer=initializer, initargs=(0,)
+    ) as pool:
         pending: deque[Future] = deque()
-        for start in starts:
-            pending.append(pool.submit(_decode_batch, dataset, collate, start, batch_size))
+        for start in starts:  # each task carries its own paths only, not the whole listing
+            pending.append(pool.submit(_decode_batch, dataset.part(start, batch_size), collate))
             if len(pending) >= 2 * num_workers:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
 
 
-def _decode_batch(
-    dataset: _FileInputs, collate: _Collate, start: int, batch_size: int
-) -> dict[str, Any]:
-    stop = min(start + batch_size, len(dataset))
-    return collate([dataset[index] for index in range(start, stop)])
+def _decode_batch(part: _FileInputs, collate: _Collate) -> dict[str, Any]:
+    return collate([part[index] for index in range(len(part))])
 
 
 def has_cuda_gpu() -> bool:
-    """Whether PyTorch is installed and sees a GPU: asked of PyTorch only where an NVIDIA
-    driver shows a device, so a CPU machine never pays PyTorch's import (1-2 s) to learn no."""
+    """Whether PyTorch is installed and sees a GPU: asked of PyTorch only where a GPU driver
+    shows a device (NVIDIA, WSL2's /dev/dxg, ROCm's /dev/kfd; PNEUMONIA_CXR_ASK_TORCH_FOR_GPU=1
+    asks anyway), so a CPU machine never pays PyTorch's import (1-2 s) to learn no."""
     if importlib.util.find_spec("torch") is None:
         return False
-    if not glob("/dev/nvidia[0-9]*") and not os.environ.get("PNEUMONIA_CXR_ASK_TORCH_FOR_GPU"):
+    devices = glob("/dev/nvidia[0-9]*") + glob("/dev/dxg") + glob("/dev/kfd")
+    if not devices and not os.environ.get("PNEUMONIA_CXR_ASK_TORCH_FOR_GPU"):
         return False
     import torch
 
@@ -374,7 +395,11 @@ class Predictor:
         path = Path(model_path)
         if path.suffix.lower() == ".onnx":
             if engine == "torch" or gradcam:
-                raise ModelFileError(f"{path}: an ONNX export runs without PyTorch or Grad-CAM")
+                raise ModelFileError(
+                    f"{path}: an ONNX export runs without PyTorch, so without the PyTorch engine "
+                    "and Grad-CAM overlays; for those use the .pt model file with the full "
+                    f"install ({FULL_INSTALL_HINT})"
+                )
             runtimes = AUTO_CPU_ENGINES if engine == "auto" else (engine,)
             return cls(_first_runtime(runtimes, lambda r: _onnx_file_engine(path, r)), path)
         if not path.is_file():
@@ -384,7 +409,12 @@ class Predictor:
         fast_cpu = engine != "torch" and not gradcam and _on_cpu(device)
         if fast_cpu and (twin := _shipped_twin(path)) is not None:
             runtimes = AUTO_CPU_ENGINES if engine == "auto" else (engine,)
-            return cls(_first_runtime(runtimes, lambda r: _onnx_file_engine(twin, r)), path)
+            try:
+                return cls(_first_runtime(runtimes, lambda r: _onnx_file_engine(twin, r)), path)
+            except (ImportError, OSError, RuntimeError, ValueError, ModelFileError) as error:
+                if engine != "auto" or importlib.util.find_spec("torch") is None:
+                    raise
+                log.warning("the shipped ONNX twin does not open (%s); reading the .pt", error)
         _require_torch(path)
         from pneumonia_cxr.model.model_file import bundle_from_payload, read_model_file
 

@@ -73,8 +73,10 @@ class IntendedUse:
 KERMANY_INTENDED_USE = IntendedUse()
 
 _AGE = re.compile(r"^(\d{3})([DWMY])$")
-_UNIT_YEARS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
-_LATERAL = {"LL", "RL", "LAT", "LATERAL", "LLD", "RLD", "XTABLE"}
+AGE_UNITS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
+"""Years per unit of a DICOM AS value (also written into the `web` folder's model.json)."""
+LATERAL_VIEWS = frozenset({"LL", "RL", "LAT", "LATERAL", "LLD", "RLD", "XTABLE"})
+"""ViewPosition values that are not frontal (also written into the `web` folder's model.json)."""
 
 
 def age_years(text: str) -> float | None:
@@ -83,7 +85,7 @@ def age_years(text: str) -> float | None:
     match = _AGE.match(text.strip().upper())
     if not match:
         return None
-    return int(match.group(1)) * _UNIT_YEARS[match.group(2)]
+    return int(match.group(1)) * AGE_UNITS[match.group(2)]
 
 
 def out_of_scope(facts: ImageFacts | None, use: IntendedUse) -> list[str]:
@@ -105,7 +107,7 @@ def out_of_scope(facts: ImageFacts | None, use: IntendedUse) -> list[str]:
             f"{use.min_age_years:g}-{use.max_age_years:g})"
         )
     view = header.get("ViewPosition", "").upper()
-    if view in _LATERAL:
+    if view in LATERAL_VIEWS:
         reasons.append(f"{VIEW_REASON} (ViewPosition {view}; intended {'/'.join(use.projections)})")
     part = header.get("BodyPartExamined", "").upper()
     if part and part not in use.body_parts:

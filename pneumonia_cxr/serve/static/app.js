@@ -1,7 +1,7 @@
 "use strict";
 // The page for one or several images: upload, show probability, label, OOD warning, heatmap.
 // One page, two ways to score: through the server's API (`pneumonia-cxr serve`), or inside the
-// browser (static/browser.js) when the folder holds model/model.json (`pneumonia-cxr web`).
+// browser (static/browser.js) in the folder `pneumonia-cxr web` writes (data-mode="browser").
 const $ = (id) => document.getElementById(id);
 let browserMode = false;
 const percent = (value) => (value == null ? "n/a" : (100 * value).toFixed(1) + "%");
@@ -190,7 +190,7 @@ function browserReady() {
 
 async function upload(files) {
   if (!files.length) return;
-  if (browserMode) return scoreHere(files);
+  if (browserMode) return scoreHere(files); // never falls through to the server's API
   const form = new FormData();
   for (const file of files) form.append("file", file, file.name);
   $("status").textContent = `Analysing ${files.length} image(s)…`;
@@ -234,7 +234,6 @@ drop.addEventListener("drop", (event) => {
   drop.classList.remove("over");
   upload(event.dataTransfer.files);
 });
-// The static folder has model/model.json; the server answers 404 there and scores itself.
-fetch("model/model.json", { method: "HEAD" })
-  .then((response) => (response.ok ? startInBrowser() : showModel()))
-  .catch(() => showModel());
+// `pneumonia-cxr web` marks its copy of the page (<body data-mode="browser">): no network probe
+// decides, so a failure can never turn the static page into one that uploads images.
+if (document.body.dataset.mode === "browser") startInBrowser(); else showModel();

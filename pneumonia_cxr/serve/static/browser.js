@@ -375,10 +375,10 @@ const BrowserScorer = (() => {
   }
 
   // `intended_use.out_of_scope` on the DICOM header (age, view, body part, modality).
-  const LATERAL = new Set(["LL", "RL", "LAT", "LATERAL", "LLD", "RLD", "XTABLE"]);
-  const YEARS = { D: 1 / 365.25, W: 7 / 365.25, M: 1 / 12, Y: 1 };
   function headerReasons(header, use, text) {
     if (!header || !use) return [];
+    const LATERAL = new Set(info.header_rules.lateral_views);
+    const YEARS = info.header_rules.age_units;
     const reasons = [];
     const age = /^(\d{3})([DWMY])$/.exec((header.PatientAge || "").toUpperCase());
     if (age) {
