@@ -59,12 +59,18 @@ def node_modules(start: Path | None = None) -> Path:
     )
 
 
-def _prepare(out_dir: Path) -> None:
+def _check_folder(out_dir: Path) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise WebExportError(f"{out_dir}: exists and is not a folder; choose a new folder")
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / MARKER).exists():
         raise WebExportError(
             f"{out_dir}: the folder is not empty and was not written by `pneumonia-cxr web`; "
             "choose an empty or new folder"
         )
+
+
+def _prepare(out_dir: Path) -> None:
+    _check_folder(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / MARKER).write_text("written by pneumonia-cxr web\n")
 
@@ -97,6 +103,7 @@ def write_web_folder(out_dir: str | Path, model_path: str | Path) -> dict[str, A
     from pneumonia_cxr.serve.service import describe_model
 
     out_dir, model_path = Path(out_dir), Path(model_path)
+    _check_folder(out_dir)  # before any work: a folder we must not touch is refused at once
     modules = node_modules()
     predictor = Predictor.open(model_path, engine="onnx", device="cpu")
     engine = predictor.engine

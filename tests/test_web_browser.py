@@ -32,6 +32,12 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def web_folder(tmp_path_factory) -> Path:
+    from pneumonia_cxr.web import WebExportError, node_modules
+
+    try:
+        node_modules()
+    except WebExportError as error:
+        pytest.skip(f"no browser libraries: {error}")  # `make install` runs `npm ci`
     folder = tmp_path_factory.mktemp("web") / "site"
     try:
         assert main(["web", str(folder)]) == 0
