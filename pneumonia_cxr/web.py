@@ -34,7 +34,9 @@ NODE_FILES: dict[str, tuple[str, ...]] = {
 }
 """What the page loads from npm packages (package.json pins their versions), by package folder."""
 
-PAGE_FILES = ("index.html", "app.js", "browser.js", "style.css", "sw.js")
+STATIC_FILES = ("app.js", "browser.js", "style.css")
+"""Copied as they are into static/; index.html (marked data-mode="browser") and sw.js (with its
+cache version) are written from `serve/static` with one line changed."""
 
 
 class WebExportError(PneumoniaCxrError):
@@ -112,9 +114,8 @@ def write_web_folder(out_dir: str | Path, model_path: str | Path) -> dict[str, A
     for sub in ("static", "model", "ort", "dicom"):
         (out_dir / sub).mkdir(exist_ok=True)
     static = resources.files("pneumonia_cxr.serve") / "static"
-    for name in PAGE_FILES:
-        if name not in ("index.html", "sw.js"):
-            (out_dir / "static" / name).write_bytes((static / name).read_bytes())
+    for name in STATIC_FILES:
+        (out_dir / "static" / name).write_bytes((static / name).read_bytes())
     page = (static / "index.html").read_text()
     if page.count("<body>") != 1:
         raise WebExportError("serve/static/index.html must hold one <body> tag")

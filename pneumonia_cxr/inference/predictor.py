@@ -338,13 +338,12 @@ def _torch_engine(bundle: ModelBundle, device: Any) -> Engine:
 def _shipped_twin(path: Path) -> Path | None:
     """The shipped ONNX export when `path` is the shipped model file (both pinned): scoring it
     on the CPU then reads no `.pt` and imports no PyTorch (a second of every start)."""
-    from pneumonia_cxr.data.split import file_sha256
     from pneumonia_cxr.model import shipped
 
     if path.suffix.lower() != ".pt" or not shipped.is_shipped_model(path):
         return None
     try:
-        if file_sha256(path) != shipped.SHIPPED_MODEL_SHA256:
+        if shipped.pinned_file_sha256(path) != shipped.SHIPPED_MODEL_SHA256:
             return None
         return shipped.shipped_onnx_path()
     except (OSError, ModelFileError) as error:

@@ -8,6 +8,7 @@ full install uses as the model file's export instead of writing one at first use
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import sys
 from pathlib import Path
@@ -64,7 +65,7 @@ def _checked(path: Path, pinned: str | None) -> Path:
             f"{path}: the shipped model file is missing; reinstall the package "
             "(`pip install --force-reinstall pneumonia-cxr`) or pass --model_path"
         )
-    actual = file_sha256(path)
+    actual = pinned_file_sha256(path)
     if actual != pinned:
         raise ModelFileError(
             f"{path}: sha256 {actual[:16]}... differs from the pinned "
@@ -72,6 +73,18 @@ def _checked(path: Path, pinned: str | None) -> Path:
             "Reinstall the package or pass --model_path"
         )
     return path
+
+
+def pinned_file_sha256(path: Path) -> str:
+    """The file's sha256, computed once per file state (size, mtime): the shipped files are
+    checked by `default_model_path` and again when the `.pt` is opened (`Predictor.open`)."""
+    stat = path.stat()
+    return _sha256_of(path.resolve(), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256_of(path: Path, size: int, mtime_ns: int) -> str:
+    return file_sha256(path)
 
 
 def resolve_model_path(model_path: str | Path | None) -> Path:
