@@ -15,9 +15,12 @@ from pneumonia_cxr.config import (
     ADAPT_MIN_SENSITIVITY,
     MONITORS,
     NORMALIZATIONS,
+    PRESETS,
     TYPE_HEAD_MODES,
+    VALIDATIONS,
     AugmentConfig,
     RunConfig,
+    preset_config,
 )
 from pneumonia_cxr.data import SPLITS
 from pneumonia_cxr.errors import PneumoniaCxrError
@@ -40,6 +43,20 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     """Flags of `train`; defaults come from RunConfig so there is one source of truth."""
     d = RunConfig()
     _add_data_args(parser)
+    parser.add_argument(
+        "--preset",
+        choices=PRESETS,
+        help="start from a named recipe; flags given explicitly still change it (reference: "
+        "the reference system as written; reference_protocol: its network under this "
+        "project's protocol; see docs/reference.md)",
+    )
+    parser.add_argument(
+        "--validation",
+        choices=VALIDATIONS,
+        default=d.data.validation,
+        help="patient: a patient-level share of train + val (--val_fraction); official: the "
+        "official 16-image val folder, as the reference",
+    )
     parser.add_argument("--backbone", default=d.model.backbone)
     parser.add_argument(
         "--weights",
@@ -195,12 +212,19 @@ def _add_remaining_config_flags(parser: argparse.ArgumentParser, defaults: RunCo
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """The run's config from the parsed flags: every data/model/train field by the flag of its
-    name (`FLAG_NAMES`, `INVERTED_FLAGS`); a flag left at None keeps the config's default."""
-    config = RunConfig()
+    name (`FLAG_NAMES`, `INVERTED_FLAGS`); a flag left at None keeps the config's default.
+    Under `--preset`, only the flags given explicitly (`explicit_flags`) change the preset."""
+    preset = getattr(args, "preset", None)
+    config = preset_config(preset) if preset else RunConfig()
+    explicit = getattr(args, "explicit_flags", None) if preset else None
+
+    def given(dest: str) -> bool:
+        return explicit is None or dest in explicit
+
     for section in CONFIG_SECTIONS:
         part = getattr(config, section)
         for item in fields(part):
-            if item.name in NOT_FROM_FLAGS:
+            if item.name in NOT_FROM_FLAGS or not given(_flag_name(item.name)):
                 continue
             value = getattr(args, _flag_name(item.name))
             if item.name in INVERTED_FLAGS:
@@ -211,12 +235,13 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
                 value = tuple(value)
             setattr(part, item.name, value)
     for item in fields(AugmentConfig):
-        setattr(config.data.augment, item.name, getattr(args, f"aug_{item.name}"))
+        if given(f"aug_{item.name}"):
+            setattr(config.data.augment, item.name, getattr(args, f"aug_{item.name}"))
     for key in ("limit_train_batches", "limit_val_batches"):
         limit = getattr(config.train, key)
         if limit is not None:  # a share of the batches, or a count
             setattr(config.train, key, int(limit) if limit >= 1 else limit)
-    return config
+    return RunConfig.from_dict(config.to_dict())  # every field's own check, once more
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -231,6 +256,8 @@ def cmd_data(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from pneumonia_cxr.training.run import train
 
+    # Which pretrained weights a run starts from is part of its record: said without -v too.
+    logging.getLogger("pneumonia_cxr.model.keras_resnet50").setLevel(logging.INFO)
     if args.resume:
         overrides = {k: getattr(args, k) for k in EPOCH_FLAGS if getattr(args, k) is not None}
         run_dir = train(resume=args.resume, epoch_overrides=overrides)
@@ -904,6 +931,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; a PneumoniaCxrError becomes one clear line and exit code 2."""
     args = build_parser().parse_args(argv)
+    if getattr(args, "preset", None):
+        args.explicit_flags = _explicit_flags(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     try:
         return args.func(args)
@@ -913,6 +942,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (PneumoniaCxrError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+
+
+def _explicit_flags(argv: Sequence[str] | None) -> set[str]:
+    """The destinations of the flags written on the command line (not left at a default)."""
+    probe = build_parser()
+    for action in probe._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for subparser in action.choices.values():
+                for sub_action in subparser._actions:
+                    sub_action.default = argparse.SUPPRESS
+    return set(vars(probe.parse_args(argv)))
 
 
 FULL_STACK: frozenset[str] = frozenset(

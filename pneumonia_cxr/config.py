@@ -10,9 +10,13 @@ from typing import Any, TypeVar
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 _HALF: tuple[float, float, float] = (0.5, 0.5, 0.5)
+CAFFE_MEAN_BGR: tuple[float, float, float] = (103.939, 116.779, 123.68)
+"""Keras' "caffe" input of its ResNet-50 weights: BGR, 0-255, minus these means, no scaling."""
 BACKBONE_NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "resnet50": (IMAGENET_MEAN, IMAGENET_STD),
     "resnet18": (IMAGENET_MEAN, IMAGENET_STD),
+    # caffe input on the 0-1 scale the contract starts from: (x - m / 255) / (1 / 255).
+    "resnet50_keras": (tuple(m / 255 for m in CAFFE_MEAN_BGR), (1 / 255,) * 3),
     "densenet121": (IMAGENET_MEAN, IMAGENET_STD),
     # TF's (x - 127) / 128 input scaling of the EfficientNet-Lite weights: mean = std = 0.5.
     **{f"efficientnet_lite{k}": (_HALF, _HALF) for k in range(3)},
@@ -24,7 +28,15 @@ T = TypeVar("T")
 
 NORMALIZATIONS: tuple[str, ...] = ("imagenet", "unit")
 TYPE_HEAD_MODES: tuple[str, ...] = ("off", "on", "auto")
-MONITORS: tuple[str, ...] = ("val_auc", "val_type_auc", "val_mean_auc")
+MONITORS: tuple[str, ...] = ("val_auc", "val_type_auc", "val_mean_auc", "val_loss")
+VALIDATIONS: tuple[str, ...] = ("patient", "official")
+PRESETS: tuple[str, ...] = ("reference", "reference_protocol")
+
+
+def monitor_mode(monitor: str) -> str:
+    """ "min" for a loss, "max" for an AUC: how checkpoints, early stopping and the plateau
+    compare epochs."""
+    return "min" if monitor.endswith("loss") else "max"
 
 
 ADAPT_MIN_SENSITIVITY = 0.90
@@ -103,6 +115,9 @@ class DataConfig:
     dataset_path: str | None = None
     image_size: int = 224
     normalization: str = "imagenet"
+    validation: str = "patient"
+    """"patient": a patient-level share (`val_fraction`) of train + val; "official": the
+    official val folder as it is (16 Kermany images: the reference's early stopping)."""
     val_fraction: float = 0.15
     split_seed: int | None = None
     """Seed of the patient-level split; None = the training seed. Runs meant for one ensemble
@@ -114,6 +129,10 @@ class DataConfig:
     num_workers: int = 2
     balanced_sampler: bool = False
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self) -> None:
+        if self.validation not in VALIDATIONS:
+            raise ValueError(f"validation must be one of {VALIDATIONS}, not {self.validation!r}")
 
 
 @dataclass
@@ -224,6 +243,35 @@ def demo_config(data_dir: str | Path, output_dir: str, run_name: str = "demo") -
     config.train.stage1_epochs, config.train.stage2_epochs = 3, 4
     config.train.stage1_lr, config.train.stage2_lr = 1e-3, 3e-4
     config.train.output_dir, config.train.run_name = output_dir, run_name
+    return config
+
+
+REFERENCE_UNFROZEN_LAYERS = 18
+"""The reference unfreezes Keras' top 30 layers of its 175-layer ResNet-50 base: all of stage 5
+but its first block's first convolution and BatchNorm (10 + 10 + 10 of 12 layers, counting
+activations and adds). Here a layer is one with parameters, so the same set is 18."""
+
+
+def preset_config(name: str) -> RunConfig:
+    """A named recipe (`train --preset`), before any explicit flag changes it.
+
+    "reference": the reference as written: Keras ResNet-50 with ImageNet weights, inputs scaled
+    by 1/255 (which does not match those weights' own caffe preprocessing: the reference did
+    this), its head, 8 + 5 epochs at 1e-4 / 1e-5 with the top 30 Keras layers unfrozen, class
+    weights, its augmentation ranges, early stopping and LR plateau on the loss of the official
+    16-image val folder, threshold 0.5. "reference_protocol": the same network under this
+    project's protocol: caffe preprocessing, patient-level validation split, checkpoints on
+    validation AUC, the threshold fitted on validation."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
+    config = RunConfig()
+    config.model.backbone, config.model.weights = "resnet50_keras", "imagenet"
+    config.model.unfreeze_layers = REFERENCE_UNFROZEN_LAYERS
+    config.train.stage1_epochs, config.train.stage2_epochs = 8, 5
+    config.train.stage1_lr, config.train.stage2_lr = 1e-4, 1e-5
+    if name == "reference":
+        config.data.normalization, config.data.validation = "unit", "official"
+        config.train.monitor, config.train.threshold_rule = "val_loss", "fixed_0.5"
     return config
 
 

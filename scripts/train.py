@@ -1,6 +1,7 @@
 """The reference's entry point: `python scripts/train.py --stage1_epochs 8 --stage2_epochs 5`.
 
-A thin shim over `pneumonia-cxr train` (same flags); install the package first (`make install`).
+A thin shim over `pneumonia-cxr train --preset reference` (same flags; another `--preset` may be
+given): the reference's recipe, its network and its ImageNet weights (`make install` first).
 """
 
 import sys
@@ -8,4 +9,13 @@ import sys
 from pneumonia_cxr.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(["train", *sys.argv[1:]]))
+    flags = sys.argv[1:]
+    preset = (
+        []
+        if any(f == "--preset" or f.startswith("--preset=") for f in flags)
+        else [
+            "--preset",
+            "reference",
+        ]
+    )
+    sys.exit(main(["train", *preset, *flags]))

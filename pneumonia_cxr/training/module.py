@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
+from pneumonia_cxr.config import monitor_mode
 from pneumonia_cxr.model.classifier import PneumoniaNet
 
 
@@ -166,7 +167,10 @@ class PneumoniaLitModule(L.LightningModule):
         params = [p for p in self.net.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
         self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="max", factor=self.lr_factor, patience=self.lr_patience
+            optimizer,
+            mode=monitor_mode(self.monitor),
+            factor=self.lr_factor,
+            patience=self.lr_patience,
         )
         if self._pending_plateau is not None:
             self.plateau.load_state_dict(self._pending_plateau)

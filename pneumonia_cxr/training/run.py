@@ -17,7 +17,7 @@ import lightning as L
 import torch
 
 from pneumonia_cxr import TYPE_HEAD_HIDDEN, __version__
-from pneumonia_cxr.config import Preprocessing, RunConfig
+from pneumonia_cxr.config import Preprocessing, RunConfig, monitor_mode
 from pneumonia_cxr.data.datamodule import XrayDataModule
 from pneumonia_cxr.data.discovery import list_images, resolve_dataset
 from pneumonia_cxr.data.fingerprint import records_fingerprint
@@ -31,6 +31,7 @@ from pneumonia_cxr.data.site import is_flat_site, list_site_images, read_patient
 from pneumonia_cxr.data.split import (
     PatientSplit,
     make_patient_split,
+    official_split,
     read_split_csv,
     write_split_csv,
 )
@@ -131,10 +132,13 @@ def _run_stage(
     kill_if(f"after_stage{stage}")
 
 
-def _best_stage(progress: dict[str, Any]) -> dict[str, Any]:
+def _best_stage(progress: dict[str, Any], monitor: str) -> dict[str, Any]:
     stages = [progress[k] for k in ("stage1", "stage2") if k in progress]
     scored = [s for s in stages if s.get("best_score") is not None]
-    return max(scored, key=lambda s: s["best_score"]) if scored else stages[-1]
+    if not scored:
+        return stages[-1]
+    better = min if monitor_mode(monitor) == "min" else max
+    return better(scored, key=lambda s: s["best_score"])
 
 
 def prepare_data(config: RunConfig, paths: RunPaths, resuming: bool) -> tuple[PatientSplit, Path]:
@@ -150,6 +154,13 @@ def prepare_data(config: RunConfig, paths: RunPaths, resuming: bool) -> tuple[Pa
         records, patients = list_site_images(root), read_patients_csv(root)
     else:
         records = [r for r in list_images(root) if r.split in ("train", "val")]
+    if config.data.validation == "official":
+        if flat:
+            raise ValueError("--validation official needs the official layout (a val folder)")
+        split = official_split(records, config.train.seed)
+        if is_rank_zero():
+            write_split_csv(split, paths.split)
+        return split, root
     split_seed = config.data.split_seed
     split = make_patient_split(
         records,
@@ -239,7 +250,7 @@ def _train(
             )
     if not is_rank_zero():
         return paths.root
-    _load_net_weights(net, _best_stage(progress)["best_checkpoint"])
+    _load_net_weights(net, _best_stage(progress, config.train.monitor)["best_checkpoint"])
     bundle = finalize_model(net, config, preprocessing, datamodule, split, listed)
     save_model(bundle, paths.final_model)
     if paths.metrics.exists():
@@ -256,7 +267,7 @@ def _types(
     "on" refuses a split without both types; "auto" trains one only when both are present."""
     mode = config.model.type_head
     if mode == "off":
-        if config.train.monitor != "val_auc":
+        if config.train.monitor not in ("val_auc", "val_loss"):
             raise ValueError(f"--monitor {config.train.monitor} needs a type head (--type_head on)")
         return None
     train_types, val_types = type_labels(split.train, listed), type_labels(split.val, listed)

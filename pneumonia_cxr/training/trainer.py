@@ -13,7 +13,7 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from pneumonia_cxr.config import RunConfig
+from pneumonia_cxr.config import RunConfig, monitor_mode
 from pneumonia_cxr.data.epoch_seeding import EpochClock
 from pneumonia_cxr.faults import FAULT_ENV
 from pneumonia_cxr.run_folder import RunPaths
@@ -52,7 +52,7 @@ def make_trainer(
         dirpath=paths.stage_checkpoints(stage),
         filename="best",
         monitor=train.monitor,
-        mode="max",
+        mode=monitor_mode(train.monitor),
         save_top_k=1,
         save_last=True,
         enable_version_counter=False,
@@ -61,7 +61,9 @@ def make_trainer(
         save_on_train_epoch_end=True,
     )
     early_stopping = EarlyStopping(
-        monitor=train.monitor, mode="max", patience=train.early_stopping_patience
+        monitor=train.monitor,
+        mode=monitor_mode(train.monitor),
+        patience=train.early_stopping_patience,
     )
     loggers = [  # a new CSV folder per invocation: a resume never deletes earlier logs
         CSVLogger(paths.root / "logs", name=f"stage{stage}", version=_attempt(paths, stage)),
