@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -162,15 +163,16 @@ def test_predictions_csv_agrees_with_the_metrics(evaluation: tuple[EvaluationRes
     result = evaluation[0]
     with (result.output_dir / "predictions.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert list(rows[0])[:4] == ["path", "label", "probability", "predicted"]
-    assert list(rows[0])[4:] == ["ood_score", "out_of_distribution", "reason"]
+    assert list(rows[0])[:5] == ["path", "true_class", "counted_as", "state", "probability"]
     threshold = result.metrics["threshold"]
     counts = {"tp": 0, "fp": 0, "tn": 0, "fn": 0}
     for row in rows:
-        predicted = CLASS_NAMES[int(float(row["probability"]) >= threshold)]
+        number = float(row["probability"] or row["unassessed_probability"])
+        predicted = CLASS_NAMES[int(number >= threshold)]
         # Rounded to 6 digits in the file: only a probability within 1e-6 may disagree.
-        assert row["predicted"] == predicted or abs(float(row["probability"]) - threshold) < 1e-6
-        positive, truth = row["predicted"] == CLASS_NAMES[1], row["label"] == CLASS_NAMES[1]
+        assert row["counted_as"] == predicted or abs(number - threshold) < 1e-6
+        assert row["label"] == (row["counted_as"] if row["state"] == "assessed" else "")
+        positive, truth = row["counted_as"] == CLASS_NAMES[1], row["true_class"] == CLASS_NAMES[1]
         counts[("t" if positive == truth else "f") + ("p" if positive else "n")] += 1
     assert counts == result.metrics["at_threshold"]["confusion"]
 
@@ -217,8 +219,28 @@ def test_cli_evaluate_uses_the_stored_temperature_and_writes_next_to_the_model(
     assert metrics["temperature"] == 2.0
     calibration = metrics["calibration"]
     assert calibration["ece_after"] == metrics["ece"]
-    assert 0.0 <= calibration["ece_before"] <= 1.0
-    assert calibration["ece_before"] != calibration["ece_after"]
+    # Recomputed from predictions.csv (P after T = 2, 6 decimals): the stored ECE is that of
+    # these probabilities, and ece_before that of the untempered ones, sigmoid(2 * logit(P)).
+    with (default_dir / "predictions.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    labels = np.array([CLASS_NAMES.index(row["true_class"]) for row in rows])
+    tempered = np.array([float(row["probability"] or row["unassessed_probability"]) for row in rows])
+    clipped = np.clip(tempered, 1e-6, 1 - 1e-6)
+    untempered = 1 / (1 + np.exp(-2 * np.log(clipped / (1 - clipped))))
+    assert calibration["ece_after"] == pytest.approx(_binned_ece(labels, tempered), abs=1e-4)
+    assert calibration["ece_before"] == pytest.approx(_binned_ece(labels, untempered), abs=1e-4)
+    assert calibration["ece_before"] != pytest.approx(calibration["ece_after"], abs=1e-3)
+
+
+def _binned_ece(labels: np.ndarray, probs: np.ndarray, n_bins: int = 15) -> float:
+    """Binary ECE written out: per equal-width bin, |share positive - mean P|, weighted by size."""
+    total = 0.0
+    for b in range(n_bins):
+        low, high = b / n_bins, (b + 1) / n_bins
+        inside = (probs >= low) & ((probs < high) if b < n_bins - 1 else (probs <= high))
+        if inside.any():
+            total += inside.sum() / len(probs) * abs(labels[inside].mean() - probs[inside].mean())
+    return total
 
 
 def test_cli_refuses_a_mismatched_model_in_one_line(

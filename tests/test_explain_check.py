@@ -2,26 +2,31 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from scipy.stats import spearmanr
 
 from pneumonia_cxr import CLASS_NAMES
 from pneumonia_cxr.cli import build_parser, main
 from pneumonia_cxr.data.discovery import ImageRecord, list_images
-from pneumonia_cxr.data.synthetic import SYNTHETIC_BOXES_FILE
+from pneumonia_cxr.data.synthetic import SYNTHETIC_BOXES_FILE, read_opacity_boxes
 from pneumonia_cxr.explain.check import (
     EXPLAIN_CHECK_FILE,
     explain_check_job,
+    load_inputs,
     pointing_game_summary,
     run_explain_check,
     sample_records,
     scale_box,
 )
-from pneumonia_cxr.explain.gradcam import CAM_METHODS
-from pneumonia_cxr.model.model_file import load_model
+from pneumonia_cxr.explain.gradcam import CAM_METHODS, compute_cams, model_cams
+from pneumonia_cxr.model.model_file import ModelBundle, load_model
 
 N_IMAGES = 4
 
@@ -47,29 +52,91 @@ def test_output_file_holds_the_result(job: tuple[dict, Path]) -> None:
     assert result["split"] == "test" and result["method"] == "gradcam"
 
 
-def test_randomization_figures_are_in_range(job: tuple[dict, Path]) -> None:
+def _inputs(paths: list[str], model_file: Path) -> tuple[ModelBundle, torch.Tensor, list]:
+    """The model (in the job's channels_last layout) and its inputs for the job's images."""
+    bundle = load_model(model_file)
+    bundle.model.to(memory_format=torch.channels_last)
+    records = [ImageRecord(Path(p), "test", CLASS_NAMES.index("PNEUMONIA")) for p in paths]
+    images, originals, kept = load_inputs(records, bundle)
+    assert len(kept) == len(paths)
+    return bundle, images, originals
+
+
+def test_randomization_figures_are_those_of_the_maps(
+    job: tuple[dict, Path], model_file: Path
+) -> None:
+    """Recomputed here: the maps of the model and of a copy whose head and top 4 backbone
+    parameter layers were re-initialized under seed 0, one Spearman correlation per image
+    (0 for a constant map), and their mean."""
     rand = job[0]["randomization"]
-    assert rand["n_images"] == N_IMAGES == len(rand["per_image"])
-    assert -1.0 <= rand["mean_spearman"] <= 1.0
-    assert all(-1.0 <= value <= 1.0 for value in rand["per_image"])
-    assert 0 <= rand["n_constant"] <= N_IMAGES
+    assert rand["n_images"] == N_IMAGES == len(rand["per_image"]) == len(rand["paths"])
     assert all("/test/PNEUMONIA/" in path for path in rand["paths"])  # maps of the positive logit
-    layers = rand["randomized_layers"]
-    assert "head.0" in layers  # the head ...
-    backbone = [name for name in layers if name.startswith("backbone.")]
-    assert backbone and all(name.startswith("backbone.layer4") for name in backbone)  # ... + top
+    bundle, images, _ = _inputs(rand["paths"], model_file)
+    model = bundle.model
+    head = [
+        name
+        for name, module in model.named_modules()
+        if name.startswith("head.") and callable(getattr(module, "reset_parameters", None))
+    ]
+    owners = [
+        f"backbone.{name}"
+        for name, module in model.backbone.named_modules()
+        if any(True for _ in module.parameters(recurse=False))
+    ]
+    layers = [*head, *owners[-4:]]
+    assert rand["randomized_layers"] == layers and "head.0" in layers
+    assert all(name.startswith("backbone.layer4") for name in owners[-4:])
+    shuffled = copy.deepcopy(model)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        for name in layers:
+            shuffled.get_submodule(name).reset_parameters()
+    original = compute_cams(model, model.cam_target_layer, images)
+    after = compute_cams(shuffled, shuffled.cam_target_layer, images)
+    constant = [
+        bool(np.ptp(a) == 0 or np.ptp(b) == 0) for a, b in zip(original, after, strict=True)
+    ]
+    expected = [
+        0.0 if flat else float(spearmanr(a.ravel(), b.ravel()).statistic)
+        for a, b, flat in zip(original, after, constant, strict=True)
+    ]
+    assert rand["per_image"] == pytest.approx(expected, abs=1e-6)
+    assert rand["mean_spearman"] == pytest.approx(np.mean(expected), abs=1e-6)
+    assert rand["n_constant"] == sum(constant)
 
 
-def test_pointing_game_figures_are_in_range(job: tuple[dict, Path], tiny_synthetic: Path) -> None:
-    game = job[0]["pointing_game"]
-    assert game["n"] == N_IMAGES  # tiny set: 8 PNEUMONIA test images, all with boxes
-    assert 0 <= game["hits"] <= game["n"] and 0 <= game["n_flat"] <= game["n"]
-    assert game["accuracy"] == pytest.approx(game["hits"] / game["n"])
-    assert 0.0 < game["chance"] < 1.0
+def test_pointing_game_figures_are_those_of_the_maps(
+    job: tuple[dict, Path], model_file: Path
+) -> None:
+    """Recomputed here on both layers: a hit when the map's first maximum lies in the opacity
+    box scaled to the map, a constant map a miss; chance is the boxes' mean share of the map."""
+    result = job[0]
+    game = result["pointing_game"]
+    assert game["n"] == N_IMAGES == len(game["paths"])  # tiny set: 8 PNEUMONIA, all with boxes
     assert all("/test/PNEUMONIA/" in path for path in game["paths"])
     fine = game["fine_layer"]  # the same images, on the stride-16 maps: finer
-    assert fine["n"] == game["n"] and 0 <= fine["hits"] <= fine["n"]
+    assert fine["n"] == game["n"]
     assert (game["map_cells"], fine["map_cells"]) == (2, 3)  # ResNet-18 at 48 px, measured
+    bundle, images, originals = _inputs(game["paths"], model_file)
+    root = Path(result["dataset"])
+    boxes = read_opacity_boxes(root)
+    for figures, layer in ((game, False), (fine, True)):
+        cams = model_cams(bundle.model, images, fine=layer)
+        height, width = cams.shape[1:]
+        hits = flat = 0
+        areas = []
+        for cam, gray, path in zip(cams, originals, game["paths"], strict=True):
+            box = boxes[Path(path).relative_to(root).as_posix()]
+            x0, y0, x1, y1 = scale_box(box, (gray.shape[-1], gray.shape[-2]), (width, height))
+            areas.append((x1 - x0) * (y1 - y0) / (width * height))
+            if np.ptp(cam) == 0:
+                flat += 1
+                continue
+            y, x = np.unravel_index(int(np.argmax(cam)), cam.shape)
+            hits += int(x0 <= x < x1 and y0 <= y < y1)
+        assert (figures["hits"], figures["n_flat"]) == (hits, flat), layer
+        assert figures["accuracy"] == pytest.approx(hits / N_IMAGES)
+        assert game["chance"] == pytest.approx(np.mean(areas))
     summary = pointing_game_summary(game)
     assert f"{game['hits']}/{game['n']}" in summary and "3 x 3 stride-16" in summary
 

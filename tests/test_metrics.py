@@ -220,7 +220,18 @@ def test_evaluate_predictions_body(scores):
         average_precision_score(labels, probs)
     )
     assert result["brier"] == pytest.approx(np.mean((probs - labels) ** 2))
-    assert 0.0 <= result["ece"] <= 1.0
+
+
+def test_evaluate_predictions_ece_by_hand():
+    """15 equal-width bins. 0.1 (bin [1/15, 2/15)): 3 images, 1 positive, gap |1/3 - 0.1|;
+    0.7 (bin [10/15, 11/15)): 2 images, 1 positive, gap 0.2; 0.9 (bin [13/15, 14/15)): 1
+    positive, gap 0.1. Weighted by images: (3 * 7/30 + 2 * 0.2 + 1 * 0.1) / 6 = 0.2. (The
+    unweighted mean of the gaps is 0.178; the top-label ECE of max(p, 1 - p) is 0.167.)"""
+    labels = [0, 0, 1, 1, 0, 1]
+    probs = [0.1, 0.1, 0.1, 0.7, 0.7, 0.9]
+    result = evaluate_predictions(labels, probs, 0.5, "fixed", n_resamples=20)
+    assert result["ece"] == pytest.approx(0.2, abs=1e-12)
+    assert result["ece_n_bins"] == 15
 
 
 def test_undefined_values_are_json_null(scores):

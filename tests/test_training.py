@@ -16,6 +16,8 @@ import torch
 from tiny_runs import tiny_config
 
 from pneumonia_cxr.config import RunConfig
+from pneumonia_cxr.data.discovery import list_images
+from pneumonia_cxr.data.split import make_patient_split, read_split_csv
 from pneumonia_cxr.model.model_file import load_model
 from pneumonia_cxr.training.run import train
 
@@ -66,16 +68,19 @@ def test_corrupt_training_image_is_skipped_and_counted(
 ) -> None:
     data = tmp_path / "data"
     shutil.copytree(tiny_synthetic, data)
-    victim = sorted((data / "train" / "PNEUMONIA").glob("*.png"))[0]
+    config = tiny_config(data, tmp_path / "runs", "corrupt", stage2_epochs=0)
+    # The victim is a PNEUMONIA image of the training subset (the split depends on the file
+    # names and labels, not on the bytes), so its skip must be counted.
+    pool = [r for r in list_images(data) if r.split in ("train", "val")]
+    split = make_patient_split(pool, config.data.val_fraction, config.train.seed)
+    victim = sorted(r.path for r in split.train if r.class_name == "PNEUMONIA")[0]
     victim.write_bytes(victim.read_bytes()[:100])  # truncated
     with pytest.warns(UserWarning, match=victim.name):
-        run_dir = train(tiny_config(data, tmp_path / "runs", "corrupt", stage2_epochs=0))
+        run_dir = train(config)
+    assert victim in {r.path for r in read_split_csv(run_dir / "split.csv").train}
     summary = json.loads((run_dir / "run_summary.json").read_text())
-    skipped = summary["skipped_train_files"]
-    split_rows = (run_dir / "split.csv").read_text()
-    if f"{victim.name}" in split_rows.split("subset")[-1] and skipped:
-        assert [Path(p).name for p in skipped] == [victim.name]
-    # The file may fall into the validation subset; then training still finished.
+    assert [Path(p).name for p in summary["skipped_train_files"]] == [victim.name]
+    assert summary["train_images"] == len(split.train)  # skipped per batch, still listed
     assert (run_dir / "final_pneumonia_model.pt").exists()
 
 
