@@ -1,0 +1,206 @@
+"""`predict` (in memory, as a resumable CSV archive, or over several devices) and
+`merge-predictions`, which joins the archive's shards."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pneumonia_cxr.cli.common import (
+    _add_device_arg,
+    _add_engine_arg,
+    _add_model_path_arg,
+    _model_path_or_shipped,
+    _output_file,
+    _positive_int,
+)
+from pneumonia_cxr.errors import PneumoniaCxrError
+from pneumonia_cxr.explain import CAM_METHODS
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Exit code 0 when at least one image was read, 1 when none could be."""
+    from pneumonia_cxr.inference.predictor import Predictor
+
+    archive = bool(args.output and args.output.lower().endswith(".csv"))
+    if args.devices:
+        return _predict_distributed(args)
+    if (args.resume or args.shard or args.files) and not archive:
+        from pneumonia_cxr.archive import ArchiveError
+
+        raise ArchiveError("--resume, --shard and --files write a CSV: pass --output results.csv")
+    if not args.paths and not args.files:
+        raise PneumoniaCxrError("nothing to score: give image files or folders, or --files LIST")
+    model_path = _model_path_or_shipped(args.model_path)
+    predictor = Predictor.open(
+        model_path, engine=args.engine, device=args.device, gradcam=bool(args.gradcam)
+    )
+    if archive:
+        return _predict_archive(args, predictor, model_path)
+    from pneumonia_cxr.predict import predict_paths, rows_to_csv, write_rows
+
+    rows = predict_paths(
+        predictor,
+        args.paths,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        gradcam_dir=args.gradcam,
+        gradcam_method=args.gradcam_method,
+        gradcam_target=args.gradcam_target,
+        progress=not args.no_progress,
+    )
+    if args.output:
+        write_rows(rows, args.output)
+    else:
+        sys.stdout.write(rows_to_csv(rows))
+    flagged = [row.path for row in rows if row.out_of_distribution]
+    _warn_flagged(len(flagged), flagged[:10])
+    n_ok = sum(row.ok for row in rows)
+    print(
+        f"{n_ok} of {len(rows)} image(s) predicted, {len(rows) - n_ok} unreadable"
+        + (f"; results: {args.output}" if args.output else ""),
+        file=sys.stderr,
+    )
+    return 0 if n_ok else 1
+
+
+def _predict_archive(args: argparse.Namespace, predictor, model_path: Path) -> int:
+    """`predict --output x.csv`: streamed rows, resumable, shardable (`pneumonia_cxr.archive`)."""
+    from pneumonia_cxr.archive import Shard, score_archive
+    from pneumonia_cxr.data.split import file_sha256
+
+    summary = score_archive(
+        predictor,
+        args.paths,
+        args.output,
+        model_sha256=file_sha256(model_path),
+        files_from=args.files,
+        resume=args.resume,
+        shard=Shard.parse(args.shard) if args.shard else Shard(),
+        content_hash=args.content_hash,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        gradcam_dir=args.gradcam,
+        gradcam_method=args.gradcam_method,
+        gradcam_target=args.gradcam_target,
+        progress=not args.no_progress,
+    )
+    _warn_flagged(summary.out_of_distribution, summary.flagged_examples)
+    total = summary.scored + summary.unreadable
+    print(
+        f"{total} image(s) in {args.output}: {summary.scored} scored ({summary.pneumonia} "
+        f"PNEUMONIA, {summary.out_of_distribution} out of distribution), {summary.unreadable} "
+        f"unreadable; {summary.kept_from_before} kept from before",
+        file=sys.stderr,
+    )
+    return 0 if summary.scored else 1
+
+
+def _predict_distributed(args: argparse.Namespace) -> int:
+    """`predict --devices N`: Lightning's prediction loop, one process per device (DDP)."""
+    from pneumonia_cxr.archive import ArchiveError
+    from pneumonia_cxr.distributed_predict import predict_distributed
+
+    if not (args.output and args.output.lower().endswith(".csv")):
+        raise ArchiveError("--devices writes a CSV: pass --output results.csv")
+    if args.resume or args.shard or args.files or args.gradcam:
+        raise ArchiveError(
+            "--devices scores a whole listing: no --resume, --shard, --files or --gradcam"
+        )
+    count = predict_distributed(
+        _model_path_or_shipped(args.model_path),
+        args.paths,
+        args.output,
+        accelerator=args.accelerator,
+        devices=int(args.devices) if str(args.devices).isdigit() else args.devices,
+        num_nodes=args.num_nodes,
+        strategy=args.strategy,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+    )
+    if count:
+        print(f"{count} image(s) -> {args.output}", file=sys.stderr)
+    return 0
+
+
+def _warn_flagged(count: int, examples: list[str]) -> None:
+    if count:
+        more = f" and {count - len(examples)} more" if count > len(examples) else ""
+        print(
+            f"warning: {count} image(s) do not look like the chest X-rays the model was "
+            "trained on (out of distribution); their labels are unreliable: "
+            + ", ".join(examples)
+            + more,
+            file=sys.stderr,
+        )
+
+
+def cmd_merge_predictions(args: argparse.Namespace) -> int:
+    from pneumonia_cxr.archive import merge_shards
+
+    count = merge_shards(args.shards, args.output)
+    print(f"{count} row(s) from {len(args.shards)} shard(s) -> {args.output}", file=sys.stderr)
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """`predict` and `merge-predictions`."""
+    predict = sub.add_parser("predict", help="probability and label for new images")
+    predict.add_argument("paths", nargs="*", metavar="PATH", help="image files and folders")
+    _add_model_path_arg(predict)
+    predict.add_argument(
+        "--output",
+        type=_output_file,
+        help="results.csv (rows written as they are scored; resumable) or results.json "
+        "(default: CSV on stdout)",
+    )
+    predict.add_argument(
+        "--files",
+        metavar="LIST",
+        help="also score the files listed (.txt: a path a line; .csv: a 'path' column)",
+    )
+    predict.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the rows of unchanged files already in --output, score the rest",
+    )
+    predict.add_argument(
+        "--content_hash",
+        action="store_true",
+        help="with --resume: a file is unchanged when its sha256 is (default: size and mtime)",
+    )
+    predict.add_argument(
+        "--shard", metavar="i/N", help="score only files i, i+N, ... of the listing (0 <= i < N)"
+    )
+    lightning = predict.add_argument_group(
+        "several GPUs or nodes (Lightning's prediction loop; DDP; Slurm via run/run.sh predict)"
+    )
+    lightning.add_argument(
+        "--devices", help="e.g. 4 (GPUs of this node) or 2 with --accelerator cpu"
+    )
+    lightning.add_argument("--accelerator", default="auto")
+    lightning.add_argument("--num_nodes", type=int, default=1)
+    lightning.add_argument("--strategy", default="ddp")
+    predict.add_argument("--gradcam", metavar="OUT_DIR", help="write one overlay PNG per image")
+    predict.add_argument("--gradcam_method", default="gradcam", choices=CAM_METHODS)
+    predict.add_argument(
+        "--gradcam_target",
+        default="pneumonia",
+        choices=("pneumonia", "type"),
+        help="which output the heatmaps explain: P(PNEUMONIA), or the pneumonia type "
+        "(a model with a type head)",
+    )
+    predict.add_argument("--batch_size", type=_positive_int, default=32)
+    predict.add_argument("--num_workers", type=int, default=0, help="image decoding processes")
+    _add_device_arg(predict)
+    predict.add_argument("--no_progress", action="store_true", help="no progress bar")
+    _add_engine_arg(predict)
+    predict.set_defaults(func=cmd_predict)
+
+    merge = sub.add_parser(
+        "merge-predictions", help="join the CSVs of `predict --shard i/N` in listing order"
+    )
+    merge.add_argument("shards", nargs="+", help="the shard outputs (.csv)")
+    merge.add_argument("--output", required=True, type=_output_file)
+    merge.set_defaults(func=cmd_merge_predictions)

@@ -1,0 +1,133 @@
+"""The commands that fit a model to a new site's own labelled images: `calibrate` (refit the
+operating point) and `adapt` (fine-tune, calibrate and check)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pneumonia_cxr.cli.common import (
+    _add_device_arg,
+    _add_model_path_arg,
+    _model_path_or_shipped,
+    _positive_int,
+)
+from pneumonia_cxr.config import ADAPT_MIN_SENSITIVITY, RunConfig
+from pneumonia_cxr.data import SPLITS
+from pneumonia_cxr.evaluation import THRESHOLD_RULES
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Measure a model on a site's images, refit its operating point there, write a new file."""
+    import json
+
+    from pneumonia_cxr.training.recalibrate import calibrate_site, format_held_out, format_report
+
+    outcome = calibrate_site(
+        _model_path_or_shipped(args.model_path),
+        args.dataset_path,
+        args.output,
+        split=args.split,
+        rule=args.threshold_rule,
+        min_sensitivity=args.min_sensitivity,
+        force=args.force,
+        check_fold=args.check_fold,
+        folds=args.folds,
+        seed=args.seed,
+        device=args.device,
+        batch_size=args.batch_size,
+    )
+    print(format_report(outcome.result, outcome.records, checked=outcome.held_out is not None))
+    if outcome.held_out is not None:
+        print(format_held_out(outcome.held_out, args.check_fold, args.min_sensitivity))
+        if args.check_output:
+            Path(args.check_output).write_text(json.dumps(outcome.held_out) + "\n")
+    print(f"written: {args.output}")
+    return 0
+
+
+def cmd_adapt(args: argparse.Namespace) -> int:
+    """Fine-tune, calibrate and check a model on a site's own labelled images."""
+    from pneumonia_cxr.training.adapt import adapt_site, format_adapt_report
+
+    outcome = adapt_site(
+        _model_path_or_shipped(args.model_path),
+        args.dataset_path,
+        args.output,
+        work_dir=args.work_dir,
+        split=args.split,
+        rule=args.threshold_rule,
+        min_sensitivity=args.min_sensitivity,
+        seed=args.seed,
+        force=args.force,
+        batch_size=args.batch_size,
+    )
+    print(format_adapt_report(outcome))
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """`calibrate` and `adapt`."""
+    calibrate = sub.add_parser(
+        "calibrate",
+        help="measure a model on your own labelled images and refit its threshold there",
+    )
+    _add_model_path_arg(calibrate)
+    calibrate.add_argument(
+        "--dataset_path",
+        required=True,
+        help="a folder with NORMAL/ and PNEUMONIA/ (or the official layout: see --split)",
+    )
+    calibrate.add_argument("--split", default="test", choices=SPLITS, help="official layout only")
+    calibrate.add_argument("--output", required=True, help="the calibrated model file (.pt)")
+    defaults = RunConfig().train  # one place for the threshold rule's defaults
+    calibrate.add_argument(
+        "--threshold_rule", default=defaults.threshold_rule, choices=THRESHOLD_RULES
+    )
+    calibrate.add_argument("--min_sensitivity", type=float, default=defaults.min_sensitivity)
+    calibrate.add_argument(
+        "--force", action="store_true", help="calibrate even with < 30 images in a class"
+    )
+    calibrate.add_argument(
+        "--folds", type=int, default=2, help="patient-level folds for --check_fold"
+    )
+    calibrate.add_argument(
+        "--check_fold",
+        type=int,
+        help="fit on the other folds and report what the new threshold achieves on this one",
+    )
+    calibrate.add_argument("--check_output", help="JSON of the held-out fold's figures")
+    calibrate.add_argument("--seed", type=int, default=0, help="seed of the patient folds")
+    calibrate.add_argument("--batch_size", type=_positive_int, default=32)
+    _add_device_arg(calibrate)
+    calibrate.set_defaults(func=cmd_calibrate)
+
+    adapt = sub.add_parser(
+        "adapt",
+        help="make the model work at a new site: fine-tune on half of its labelled images "
+        "(by patient), calibrate, and report before/after on the other half",
+    )
+    _add_model_path_arg(adapt)
+    adapt.add_argument(
+        "--dataset_path",
+        required=True,
+        help="the site's folder with NORMAL/ and PNEUMONIA/ (or the official layout: --split)",
+    )
+    adapt.add_argument("--split", default="test", choices=SPLITS, help="official layout only")
+    adapt.add_argument("--output", required=True, help="the adapted model file (.pt)")
+    adapt.add_argument(
+        "--work_dir", help="fine-tuning run and links (default: beside --output); resumable"
+    )
+    adapt.add_argument("--threshold_rule", default=defaults.threshold_rule, choices=THRESHOLD_RULES)
+    adapt.add_argument(
+        "--min_sensitivity",
+        type=float,
+        default=ADAPT_MIN_SENSITIVITY,
+        help=f"default {ADAPT_MIN_SENSITIVITY}",
+    )
+    adapt.add_argument("--seed", type=int, default=0, help="seed of the halves and the training")
+    adapt.add_argument(
+        "--force", action="store_true", help="go on with < 30 images of a class in a half"
+    )
+    adapt.add_argument("--batch_size", type=_positive_int, default=32)
+    adapt.set_defaults(func=cmd_adapt)
