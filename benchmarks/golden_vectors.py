@@ -58,7 +58,7 @@ def main() -> None:
                 "float32_sha256": digest(model_input.astype(np.float32)),
                 "probability": result.probability,
                 "p_viral": result.p_viral,
-                "guard_score": result.ood_score,
+                "guard_score": result.guard_score,
             }
         )
     document = {"model_onnx_sha256": SHIPPED_ONNX_SHA256, "vectors": vectors}

@@ -63,14 +63,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         rows = predict_paths(predictor, non_xray_images(Path(scratch)))
         print(f"model: {model_path}\n")
-        print("| image | P(PNEUMONIA) | label | OOD score | flagged |")
+        print("| image | network's P(PNEUMONIA) | state | guard score | OOD score |")
         print("| --- | --- | --- | --- | --- |")
         for row in rows:
-            name = Path(row.path).stem
-            print(
-                f"| {name} | {row.probability:.3f} | {row.label} | {row.ood_score:.1f} | "
-                f"{'yes' if row.out_of_distribution else 'NO'} |"
-            )
+            name, result = Path(row.path).stem, row.result
+            guard = "-" if row.guard_score is None else f"{row.guard_score:.1f}"
+            ood = "-" if row.ood_score is None else f"{row.ood_score:.1f}"
+            number = result.probabilities["pneumonia"] if result is not None else float("nan")
+            print(f"| {name} | {number:.3f} | {row.state} | {guard} | {ood} |")
     flagged = sum(bool(row.out_of_distribution) for row in rows)
     xrays = [r.path for r in list_images(args.data, ["test"])]
     xray_rows = predict_paths(predictor, xrays)

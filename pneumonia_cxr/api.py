@@ -54,8 +54,9 @@ class Model:
     def predict(
         self, images: ImageInput | Sequence[ImageInput], *, batch_size: int = 32
     ) -> PredictionRow | list[PredictionRow]:
-        """One `PredictionRow` (`.probability`, `.label`, `.ood_score`, `.out_of_distribution`,
-        `.reason`, `.p_viral`, `.pneumonia_type`, `.error`) per image, as `predict` writes it:
+        """One `PredictionRow` (`.state`, `.assessed`, `.probability`, `.label`, `.p_viral`,
+        `.pneumonia_type`, `.reason`, `.error`, `.values(...)`) per image, as `predict` writes
+        it (an image not assessed has no label and no probability: `.result` keeps its numbers):
         one row for one file or image, a list for a list or a folder (a folder's images in the
         order `predict` lists them, in its place). An unreadable file is a row with its
         `.error`, never an exception."""
@@ -83,7 +84,7 @@ class Model:
         the same decode, colour check and transforms as a file."""
         image_input, _, facts = self.predictor.input_and_facts_from_bytes(_png_bytes(image), name)
         result = self.predictor.results(self.predictor.scores(image_input[None]), [facts])[0]
-        return PredictionRow(path=name, **vars(result))
+        return PredictionRow(path=name, result=result)
 
     def explain(
         self, image: ImageInput, *, target: str = "pneumonia", method: str = "gradcam"

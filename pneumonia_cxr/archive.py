@@ -15,22 +15,18 @@ import csv
 import io
 import sys
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
 from pneumonia_cxr.data.split import file_sha256
-from pneumonia_cxr.data.walk import iter_image_files, path_text
+from pneumonia_cxr.data.walk import iter_image_files
 from pneumonia_cxr.errors import PneumoniaCxrError
 from pneumonia_cxr.faults import kill_if
 from pneumonia_cxr.inference.predictor import Predictor
-from pneumonia_cxr.predict import (
-    PredictionRow,
-    iter_prediction_batches,
-    rows_to_csv,
-    table_columns,
-)
+from pneumonia_cxr.model.outputs import table_columns
+from pneumonia_cxr.predict import Summary, iter_prediction_batches, rows_to_csv
 from pneumonia_cxr.storage import atomic_write_text
 
 PROGRESS_SUFFIX = ".progress.tsv"
@@ -96,27 +92,6 @@ def _signature(path: Path, content_hash: bool) -> str:
         return "missing"
 
 
-@dataclass
-class Summary:
-    scored: int = 0
-    unreadable: int = 0
-    out_of_distribution: int = 0
-    pneumonia: int = 0
-    kept_from_before: int = 0
-    flagged_examples: list[str] = field(default_factory=list)
-
-    def add(self, row: PredictionRow, label_positive: str) -> None:
-        if not row.ok:
-            self.unreadable += 1
-            return
-        self.scored += 1
-        self.pneumonia += row.label == label_positive
-        if row.out_of_distribution:
-            self.out_of_distribution += 1
-            if len(self.flagged_examples) < 10:
-                self.flagged_examples.append(path_text(row.path))
-
-
 def _read_done(output: Path, progress: Path, model_sha256: str) -> list[tuple[str, str]]:
     """(CSV line, progress line) of every row a previous run finished; another model refused."""
     lines = progress.read_text(encoding="utf-8", errors=PATH_BYTES).split("\n")
@@ -158,11 +133,11 @@ def score_archive(
     if output.suffix.lower() != ".csv":
         raise ArchiveError(f"{output}: streaming, --resume and --shard write CSV (.csv)")
     log = output.with_name(output.name + PROGRESS_SUFFIX)
-    summary = Summary()
+    summary = Summary(positive=predictor.class_names[1])
     done: dict[str, str] = {}
     kept: list[tuple[str, str]] = []
-    columns = table_columns(typed=predictor.decision.type is not None, heatmap=bool(gradcam_dir))
-    header = ",".join(columns)
+    outputs, heatmap = predictor.outputs, bool(gradcam_dir)
+    header = ",".join(table_columns(outputs, heatmap=heatmap))
     if resume and log.exists():
         _check_header(output, header)
         finished = _read_done(output, log, model_sha256)
@@ -180,7 +155,7 @@ def score_archive(
     atomic_write_text(log, records, errors=PATH_BYTES)
     summary.kept_from_before = len(kept)
     for values in csv.DictReader(io.StringIO("\n".join([header, *(line for line, _ in kept)]))):
-        summary.add(_row_from_csv(values), predictor.class_names[1])
+        summary.add(values["state"], values["label"], values["path"])
     positions: dict[str, list[int]] = {}  # a path listed twice is scored twice, in order
 
     def todo() -> Iterator[Path]:
@@ -213,7 +188,7 @@ def score_archive(
             gradcam_target=gradcam_target,
         ):
             batches += 1
-            table.write(rows_to_csv(rows, columns).split("\n", 1)[1])
+            table.write(rows_to_csv(rows, outputs, heatmap=heatmap, header=False))
             kill_if(f"archive:batch{batches}:rows")  # a row written, its record not yet
             record.write(
                 "".join(
@@ -225,8 +200,7 @@ def score_archive(
             table.flush()
             record.flush()
             kill_if(f"archive:batch{batches}")
-            for row in rows:
-                summary.add(row, predictor.class_names[1])
+            summary.add_rows(rows)
             bar.update(len(rows))
     bar.close()
     return summary
@@ -243,15 +217,6 @@ def _check_header(output: Path, header: str) -> None:
             f"{output}: its columns ({found}) differ from this run's ({header}): it was written "
             "by another model or package version. Write to a new --output, or delete the old one"
         )
-
-
-def _row_from_csv(values: dict[str, str]) -> PredictionRow:
-    return PredictionRow(
-        path=values["path"],
-        label=values["label"],
-        error=values["error"],
-        out_of_distribution=values["out_of_distribution"] == "True",
-    )
 
 
 def merge_shards(inputs: Sequence[str | Path], output: str | Path) -> int:
@@ -281,7 +246,8 @@ def merge_shards(inputs: Sequence[str | Path], output: str | Path) -> int:
     paths = [record.rsplit("\t", 1)[-1] for *_, record in rows]
     if len(set(positions)) != len(positions) or len(set(paths)) != len(paths):
         raise ArchiveError("the shards overlap (a file scored twice): merge distinct shards")
-    header = header or rows_to_csv([]).rstrip("\n")
+    if header is None:
+        raise ArchiveError("no shard outputs to merge")
     atomic_write_text(output, "\n".join([header, *(line for _, line, _ in rows)]) + "\n")
     log_out = Path(output).with_name(Path(output).name + PROGRESS_SUFFIX)
     records = "\n".join([_HEADER + (model or ""), *(r for *_, r in rows)]) + "\n"

@@ -4,13 +4,16 @@ Each rank scores its share of the files (Lightning's distributed sampler) throug
 file's own PyTorch network and the one decision path (`Predictor.scores_from_outputs`,
 `Predictor.results`); a prediction writer appends each batch's rows to a per-rank part file;
 rank 0 then joins the parts in file order, each file once (the sampler pads ranks with
-repeats), into the CSV a single process writes. Under Slurm, `run/run.sh predict ...` starts
+repeats), into the CSV or JSON a single process writes (same columns, same values: the rows are
+`predict.PredictionRow`s written by `predict.rows_to_csv`), and counts them by the same
+`predict.Summary`. Under Slurm, `run/run.sh predict ...` starts
 one task per GPU and Lightning reads the Slurm environment.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -21,8 +24,15 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 
 from pneumonia_cxr.inference.predictor import Predictor
 from pneumonia_cxr.model.model_file import load_model
-from pneumonia_cxr.predict import PredictionRow, expand_paths, rows_to_csv
-from pneumonia_cxr.storage import atomic_write_text
+from pneumonia_cxr.model.outputs import ModelOutput
+from pneumonia_cxr.predict import (
+    PredictionRow,
+    Summary,
+    expand_paths,
+    rows_to_records,
+    write_records,
+)
+from pneumonia_cxr.storage import check_table_path
 
 
 class ScoringModule(L.LightningModule):
@@ -37,34 +47,40 @@ class ScoringModule(L.LightningModule):
         # Lightning has placed the network on this rank's device; the engine scores there.
         self.predictor.engine.device = self.device
 
-    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[tuple[int, dict]]:
-        out: list[tuple[int, dict]] = [(i, {"error": e}) for i, e in batch["errors"]]
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[tuple[int, Any]]:
+        """(file index, its `ImageResult` or error text) per file of the batch."""
+        out: list[tuple[int, Any]] = list(batch["errors"])
         if batch["image"] is not None:
             # The engine's own score (its float32-without-TF32 setting included), no copy of it.
             scores = self.predictor.scores(batch["image"])
             results = self.predictor.results(scores, batch.get("facts"))
-            for index, result in zip(batch["index"], results, strict=True):
-                out.append((index, vars(result)))
+            out.extend(zip(batch["index"], results, strict=True))
         return out
 
 
 class PartWriter(BasePredictionWriter):
-    """Each rank appends its batches' rows (file index, then the row) to its own part file."""
+    """Each rank appends its batches' rows (file index, then the CSV row every mode writes,
+    `predict.rows_to_csv`) to its own part file."""
 
-    def __init__(self, output: Path, paths: Sequence[Path]) -> None:
+    def __init__(self, output: Path, paths: Sequence[Path], outputs: list[ModelOutput]) -> None:
         super().__init__(write_interval="batch")
-        self.output, self.paths = output, paths
+        self.output, self.paths, self.outputs = output, paths, outputs
 
     def part(self, rank: int) -> Path:
         return self.output.with_name(f".{self.output.name}.rank{rank}.part")
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, *_):
-        rows = []
-        for index, values in prediction:
-            row = PredictionRow(path=str(self.paths[index]), **values)
-            rows.append((index, rows_to_csv([row]).split("\n")[1]))
+        lines = []
+        for index, answer in prediction:
+            row = PredictionRow(path=str(self.paths[index]))
+            if isinstance(answer, str):
+                row.error = answer
+            else:
+                row.result = answer
+            (record,) = rows_to_records([row], self.outputs, heatmap=False)
+            lines.append(f"{index}\t{json.dumps(record)}\n")
         with open(self.part(trainer.global_rank), "a", encoding="utf-8") as handle:
-            handle.write("".join(f"{index}\t{line}\n" for index, line in rows))
+            handle.write("".join(lines))
 
 
 @contextlib.contextmanager
@@ -91,8 +107,9 @@ def predict_distributed(
     strategy: str = "auto",
     batch_size: int = 32,
     num_workers: int = 0,
-) -> int:
-    """Score every file on `devices` processes; rank 0 writes `output`. Returns the rows."""
+) -> Summary | None:
+    """Score every file on `devices` processes; rank 0 writes `output` (the CSV or JSON the
+    plain mode writes) and returns the run's `Summary`; other ranks return None."""
     with _environment_kept():
         return _predict_distributed(
             model_path, paths, output, accelerator=accelerator, devices=devices,
@@ -111,11 +128,12 @@ def _predict_distributed(
     strategy: str,
     batch_size: int,
     num_workers: int,
-) -> int:
-    output = Path(output)
+) -> Summary | None:
+    output = check_table_path(output)
     files = expand_paths(paths)
     predictor = Predictor.from_bundle(load_model(model_path), "cpu", source=str(model_path))
-    writer = PartWriter(output, files)
+    outputs = predictor.outputs
+    writer = PartWriter(output, files, outputs)
     trainer = L.Trainer(
         accelerator=accelerator,
         devices=devices,
@@ -134,14 +152,17 @@ def _predict_distributed(
     trainer.predict(ScoringModule(predictor), loader, return_predictions=False)
     trainer.strategy.barrier()
     if not trainer.is_global_zero:
-        return 0
-    rows: dict[int, str] = {}
+        return None
+    found: dict[int, dict[str, Any]] = {}
     for rank in range(trainer.world_size):
         part = writer.part(rank)
         for line in part.read_text(encoding="utf-8").splitlines():
-            index, row = line.split("\t", 1)
-            rows.setdefault(int(index), row)  # the sampler's padding repeats a few files
+            index, record = line.split("\t", 1)
+            found.setdefault(int(index), json.loads(record))  # the sampler pads with repeats
         part.unlink()
-    header = rows_to_csv([]).split("\n")[0]
-    atomic_write_text(output, "\n".join([header, *(rows[i] for i in sorted(rows))]) + "\n")
-    return len(rows)
+    records = [found[i] for i in sorted(found)]
+    summary = Summary(positive=predictor.class_names[1])
+    for record in records:
+        summary.add(record["state"], record["label"], record["path"])
+    write_records(records, output, outputs)
+    return summary

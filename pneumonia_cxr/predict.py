@@ -1,10 +1,12 @@
 """Files and folders in, one table row per image out (+ optional Grad-CAM overlays).
 
 A thin layer over the one inference path (`inference.Predictor`): it expands folders, turns
-each file's scores or error into a row and writes the table. A file that cannot be read
-becomes a row with its error; it never stops the run and never turns into a blank image or a
-default label. An image unlike the training X-rays keeps its probability and is flagged
-`out_of_distribution` (and named in a warning by the CLI).
+each file's result or error into a row and writes the table; the columns come from the model's
+output registry (`model.outputs`), the same in every mode (plain, streamed `archive`,
+`distributed_predict`), and every mode counts and exits by one `Summary`. A file that cannot be
+read becomes a row with its error; it never stops the run and never turns into a blank image or
+a default label. An image the model was not made for is "not assessed": no label, no heatmap,
+its reason in plain words (and named in a warning by the CLI).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import logging
 import math
 import sys
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +26,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from pneumonia_cxr.data.walk import iter_image_files, path_text
-from pneumonia_cxr.inference.predictor import Predictor, ScoredBatch
+from pneumonia_cxr.inference.predictor import ImageResult, Predictor, ScoredBatch
+from pneumonia_cxr.model.outputs import OUTPUTS, ModelOutput, format_value, table_columns
 from pneumonia_cxr.storage import atomic_write, atomic_write_text, check_table_path
 
 if TYPE_CHECKING:
@@ -32,42 +35,114 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ROW_COLUMNS: tuple[str, ...] = (
-    "path",
-    "probability",
-    "label",
-    "ood_score",
-    "out_of_distribution",
-    "reason",
-    "error",
-)
-"""Columns of every prediction table; `heatmap` is added when overlays are written."""
-TYPE_COLUMNS: tuple[str, ...] = ("p_viral", "pneumonia_type")
-"""Added after `label` by a model with a pneumonia type head (`pneumonia_type` blank unless the
-label is PNEUMONIA and the image in distribution)."""
-
 
 @dataclass
 class PredictionRow:
-    """One image's verdict. `probability` is None and `error` non-empty when it was unreadable."""
+    """One file's line in every output: its `ImageResult`, or the error that kept it unread.
+
+    The attributes the README documents (`.probability`, `.label`, `.p_viral`, ...) read the
+    result; each is None or blank where the image was unreadable or not assessed."""
 
     path: str
-    probability: float | None = None
-    label: str = ""
-    ood_score: float | None = None
-    """None when unreadable or when the model carries no OOD statistics."""
-    out_of_distribution: bool | None = None
+    result: ImageResult | None = None
     error: str = ""
     heatmap: str = ""
-    p_viral: float | None = None
-    """P(VIRAL | PNEUMONIA) of a model with a type head; None otherwise."""
-    pneumonia_type: str = ""
-    reason: str = ""
-    """Why the image is out of the model's use (the label is then not to be read)."""
 
     @property
     def ok(self) -> bool:
         return not self.error
+
+    @property
+    def state(self) -> str:
+        return self.result.state if self.result is not None else "unreadable"
+
+    @property
+    def assessed(self) -> bool:
+        return self.result is not None and self.result.assessed
+
+    def __getattr__(self, name: str) -> Any:
+        # probability, label, p_viral, pneumonia_type, guard_score, ood_score,
+        # out_of_distribution, reason, details: the result's, or nothing for an unreadable file
+        if name.startswith("_") or name not in _RESULT_VIEWS:
+            raise AttributeError(name)
+        result = self.__dict__.get("result")
+        if result is None:
+            return [] if name == "details" else ("" if name in _TEXT_VIEWS else None)
+        return getattr(result, name)
+
+    def values(self, outputs: Sequence[ModelOutput]) -> dict[str, Any]:
+        """Column -> value (`model.outputs.table_columns`): one row of any table."""
+        if self.result is not None:
+            values = self.result.values(outputs)
+        else:
+            values = {"state": self.state, "out_of_distribution": None, "reason": ""}
+            values |= {output.label_column: "" for output in outputs}
+        return values | {"path": path_text(self.path), "error": self.error,
+                         "heatmap": path_text(self.heatmap)}  # fmt: skip
+
+
+_TEXT_VIEWS = frozenset({"label", "pneumonia_type", "reason"})
+_RESULT_VIEWS = frozenset(
+    {"probability", "p_viral", "guard_score", "ood_score", "out_of_distribution", "details"}
+    | _TEXT_VIEWS
+)
+
+
+@dataclass
+class Summary:
+    """What a prediction run did, counted the same way in every mode."""
+
+    positive: str = "PNEUMONIA"
+    scored: int = 0
+    """Files read (assessed or not)."""
+    unreadable: int = 0
+    not_assessed: int = 0
+    positives: int = 0
+    """Assessed images labelled `positive`."""
+    kept_from_before: int = 0
+    not_assessed_examples: list[str] = field(default_factory=list)
+
+    def add(self, state: str, label: str, path: str) -> None:
+        if state == "unreadable":
+            self.unreadable += 1
+            return
+        self.scored += 1
+        self.positives += state == "assessed" and label == self.positive
+        if state == "not assessed":
+            self.not_assessed += 1
+            if len(self.not_assessed_examples) < 10:
+                self.not_assessed_examples.append(path_text(path))
+
+    def add_rows(self, rows: Iterable[PredictionRow]) -> None:
+        for row in rows:
+            self.add(row.state, row.label, row.path)
+
+    @property
+    def exit_code(self) -> int:
+        """The one rule of every mode: 0 when at least one file was read, 1 when none was."""
+        return 0 if self.scored else 1
+
+    def warning(self) -> str | None:
+        """Names the images that got no answer, or None."""
+        count = self.not_assessed
+        if not count:
+            return None
+        examples = self.not_assessed_examples
+        more = f" and {count - len(examples)} more" if count > len(examples) else ""
+        return (
+            f"warning: {count} image(s) not assessed (no label: the model was not made for them; "
+            f"the reason is in each row): {', '.join(examples)}{more}"
+        )
+
+    def line(self, output: str | None = None) -> str:
+        total = self.scored + self.unreadable
+        assessed = self.scored - self.not_assessed
+        where = f" -> {output}" if output else ""
+        kept = f"; {self.kept_from_before} kept from before" if self.kept_from_before else ""
+        return (
+            f"{total} image(s){where}: {assessed} assessed ({self.positives} {self.positive}), "
+            f"{self.not_assessed} not assessed, {self.unreadable} unreadable{kept}"
+        )
 
 
 def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
@@ -185,11 +260,7 @@ def _fill_rows(rows: list[PredictionRow], batch: ScoredBatch, predictor: Predict
         rows[index].error = message
     results = predictor.results(batch.scores, batch.facts)
     for index, result in zip(batch.indices, results, strict=True):
-        row = rows[index]
-        row.probability, row.label = result.probability, result.label
-        row.ood_score, row.out_of_distribution = result.ood_score, result.out_of_distribution
-        row.p_viral, row.pneumonia_type = result.p_viral, result.pneumonia_type
-        row.reason = result.reason
+        rows[index].result = result
 
 
 class _OverlayWriter:
@@ -219,68 +290,118 @@ class _OverlayWriter:
         return name
 
     def write(self, predictor: Predictor, batch: ScoredBatch, rows: list[PredictionRow]) -> None:
+        """Overlays of the assessed images only: a heatmap on an image the model refused would
+        look like a finding. A type map only where a type was named."""
         from pneumonia_cxr.explain.overlay import gradcam_overlays
 
+        wanted = [
+            k
+            for k, index in enumerate(batch.indices)
+            if rows[index].assessed and (self.target != "type" or rows[index].pneumonia_type)
+        ]
+        if not wanted:
+            return
         overlays = gradcam_overlays(
-            predictor, batch.inputs, batch.originals, method=self.method, target=self.target
+            predictor,
+            batch.inputs[wanted],
+            [batch.originals[k] for k in wanted],
+            method=self.method,
+            target=self.target,
         )
-        for index, pixels in zip(batch.indices, overlays, strict=True):
+        for index, pixels in zip([batch.indices[k] for k in wanted], overlays, strict=True):
             target = self.out_dir / self._name(Path(rows[index].path))
             overlay = Image.fromarray(pixels)
             atomic_write(target, lambda handle, image=overlay: image.save(handle, format="PNG"))
             rows[index].heatmap = str(target)
 
 
-def table_columns(*, typed: bool, heatmap: bool = False) -> list[str]:
-    """The table's columns: the type's after `label` for a model with a type head."""
-    at = ROW_COLUMNS.index("label") + 1
-    columns = [*ROW_COLUMNS[:at], *(TYPE_COLUMNS if typed else ()), *ROW_COLUMNS[at:]]
-    return [*columns, "heatmap"] if heatmap else columns
+def rows_outputs(rows: Sequence[PredictionRow]) -> list[ModelOutput]:
+    """The outputs rows answer (for tables written without the predictor at hand)."""
+    names = {name for row in rows if row.result is not None for name in row.result.probabilities}
+    return [output for output in OUTPUTS if output.name in names or output.name == "pneumonia"]
 
 
-def _columns(rows: Sequence[PredictionRow]) -> list[str]:
-    return table_columns(
-        typed=any(row.p_viral is not None for row in rows),
-        heatmap=any(row.heatmap for row in rows),
-    )
-
-
-def _record(row: PredictionRow, columns: Sequence[str]) -> dict[str, Any]:
-    values = asdict(row) | {"path": path_text(row.path), "heatmap": path_text(row.heatmap)}
-    return {column: values[column] for column in columns}
-
-
-def rows_to_csv(rows: Sequence[PredictionRow], columns: Sequence[str] | None = None) -> str:
-    """CSV text; an unreadable file has an empty probability and label and its error."""
-    columns = list(columns) if columns is not None else _columns(rows)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
+def rows_to_records(
+    rows: Sequence[PredictionRow],
+    outputs: Sequence[ModelOutput] | None = None,
+    *,
+    heatmap: bool | None = None,
+) -> list[dict[str, Any]]:
+    """One object per row with exactly `model.outputs.table_columns` (numbers as numbers,
+    None for blanks): what every table format, and the distributed mode's parts, carry."""
+    outputs = list(outputs) if outputs is not None else rows_outputs(rows)
+    heatmap = any(row.heatmap for row in rows) if heatmap is None else heatmap
+    columns = table_columns(outputs, heatmap=heatmap)
+    records = []
     for row in rows:
-        record = _record(row, columns)
-        if record["probability"] is not None:
-            record["probability"] = f"{record['probability']:.6f}"
-        if record["ood_score"] is not None:
-            record["ood_score"] = f"{record['ood_score']:.4f}"
-        if record.get("p_viral") is not None:
-            record["p_viral"] = f"{record['p_viral']:.6f}"
-        writer.writerow(record)
+        values = row.values(outputs)
+        record = {column: values.get(column) for column in columns}
+        for column, value in record.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                record[column] = None
+        records.append(record)
+    return records
+
+
+def records_to_csv(
+    records: Sequence[dict[str, Any]], outputs: Sequence[ModelOutput], *, header: bool = True
+) -> str:
+    """CSV text of `rows_to_records`' objects (the column order is the records' own)."""
+    if not records:
+        return ""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    columns = list(records[0])
+    if header:
+        writer.writerow(columns)
+    for record in records:
+        writer.writerow([format_value(c, record[c], list(outputs)) for c in columns])
     return buffer.getvalue()
 
 
-def rows_to_json(rows: Sequence[PredictionRow]) -> str:
-    """A JSON list of row objects; an unreadable file has `"probability": null`."""
-    columns = _columns(rows)
-    records = [_record(row, columns) for row in rows]
-    for record in records:
-        probability = record["probability"]
-        if probability is not None and not math.isfinite(probability):
-            record["probability"] = None
-    return json.dumps(records, indent=2, allow_nan=False) + "\n"
+def records_to_json(records: Sequence[dict[str, Any]]) -> str:
+    return json.dumps(list(records), indent=2, allow_nan=False) + "\n"
 
 
-def write_rows(rows: Sequence[PredictionRow], path: str | Path) -> Path:
-    """Write rows as .csv or .json, chosen by the suffix."""
+def rows_to_csv(
+    rows: Sequence[PredictionRow],
+    outputs: Sequence[ModelOutput] | None = None,
+    *,
+    heatmap: bool | None = None,
+    header: bool = True,
+) -> str:
+    """CSV text with `model.outputs.table_columns`: blank cells for what a row lacks."""
+    outputs = list(outputs) if outputs is not None else rows_outputs(rows)
+    if not rows:
+        columns = table_columns(outputs, heatmap=bool(heatmap))
+        return ",".join(columns) + "\n" if header else ""
+    records = rows_to_records(rows, outputs, heatmap=heatmap)
+    return records_to_csv(records, outputs, header=header)
+
+
+def rows_to_json(
+    rows: Sequence[PredictionRow], outputs: Sequence[ModelOutput] | None = None
+) -> str:
+    """A JSON list of row objects (`rows_to_records`)."""
+    return records_to_json(rows_to_records(rows, outputs))
+
+
+def write_records(
+    records: Sequence[dict[str, Any]], path: str | Path, outputs: Sequence[ModelOutput]
+) -> Path:
+    """Write a table as .csv or .json, chosen by the suffix: the one table writer."""
     path = check_table_path(path)
-    text = rows_to_csv(rows) if path.suffix.lower() == ".csv" else rows_to_json(rows)
+    if path.suffix.lower() == ".json":
+        return atomic_write_text(path, records_to_json(records))
+    text = records_to_csv(records, outputs) or ",".join(table_columns(list(outputs))) + "\n"
     return atomic_write_text(path, text)
+
+
+def write_rows(
+    rows: Sequence[PredictionRow],
+    path: str | Path,
+    outputs: Sequence[ModelOutput] | None = None,
+) -> Path:
+    """Write rows as .csv or .json, chosen by the suffix."""
+    outputs = list(outputs) if outputs is not None else rows_outputs(rows)
+    return write_records(rows_to_records(rows, outputs), path, outputs)

@@ -32,11 +32,15 @@ def _readme_api_block() -> str:
 def test_the_readme_example_gives_predicts_rows(
     real_data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    """The README's block, run on 20 real test images (`paths`), against `predict`'s CSV."""
+    """The README's block, run on 20 real test images and one empty file (`paths`), against
+    `predict`'s CSV: the error row prints, it raises nothing."""
     test = real_data_root / "test"
     paths = [
         str(p) for name in ("NORMAL", "PNEUMONIA") for p in sorted((test / name).iterdir())[:10]
     ]
+    empty = tmp_path / "empty.jpeg"
+    empty.write_bytes(b"")
+    paths.append(str(empty))
     namespace: dict = {"paths": paths}
     exec(compile(_readme_api_block(), "README.md: Python API", "exec"), namespace)
     results = namespace["results"]
@@ -45,10 +49,12 @@ def test_the_readme_example_gives_predicts_rows(
     with table.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [r.path for r in results] == [row["path"] for row in rows] == paths
-    for result, row in zip(results, rows, strict=True):
+    for result, row in zip(results[:-1], rows[:-1], strict=True):
         assert abs(result.probability - float(row["probability"])) <= 1e-6
         assert result.label == row["label"] and result.pneumonia_type == row["pneumonia_type"]
-    assert {r.label for r in results} == {"NORMAL", "PNEUMONIA"}
+    assert results[-1].state == rows[-1]["state"] == "unreadable" and results[-1].error
+    assert f"{empty} unreadable {results[-1].error}" in capsys.readouterr().out
+    assert {r.label for r in results[:-1]} == {"NORMAL", "PNEUMONIA"}
     one = namespace["model"].predict(paths[0])
     assert isinstance(one, pcx.PredictionRow) and one.label == results[0].label
     heatmap = namespace["heatmap"]

@@ -17,6 +17,7 @@ from pneumonia_cxr.archive import PROGRESS_SUFFIX, ArchiveError, Shard, read_tab
 from pneumonia_cxr.cli import main
 from pneumonia_cxr.data.discovery import list_images
 from pneumonia_cxr.faults import FAULT_ENV
+from pneumonia_cxr.model.outputs import PNEUMONIA, table_columns
 
 
 @pytest.fixture(scope="module")
@@ -57,11 +58,13 @@ def unbroken(model: Path, archive: Path, tmp_path_factory: pytest.TempPathFactor
 
 def test_rows_stream_in_listing_order_with_bad_files_as_rows(unbroken: Path, archive: Path):
     lines = unbroken.read_text().splitlines()
-    assert lines[0] == "path,probability,label,ood_score,out_of_distribution,reason,error"
+    assert lines[0] == ",".join(table_columns([PNEUMONIA]))
+    assert lines[0].startswith("path,state,probability,label,out_of_distribution,reason,")
     listed = [str(p) for p in walk_files([archive])]
     assert [line.split(",")[0] for line in lines[1:]] == listed
     broken = [line for line in lines if "zz_broken" in line]
-    assert len(broken) == 1 and broken[0].split(",")[1] == ""  # no probability, an error
+    cells = broken[0].split(",")
+    assert len(broken) == 1 and cells[1:3] == ["unreadable", ""]  # no probability, an error
 
 
 FAULTS = ("archive:batch3", "archive:batch5:rows")  # after a flush; rows out, records not
@@ -182,8 +185,15 @@ def test_the_progress_bar_knows_the_total_and_the_summary_counts(
     total, broken = len(mine), int("zz_broken.png" in mine)
     err = capsys.readouterr().err
     assert f"{total}/{total}" in err and "img/s" in err  # a total, hence an ETA
-    assert f"{total} image(s) in {output}: {total - broken} scored" in err
-    assert f"{broken} unreadable; 0 kept from before" in err
+    rows = read_table(output)
+    states = [row["state"] for row in rows]
+    assert len(rows) == total and states.count("unreadable") == broken
+    positives = sum(row["label"] == "PNEUMONIA" for row in rows)
+    assessed, refused = states.count("assessed"), states.count("not assessed")
+    assert (
+        f"{total} image(s) -> {output}: {assessed} assessed ({positives} PNEUMONIA), "
+        f"{refused} not assessed, {broken} unreadable\n"
+    ) in err
 
 
 @pytest.fixture(scope="module")

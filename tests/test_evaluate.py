@@ -224,7 +224,9 @@ def test_cli_evaluate_uses_the_stored_temperature_and_writes_next_to_the_model(
     with (default_dir / "predictions.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     labels = np.array([CLASS_NAMES.index(row["true_class"]) for row in rows])
-    tempered = np.array([float(row["probability"] or row["unassessed_probability"]) for row in rows])
+    tempered = np.array(
+        [float(row["probability"] or row["unassessed_probability"]) for row in rows]
+    )
     clipped = np.clip(tempered, 1e-6, 1 - 1e-6)
     untempered = 1 / (1 + np.exp(-2 * np.log(clipped / (1 - clipped))))
     assert calibration["ece_after"] == pytest.approx(_binned_ece(labels, tempered), abs=1e-4)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pneumonia_cxr.archive import read_table
 from pneumonia_cxr.cli import FULL_STACK
 from pneumonia_cxr.model import shipped
 
@@ -101,18 +102,22 @@ def test_light_install_scores_like_the_full_one(real_data_root: Path, tmp_path: 
     # The full install's PyTorch engine on the shipped .pt: same labels, |dp| <= 1e-4.
     full = Predictor.open(shipped.default_model_path(), engine="torch", device="cpu")
     expected = full.results(full.score_files(files).scores)
-    rows = (tmp_path / "p.csv").read_text().splitlines()[1:]
-    light_p = [float(row.split(",")[1]) for row in rows]
-    assert [row.split(",")[2] for row in rows] == [r.label for r in expected]
-    assert np.max(np.abs(np.array(light_p) - [r.probability for r in expected])) <= 1e-4
-    merged = (tmp_path / "merged.csv").read_text().splitlines()
-    assert [line.split(",")[:3] for line in merged[1:]] == [row.split(",")[:3] for row in rows]
+    rows = read_table(tmp_path / "p.csv")
+    assert [r["state"] for r in rows] == [r.state for r in expected]
+    assert [r["label"] for r in rows] == [r.label for r in expected]
+    light_p = [float(r["probability"] or r["unassessed_probability"]) for r in rows]
+    full_p = [r.probabilities["pneumonia"] for r in expected]
+    assert np.max(np.abs(np.array(light_p) - full_p)) <= 1e-4
+    merged = read_table(tmp_path / "merged.csv")
+    keys = ("path", "state", "probability", "label")
+    assert [[r[k] for k in keys] for r in merged] == [[r[k] for k in keys] for r in rows]
     assert re.search(r"; 4 kept from before", result.stderr)  # the resumed shard: all 4 kept
     api = report["api"]
     assert [a[1] for a in api] == [r.label for r in expected]
     assert [a[2] for a in api] == [r.pneumonia_type for r in expected]
-    api_p = np.array([a[0] for a in api])
-    assert np.max(np.abs(api_p - [r.probability for r in expected])) <= 1e-4
+    assessed = [i for i, r in enumerate(expected) if r.assessed]
+    api_p = np.array([api[i][0] for i in assessed])
+    assert np.max(np.abs(api_p - [expected[i].probability for i in assessed])) <= 1e-4
 
     assert report["ready"] == 200 and report["model"] == 200
     [served] = report["serve"]["results"]

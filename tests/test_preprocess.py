@@ -171,4 +171,4 @@ def test_both_python_implementations_give_the_golden_vectors(real_data_root: Pat
         [result] = predictor.results(predictor.scores(model_input[None]))
         assert result.probability == pytest.approx(vector["probability"], abs=1e-6)
         assert result.p_viral == pytest.approx(vector["p_viral"], abs=1e-6)
-        assert result.ood_score == pytest.approx(vector["guard_score"], abs=1e-4)
+        assert result.guard_score == pytest.approx(vector["guard_score"], abs=1e-4)

@@ -76,7 +76,8 @@ def test_predict_uses_the_shipped_model_by_default(
     assert main(["predict", str(image), "--engine", "torch", "--no_progress"]) == 0
     out, err = capsys.readouterr()
     assert "shipped with pneumonia-cxr" in err and shipped.SHIPPED_MODEL_FILE in err
-    assert out.splitlines()[0].startswith("path,probability,label,p_viral,pneumonia_type,ood_score")
+    header = "path,state,probability,label,p_viral,pneumonia_type,out_of_distribution,reason,"
+    assert out.splitlines()[0].startswith(header)
 
 
 @pytest.mark.slow

@@ -23,7 +23,12 @@ from pneumonia_cxr.data.split import read_split_csv
 from pneumonia_cxr.errors import DatasetLayoutError, ModelFileError
 from pneumonia_cxr.inference.predictor import Predictor
 from pneumonia_cxr.model.classifier import PneumoniaNet
-from pneumonia_cxr.model.intended_use import KERMANY_INTENDED_USE, age_years, out_of_scope
+from pneumonia_cxr.model.intended_use import (
+    KERMANY_INTENDED_USE,
+    REASON_WORDS,
+    age_years,
+    out_of_scope,
+)
 from pneumonia_cxr.model.model_file import load_model, save_model
 from pneumonia_cxr.predict import predict_paths, rows_to_csv
 from pneumonia_cxr.run_folder import SPLIT_FILE
@@ -93,15 +98,19 @@ def test_typed_model_file_engines_and_table(typed_run: Path, tiny_synthetic: Pat
         Predictor.open(typed_run / "final_pneumonia_model.pt", engine="onnx"), files
     )
     for a, b in zip(torch_rows, onnx_rows, strict=True):
+        assert a.state == b.state and a.pneumonia_type == b.pneumonia_type
+        if not a.assessed:
+            assert a.p_viral is None and a.label == a.pneumonia_type == ""
+            assert abs(a.result.probabilities["type"] - b.result.probabilities["type"]) < 1e-5
+            continue
         assert a.p_viral is not None and abs(a.p_viral - b.p_viral) < 1e-5
-        assert a.pneumonia_type == b.pneumonia_type
-        if a.label == "NORMAL" or a.out_of_distribution:
+        if a.label == "NORMAL":
             assert a.pneumonia_type == ""
         else:
             expected = "VIRAL" if a.p_viral >= bundle.type_decision.threshold else "BACTERIAL"
             assert a.pneumonia_type == expected
     header = rows_to_csv(torch_rows).splitlines()[0].split(",")
-    assert header[:5] == ["path", "probability", "label", "p_viral", "pneumonia_type"]
+    assert header[:6] == ["path", "state", "probability", "label", "p_viral", "pneumonia_type"]
 
 
 def test_binary_model_keeps_its_columns_and_an_old_file_still_loads(
@@ -159,7 +168,7 @@ def _dicom_facts(**elements: object):
 def test_dicom_header_checks() -> None:
     use = KERMANY_INTENDED_USE
     adult = out_of_scope(_dicom_facts(PatientAge="045Y", ViewPosition="PA"), use)
-    assert len(adult) == 1 and "PatientAge 045Y" in adult[0]
+    assert len(adult) == 1 and adult[0].kind == "age" and "PatientAge 045Y" in adult[0].detail
     assert (
         out_of_scope(
             _dicom_facts(PatientAge="003Y", ViewPosition="AP", BodyPartExamined="CHEST"), use
@@ -167,10 +176,10 @@ def test_dicom_header_checks() -> None:
         == []
     )
     lateral = out_of_scope(_dicom_facts(PatientAge="003Y", ViewPosition="LL"), use)
-    assert len(lateral) == 1 and "ViewPosition LL" in lateral[0]
+    assert len(lateral) == 1 and "ViewPosition LL" in lateral[0].detail
     # unknown values are neither in scope nor out of it
     assert out_of_scope(_dicom_facts(PatientAge="3M", ViewPosition="XYZ"), use) == []
-    assert "Modality MR" in out_of_scope(_dicom_facts(Modality="MR"), use)[0]
+    assert "Modality MR" in out_of_scope(_dicom_facts(Modality="MR"), use)[0].detail
 
 
 def _encoded(image: Image.Image, kind: str) -> bytes:
@@ -187,7 +196,7 @@ def test_colour_is_measured_before_gray_conversion() -> None:
     assert decode_xray_with_facts(_encoded(Image.fromarray(gray), "PNG"), "a.png")[1].chroma is None
     assert decode_xray_with_facts(_encoded(gray_as_rgb, "JPEG"), "b.jpeg")[1].chroma < 2.0
     facts = decode_xray_with_facts(_encoded(colour, "PNG"), "c.png")[1]
-    assert facts.chroma > 20 and "colour image" in out_of_scope(facts, KERMANY_INTENDED_USE)[0]
+    assert facts.chroma > 20 and out_of_scope(facts, KERMANY_INTENDED_USE)[0].kind == "colour"
 
 
 def test_guard_round_trip_flags_noise_and_refuses_a_mismatch(
@@ -205,7 +214,8 @@ def test_guard_round_trip_flags_noise_and_refuses_a_mismatch(
     xrays = sorted((tiny_synthetic / "test").rglob("*.png"))[:8]
     for engine in ("torch", "onnx"):
         rows = predict_paths(Predictor.open(path, engine=engine), [noise, *xrays])
-        assert rows[0].out_of_distribution and "unlike the training X-rays" in rows[0].reason
+        assert rows[0].out_of_distribution and rows[0].state == "not assessed"
+        assert rows[0].reason == REASON_WORDS["features"] and rows[0].label == ""
         assert sum(r.out_of_distribution for r in rows[1:]) <= 2
     payload = torch.load(path, weights_only=True)
     payload["guard"]["densities"][0]["mean"] = torch.zeros(3)
@@ -256,12 +266,11 @@ def test_evaluate_reports_the_type(typed_run: Path, tiny_synthetic: Path, tmp_pa
     assert (tmp_path / "roc_type.png").is_file()
     with (tmp_path / "predictions.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert {"type", "p_viral", "pneumonia_type", "reason"} <= set(rows[0])
-    called = [
-        r for r in rows if r["predicted"] == "PNEUMONIA" and r["out_of_distribution"] != "True"
-    ]
+    assert {"true_type", "p_viral", "pneumonia_type", "reason"} <= set(rows[0])
+    called = [r for r in rows if r["label"] == "PNEUMONIA"]
+    assert called and all(r["state"] == "assessed" for r in called)
     assert all(r["pneumonia_type"] in ("BACTERIAL", "VIRAL") for r in called)
-    assert all(r["pneumonia_type"] == "" for r in rows if r["predicted"] == "NORMAL")
+    assert all(r["pneumonia_type"] == "" for r in rows if r["label"] != "PNEUMONIA")
     assert "VIRAL vs BACTERIAL" in result.report.read_text()
     typed = result.summary.pneumonia_type  # the typed reading of the same block
     assert typed is not None and typed.n == block["n_known_type"]
@@ -384,6 +393,8 @@ def test_shipped_model_reads_the_dicom_header_of_a_kermany_film(
         files.append(path)
     predictor = Predictor.open(default_model_path(), engine="torch", device="cpu")
     adult, child, lateral = predict_paths(predictor, files)
-    assert adult.out_of_distribution and "PatientAge 045Y" in adult.reason
-    assert "age" not in child.reason and "ViewPosition" not in child.reason
-    assert lateral.out_of_distribution and "ViewPosition LL" in lateral.reason
+    assert adult.out_of_distribution and adult.state == "not assessed" and adult.label == ""
+    assert "age" in adult.reason and any("PatientAge 045Y" in d for d in adult.details)
+    assert "age" not in child.reason and not any("ViewPosition" in d for d in child.details)
+    assert lateral.out_of_distribution and lateral.reason == "not a frontal chest X-ray"
+    assert any("ViewPosition LL" in d for d in lateral.details)

@@ -20,12 +20,13 @@ from pneumonia_cxr.explain import CAM_METHODS
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    """Exit code 0 when at least one image was read, 1 when none could be."""
+    """One rule in every mode (`predict.Summary`): exit 0 when at least one image was read,
+    1 when none could be; the same summary line and warning."""
     from pneumonia_cxr.inference.predictor import Predictor
 
     archive = bool(args.output and args.output.lower().endswith(".csv"))
     if args.devices:
-        return _predict_distributed(args)
+        return _report(_predict_distributed(args), args.output)
     if (args.resume or args.shard or args.files) and not archive:
         from pneumonia_cxr.archive import ArchiveError
 
@@ -37,8 +38,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         model_path, engine=args.engine, device=args.device, gradcam=bool(args.gradcam)
     )
     if archive:
-        return _predict_archive(args, predictor, model_path)
-    from pneumonia_cxr.predict import predict_paths, rows_to_csv, write_rows
+        return _report(_predict_archive(args, predictor, model_path), args.output)
+    from pneumonia_cxr.predict import Summary, predict_paths, rows_to_csv, write_rows
 
     rows = predict_paths(
         predictor,
@@ -51,26 +52,31 @@ def cmd_predict(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     if args.output:
-        write_rows(rows, args.output)
+        write_rows(rows, args.output, predictor.outputs)
     else:
-        sys.stdout.write(rows_to_csv(rows))
-    flagged = [row.path for row in rows if row.out_of_distribution]
-    _warn_flagged(len(flagged), flagged[:10])
-    n_ok = sum(row.ok for row in rows)
-    print(
-        f"{n_ok} of {len(rows)} image(s) predicted, {len(rows) - n_ok} unreadable"
-        + (f"; results: {args.output}" if args.output else ""),
-        file=sys.stderr,
-    )
-    return 0 if n_ok else 1
+        sys.stdout.write(rows_to_csv(rows, predictor.outputs))
+    summary = Summary(positive=predictor.class_names[1])
+    summary.add_rows(rows)
+    return _report(summary, args.output)
 
 
-def _predict_archive(args: argparse.Namespace, predictor, model_path: Path) -> int:
+def _report(summary, output: str | None) -> int:
+    """The warning, the summary line and the exit code of every predict mode."""
+    if summary is None:  # a DDP rank other than 0: rank 0 reports
+        return 0
+    warning = summary.warning()
+    if warning:
+        print(warning, file=sys.stderr)
+    print(summary.line(output), file=sys.stderr)
+    return summary.exit_code
+
+
+def _predict_archive(args: argparse.Namespace, predictor, model_path: Path):
     """`predict --output x.csv`: streamed rows, resumable, shardable (`pneumonia_cxr.archive`)."""
     from pneumonia_cxr.archive import Shard, score_archive
     from pneumonia_cxr.data.split import file_sha256
 
-    summary = score_archive(
+    return score_archive(
         predictor,
         args.paths,
         args.output,
@@ -86,29 +92,20 @@ def _predict_archive(args: argparse.Namespace, predictor, model_path: Path) -> i
         gradcam_target=args.gradcam_target,
         progress=not args.no_progress,
     )
-    _warn_flagged(summary.out_of_distribution, summary.flagged_examples)
-    total = summary.scored + summary.unreadable
-    print(
-        f"{total} image(s) in {args.output}: {summary.scored} scored ({summary.pneumonia} "
-        f"PNEUMONIA, {summary.out_of_distribution} out of distribution), {summary.unreadable} "
-        f"unreadable; {summary.kept_from_before} kept from before",
-        file=sys.stderr,
-    )
-    return 0 if summary.scored else 1
 
 
-def _predict_distributed(args: argparse.Namespace) -> int:
+def _predict_distributed(args: argparse.Namespace):
     """`predict --devices N`: Lightning's prediction loop, one process per device (DDP)."""
     from pneumonia_cxr.archive import ArchiveError
     from pneumonia_cxr.distributed_predict import predict_distributed
 
-    if not (args.output and args.output.lower().endswith(".csv")):
-        raise ArchiveError("--devices writes a CSV: pass --output results.csv")
+    if not (args.output and args.output.lower().endswith((".csv", ".json"))):
+        raise ArchiveError("--devices writes a table: pass --output results.csv (or .json)")
     if args.resume or args.shard or args.files or args.gradcam:
         raise ArchiveError(
             "--devices scores a whole listing: no --resume, --shard, --files or --gradcam"
         )
-    count = predict_distributed(
+    return predict_distributed(
         _model_path_or_shipped(args.model_path),
         args.paths,
         args.output,
@@ -119,21 +116,6 @@ def _predict_distributed(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         num_workers=args.num_workers,
     )
-    if count:
-        print(f"{count} image(s) -> {args.output}", file=sys.stderr)
-    return 0
-
-
-def _warn_flagged(count: int, examples: list[str]) -> None:
-    if count:
-        more = f" and {count - len(examples)} more" if count > len(examples) else ""
-        print(
-            f"warning: {count} image(s) do not look like the chest X-rays the model was "
-            "trained on (out of distribution); their labels are unreliable: "
-            + ", ".join(examples)
-            + more,
-            file=sys.stderr,
-        )
 
 
 def cmd_merge_predictions(args: argparse.Namespace) -> int:

@@ -231,8 +231,8 @@ def _sniff_format(path: Path, data: bytes) -> str:
         return "dicom-forced"
     raise NotAnImageError(
         path,
-        f"the content is not JPEG, PNG or DICOM (starts with {data[:8]!r}) whatever its "
-        "extension says; convert it to PNG or JPEG, or remove it from the folder",
+        "the content is not JPEG, PNG or DICOM, whatever its extension says; convert it to "
+        "PNG or JPEG, or remove it from the folder",
     )
 
 

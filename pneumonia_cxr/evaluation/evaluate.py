@@ -57,8 +57,8 @@ from pneumonia_cxr.explain.gradcam import cam_class, predictor_cams
 from pneumonia_cxr.explain.overlay import CamExample, pick_examples, save_gradcam_grid
 from pneumonia_cxr.inference.predictor import Predictor, Scores
 from pneumonia_cxr.model.decision import probability
-from pneumonia_cxr.model.intended_use import FEATURE_REASON
 from pneumonia_cxr.model.model_file import ModelBundle
+from pneumonia_cxr.model.outputs import format_value, table_columns
 from pneumonia_cxr.model.shipped import is_shipped_model, resolve_model_path
 from pneumonia_cxr.run_folder import METRICS_FILE, SPLIT_FILE
 from pneumonia_cxr.storage import atomic_write_text
@@ -179,11 +179,16 @@ def _reason_counts(predictor: Predictor, scores: Scores) -> dict[str, int]:
     the counts name the check, not the score that tripped it."""
     counts: dict[str, int] = {}
     for position in range(len(scores.probabilities)):
-        for reason in predictor.reasons(scores, position, None):
-            key = reason.split(" (")[0]
-            if key == FEATURE_REASON:
-                key += " (guard score)" if "guard score" in reason else " (OOD score)"
-            counts[key] = counts.get(key, 0) + 1
+        for refusal in predictor.refusals(scores, position, None):
+            keys = [refusal.words]
+            if refusal.kind == "features":
+                keys = [
+                    f"{refusal.words} ({name})"
+                    for name in ("guard score", "OOD score")
+                    if name in refusal.detail
+                ]
+            for key in keys:
+                counts[key] = counts.get(key, 0) + 1
     return counts
 
 
@@ -272,31 +277,23 @@ def _write_predictions(
     predictor: Predictor,
     types: list[int] | None = None,
 ) -> Path:
-    """One row per evaluated image; a typed model adds the true type, p_viral and the type it
-    names (blank unless the image is called PNEUMONIA and not flagged, as in `predict`)."""
+    """One row per evaluated image: its true class (and type), the class the metrics count it
+    as (every image, not assessed ones included: the figures are the network's), then the
+    columns `predict` writes for it (`model.outputs`: no label where not assessed)."""
+    outputs = predictor.outputs
+    columns = table_columns(outputs)[1:-1]  # less path and error: every row here was read
+    typed = types is not None
+    truth = ["true_class", *(["true_type"] if typed else []), "counted_as"]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    header = ["path", "label", "probability", "predicted", "ood_score", "out_of_distribution"]
-    typed = types is not None
-    writer.writerow(header + (["type", "p_viral", "pneumonia_type"] if typed else []) + ["reason"])
+    writer.writerow(["path", *truth, *columns])
     results = predictor.results(scores)
     for position, (record, result) in enumerate(zip(records, results, strict=True)):
-        row = [
-            record.path,
-            record.class_name,
-            f"{result.probability:.6f}",
-            result.label,
-            f"{result.ood_score:.4f}" if result.ood_score is not None else "",
-            result.out_of_distribution if result.ood_score is not None else "",
-        ]
-        if typed:
-            kind = types[position]
-            row += [
-                TYPE_NAMES[kind] if kind >= 0 else "",
-                f"{result.p_viral:.6f}" if result.p_viral is not None else "",
-                result.pneumonia_type,
-            ]
-        writer.writerow([*row, result.reason])
+        counted = predictor.label(int(scores.decisions[position]))
+        kind = [TYPE_NAMES[types[position]] if types[position] >= 0 else ""] if typed else []
+        values = result.values(outputs)
+        cells = [format_value(c, values.get(c), outputs) for c in columns]
+        writer.writerow([record.path, record.class_name, *kind, counted, *cells])
     return atomic_write_text(path, buffer.getvalue())
 
 

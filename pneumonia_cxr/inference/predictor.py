@@ -48,8 +48,9 @@ from pneumonia_cxr.inference.engines import (
     file_export_path,
 )
 from pneumonia_cxr.model.decision import Decision, decide, label_name, probability
-from pneumonia_cxr.model.intended_use import FEATURE_REASON, out_of_scope
+from pneumonia_cxr.model.intended_use import Refusal, out_of_scope
 from pneumonia_cxr.model.onnx_format import FULL_INSTALL_HINT
+from pneumonia_cxr.model.outputs import ModelOutput, outputs_of
 
 if TYPE_CHECKING:
     from torch.utils.data import DataLoader
@@ -81,6 +82,14 @@ class Scores:
     guard_scores: np.ndarray | None = None
     """The applicability guard's feature score; None for a model without a guard."""
 
+    def by_output(self) -> dict[str, np.ndarray]:
+        """Probabilities per `model.outputs` name: the one place a score array meets its
+        output's name."""
+        numbers = {"pneumonia": self.probabilities}
+        if self.p_viral is not None:
+            numbers["type"] = self.p_viral
+        return numbers
+
     @classmethod
     def concat(cls, parts: Sequence[Scores]) -> Scores:
         names = ("logits", "probabilities", "decisions", "ood_scores", "ood_flags")
@@ -97,24 +106,79 @@ class Scores:
 
 @dataclass(frozen=True)
 class ImageResult:
-    """One image's verdict, made in one place (`Predictor.results`); predict, the service and
-    evaluate only format it."""
+    """One image's verdict, made in one place (`Predictor.results`); predict (every mode), the
+    API, the service and evaluate only format it (`values`).
 
-    probability: float
-    """P(PNEUMONIA), the model's temperature applied."""
-    label: str
-    """The class name at the model's threshold."""
-    ood_score: float | None
-    """None when the model carries no OOD statistics."""
-    out_of_distribution: bool | None
-    p_viral: float | None = None
-    """P(VIRAL | PNEUMONIA); None for a model without a type head."""
-    pneumonia_type: str = ""
-    """BACTERIAL or VIRAL at the model's type threshold, for an in-distribution image labelled
-    PNEUMONIA only; blank otherwise (a NORMAL image has no pneumonia type to name)."""
-    reason: str = ""
-    """Why the image is outside what the model was made for ("; "-joined), blank when nothing
-    says so. When it is set, `out_of_distribution` is True and the label must not be read."""
+    "Not assessed" is a state, not a flag beside a label: such an image has no label for any
+    output and no heatmap anywhere; the network's numbers stay readable as `unassessed_*`.
+    """
+
+    state: str
+    """"assessed" or "not assessed" (`model.outputs.STATES`)."""
+    probabilities: dict[str, float]
+    """The network's probability per output name (`model.outputs`), temperature applied."""
+    labels: dict[str, str]
+    """Per output, its class at its threshold; only for an assessed image, and only where the
+    output answers (the type of a pneumonia for an image called PNEUMONIA)."""
+    guard_score: float | None = None
+    """The applicability guard's score; None for a model without a guard."""
+    ood_score: float | None = None
+    """The older pooled-feature OOD score; None for a model without its statistics."""
+    refusals: tuple[Refusal, ...] = ()
+    checked: bool = True
+    """Whether anything judged applicability (a guard, OOD statistics or a refusal)."""
+
+    @property
+    def assessed(self) -> bool:
+        return self.state == "assessed"
+
+    @property
+    def probability(self) -> float | None:
+        """P(PNEUMONIA) as a decision's input; None when not assessed."""
+        return self.probabilities.get("pneumonia") if self.assessed else None
+
+    @property
+    def label(self) -> str:
+        return self.labels.get("pneumonia", "")
+
+    @property
+    def p_viral(self) -> float | None:
+        return self.probabilities.get("type") if self.assessed else None
+
+    @property
+    def pneumonia_type(self) -> str:
+        return self.labels.get("type", "")
+
+    @property
+    def out_of_distribution(self) -> bool | None:
+        """True when not assessed (the column's meaning for older readers)."""
+        return not self.assessed if self.checked else None
+
+    @property
+    def reason(self) -> str:
+        """The refusals in plain words, each once."""
+        return "; ".join(dict.fromkeys(r.words for r in self.refusals))
+
+    @property
+    def details(self) -> list[str]:
+        """The figures behind each refusal (a page's "details")."""
+        return [f"{r.words}: {r.detail}" if r.detail else r.words for r in self.refusals]
+
+    def values(self, outputs: Sequence[ModelOutput]) -> dict[str, Any]:
+        """Column -> value for `outputs` (`model.outputs.table_columns`, less path/error)."""
+        values: dict[str, Any] = {
+            "state": self.state,
+            "out_of_distribution": self.out_of_distribution,
+            "reason": self.reason,
+            "guard_score": self.guard_score,
+            "ood_score": self.ood_score,
+        }
+        for output in outputs:
+            number = self.probabilities.get(output.name)
+            values[output.probability_column] = number if self.assessed else None
+            values[output.label_column] = self.labels.get(output.name, "")
+            values[output.unassessed_column] = None if self.assessed else number
+        return values
 
 
 @dataclass
@@ -151,14 +215,15 @@ class RecordScores:
 
 
 def one_line(error: BaseException) -> str:
-    """The error's kind and reason on one line, without the path (the caller has it)."""
+    """The error's reason on one line, in words (no class name), without the path (the caller
+    has it)."""
     if isinstance(error, ImageLoadError):
         reason = error.reason
     elif isinstance(error, OSError) and error.strerror:
         reason = error.strerror
     else:
         reason = str(error)
-    return f"{type(error).__name__}: {' '.join(reason.split())}"
+    return " ".join(reason.split())
 
 
 def load_input(
@@ -568,46 +633,57 @@ class Predictor:
             guard_scores,
         )
 
-    def reasons(self, scores: Scores, position: int, facts: ImageFacts | None) -> list[str]:
+    def refusals(self, scores: Scores, position: int, facts: ImageFacts | None) -> list[Refusal]:
         """Why image `position` is outside the model's use: what the file says (colour, DICOM
-        header; `model.intended_use`), then the feature scores against their cut-offs."""
-        reasons = out_of_scope(facts, self.engine.intended_use)
+        header; `model.intended_use`), then the feature scores against their cut-offs (one
+        "features" reason however many scores say so)."""
+        refusals = out_of_scope(facts, self.engine.intended_use)
+        figures = []
         guard, cutoff = scores.guard_scores, self.decision.guard_cutoff
         if guard is not None and cutoff is not None and guard[position] > cutoff:
-            reasons.append(
-                f"{FEATURE_REASON} (guard score {guard[position]:.1f} > cut-off {cutoff:.1f})"
-            )
+            figures.append(f"guard score {guard[position]:.1f} > cut-off {cutoff:.1f}")
         ood, ood_cutoff = scores.ood_scores[position], self.decision.ood_cutoff
         if ood_cutoff is not None and np.isfinite(ood) and ood > ood_cutoff:
-            reasons.append(f"{FEATURE_REASON} (OOD score {ood:.2f} > cut-off {ood_cutoff:.2f})")
-        return reasons
+            figures.append(f"OOD score {ood:.2f} > cut-off {ood_cutoff:.2f}")
+        if figures:
+            refusals.append(Refusal("features", "; ".join(figures)))
+        return refusals
+
+    @property
+    def outputs(self) -> list[ModelOutput]:
+        """The answers this model gives (`model.outputs`)."""
+        return outputs_of(self.decision)
 
     def results(
         self, scores: Scores, facts: Sequence[ImageFacts | None] | None = None
     ) -> list[ImageResult]:
         """One `ImageResult` per scored image, in order; `facts` (from the loader) let the
         colour and DICOM-header checks speak."""
+        outputs = self.outputs
+        numbers = scores.by_output()
+        checks = self.decision.ood_cutoff is not None or self.decision.guard_cutoff is not None
         results = []
-        kind = self.decision.type
-        for position, p in enumerate(scores.probabilities):
-            reasons = self.reasons(scores, position, facts[position] if facts else None)
+        for position in range(len(scores.probabilities)):
+            refusals = self.refusals(scores, position, facts[position] if facts else None)
+            probabilities = {o.name: float(numbers[o.name][position]) for o in outputs}
+            labels: dict[str, str] = {}
+            if not refusals:
+                for output in outputs:
+                    given = output.asks_given
+                    if given is None or labels.get(given[0]) == given[1]:
+                        chosen = decide(probabilities[output.name], output.threshold(self.decision))
+                        labels[output.name] = output.class_names(self.decision)[int(chosen)]
+            guard = None if scores.guard_scores is None else float(scores.guard_scores[position])
             ood = float(scores.ood_scores[position])
-            if scores.guard_scores is not None:
-                ood = float(scores.guard_scores[position])  # the guard's is the score to show
-            known = bool(np.isfinite(ood)) or bool(reasons)
-            flagged = bool(reasons) if known else None
-            decision = int(scores.decisions[position])
-            p_viral = None if scores.p_viral is None else float(scores.p_viral[position])
-            named = p_viral is not None and kind is not None and decision == 1 and not flagged
             results.append(
                 ImageResult(
-                    probability=float(p),
-                    label=self.label(decision),
+                    state="not assessed" if refusals else "assessed",
+                    probabilities=probabilities,
+                    labels=labels,
+                    guard_score=guard,
                     ood_score=ood if np.isfinite(ood) else None,
-                    out_of_distribution=flagged,
-                    p_viral=p_viral,
-                    pneumonia_type=kind.name(p_viral) if named else "",
-                    reason="; ".join(reasons),
+                    refusals=tuple(refusals),
+                    checked=checks or bool(refusals),
                 )
             )
         return results

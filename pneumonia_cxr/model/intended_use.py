@@ -15,12 +15,30 @@ from typing import Any
 
 from pneumonia_cxr.data.loader import ImageFacts
 
-COLOUR_REASON = "colour image"
-AGE_REASON = "age outside intended use"
-VIEW_REASON = "not a frontal view"
-BODY_PART_REASON = "not a chest image"
-MODALITY_REASON = "not a radiograph"
-FEATURE_REASON = "unlike the training X-rays"
+REASON_WORDS: dict[str, str] = {
+    "colour": "a colour picture, not a grayscale X-ray",
+    "age": "the patient's age is outside the ages the model was made for",
+    "view": "not a frontal chest X-ray",
+    "body_part": "not an image of the chest",
+    "modality": "not a plain X-ray",
+    "features": "does not look like the pediatric chest X-rays the model was trained on",
+}
+"""Why an image is not assessed, in words a clinician reads without a manual: each reason once,
+the figures behind it apart (`Refusal.detail`). Every output says these (the `web` page reads
+them from its model.json)."""
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """One reason an image gets no answer: its kind (a `REASON_WORDS` key), the plain words, and
+    the figures behind them (scores, cut-offs, header values) for a "details" view."""
+
+    kind: str
+    detail: str = ""
+
+    @property
+    def words(self) -> str:
+        return REASON_WORDS[self.kind]
 
 
 @dataclass(frozen=True)
@@ -64,9 +82,12 @@ class IntendedUse:
         return cls(**values)
 
     def scope_sentence(self) -> str:
+        """What the model is for, from this record's own rule (no command: a page shows it)."""
+        views = "/".join(self.projections)
         return (
-            f"Trained and tested on {self.population}. Elsewhere, check it on your own images "
-            "with `pneumonia-cxr calibrate` first."
+            f"For frontal ({views}) chest X-rays of children aged {self.min_age_years:g} to "
+            f"{self.max_age_years:g} years. Trained and tested on {self.population}; on images "
+            "from elsewhere its answers are unproven until checked on that site's own images."
         )
 
 
@@ -88,34 +109,36 @@ def age_years(text: str) -> float | None:
     return int(match.group(1)) * AGE_UNITS[match.group(2)]
 
 
-def out_of_scope(facts: ImageFacts | None, use: IntendedUse) -> list[str]:
+def out_of_scope(facts: ImageFacts | None, use: IntendedUse) -> list[Refusal]:
     """Reasons this file is outside `use` (empty: nothing it says rules it out)."""
     if facts is None:
         return []
     reasons = []
     if facts.chroma is not None and facts.chroma > use.max_chroma:
-        reasons.append(
-            f"{COLOUR_REASON} (chroma {facts.chroma:.1f} > {use.max_chroma:g}): not a grayscale "
-            "radiograph"
-        )
+        reasons.append(Refusal("colour", f"chroma {facts.chroma:.1f} > {use.max_chroma:g}"))
     header = facts.dicom or {}
     age_text = header.get("PatientAge", "")
     age = age_years(age_text) if age_text else None
     if age is not None and not use.min_age_years <= age <= use.max_age_years:
         reasons.append(
-            f"{AGE_REASON} (PatientAge {age_text} = {age:.1f} years; intended "
-            f"{use.min_age_years:g}-{use.max_age_years:g})"
+            Refusal(
+                "age",
+                f"PatientAge {age_text} = {age:.1f} years; intended "
+                f"{use.min_age_years:g}-{use.max_age_years:g}",
+            )
         )
     view = header.get("ViewPosition", "").upper()
     if view in LATERAL_VIEWS:
-        reasons.append(f"{VIEW_REASON} (ViewPosition {view}; intended {'/'.join(use.projections)})")
+        reasons.append(
+            Refusal("view", f"ViewPosition {view}; intended {'/'.join(use.projections)}")
+        )
     part = header.get("BodyPartExamined", "").upper()
     if part and part not in use.body_parts:
-        reasons.append(f"{BODY_PART_REASON} (BodyPartExamined {part})")
+        reasons.append(Refusal("body_part", f"BodyPartExamined {part}"))
     modality = header.get("Modality", "").upper()
     if modality and modality not in use.modalities:
         reasons.append(
-            f"{MODALITY_REASON} (Modality {modality}; intended {'/'.join(use.modalities)})"
+            Refusal("modality", f"Modality {modality}; intended {'/'.join(use.modalities)}")
         )
     return reasons
 

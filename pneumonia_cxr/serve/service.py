@@ -135,6 +135,7 @@ class ModelService:
                 )
             except (ImageLoadError, ValueError) as error:
                 results[index].update(
+                    state="unreadable",
                     error=one_line(error),
                     status=upload_status(error),
                 )
@@ -147,16 +148,28 @@ class ModelService:
             return results
         batch = np.stack(inputs)
         scored = predictor.results(predictor.scores(batch), facts)
+        outputs = predictor.outputs
         for index, result in zip(kept, scored, strict=True):
-            results[index].update(asdict(result), threshold=predictor.threshold)
+            results[index].update(result_json(result, outputs, predictor))
         explainer = self._gradcam_predictor() if gradcam else None
-        if explainer is not None:
-            for index, png in zip(kept, _overlays(explainer, batch, originals), strict=True):
-                results[index]["gradcam_png_base64"] = png
-            if explainer.bundle.has_type_head:  # the second question's heatmap, too
-                typed = _overlays(explainer, batch, originals, target="type")
-                for index, png in zip(kept, typed, strict=True):
-                    results[index]["gradcam_type_png_base64"] = png
+        if explainer is None:
+            return results
+        # Heatmaps of assessed images only (one on a refused image would look like a finding);
+        # the type's only where a type was named.
+        for output in outputs:
+            wanted = [
+                k
+                for k, result in enumerate(scored)
+                if result.assessed and result.labels.get(output.name)
+            ]
+            if not wanted:
+                continue
+            pngs = _overlays(
+                explainer, batch[wanted], [originals[k] for k in wanted], target=output.name
+            )
+            key = "gradcam_png_base64" if output.name == "pneumonia" else "gradcam_type_png_base64"
+            for k, png in zip(wanted, pngs, strict=True):
+                results[kept[k]][key] = png
         return results
 
     def _gradcam_predictor(self) -> Predictor | None:
@@ -175,6 +188,17 @@ class ModelService:
                 self.model_path, engine="torch", device=self.config.device
             )
         return self._explainer
+
+
+def result_json(result, outputs, predictor: Predictor) -> dict[str, Any]:
+    """One image's answer as the service sends it: the table's columns (`model.outputs`), the
+    reasons in plain words and their figures apart, and each output's threshold."""
+    return result.values(outputs) | {
+        "reasons": list(dict.fromkeys(r.words for r in result.refusals)),
+        "details": result.details,
+        "threshold": predictor.threshold,
+        "thresholds": {o.name: o.threshold(predictor.decision) for o in outputs},
+    }
 
 
 def describe_model(predictor: Predictor, model_path: Path) -> dict[str, Any]:

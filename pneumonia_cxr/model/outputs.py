@@ -1,0 +1,106 @@
+"""The model's outputs as a registry: each answer's name, graph outputs, columns and words.
+
+torchxrayvision's `model.targets` idea: an output is an entry here, not a name threaded through
+every layer. Prediction tables (CSV/JSON, every mode), the API's rows, the service's JSON and
+both pages derive their columns and words from `OUTPUTS`; an image that is not assessed leaves
+every answer blank and keeps the network's numbers under `unassessed_<column>`, a name that says
+it is not a decision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pneumonia_cxr.model.decision import Decision
+
+
+@dataclass(frozen=True)
+class ModelOutput:
+    """One answer of the model."""
+
+    name: str
+    """Key of the answer in `ImageResult.answers` and in the service's JSON."""
+    logit_output: str
+    """The ONNX graph's output of its logit."""
+    cam_output: str
+    """The ONNX graph's output of its Grad-CAM map (`export.head_gradcam`)."""
+    probability_column: str
+    label_column: str
+    question: str
+    """What the probability is of, as a page shows it."""
+    asks_given: tuple[str, str] | None = None
+    """(output, label): the answer is given only when that output gave that label (the type
+    of a pneumonia is named for an image called PNEUMONIA only); None: always."""
+    present: Callable[[Decision], bool] = lambda decision: True
+    """Whether a model with this decision record gives this answer."""
+    class_names: Callable[[Decision], tuple[str, str]] = lambda decision: decision.class_names
+    threshold: Callable[[Decision], float] = lambda decision: decision.threshold
+
+    @property
+    def unassessed_column(self) -> str:
+        return f"unassessed_{self.probability_column}"
+
+
+PNEUMONIA = ModelOutput(
+    name="pneumonia",
+    logit_output="logits",
+    cam_output="cam",
+    probability_column="probability",
+    label_column="label",
+    question="P(PNEUMONIA)",
+)
+TYPE = ModelOutput(
+    name="type",
+    logit_output="type_logits",
+    cam_output="type_cam",
+    probability_column="p_viral",
+    label_column="pneumonia_type",
+    question="P(VIRAL | PNEUMONIA)",
+    asks_given=("pneumonia", "PNEUMONIA"),
+    present=lambda decision: decision.type is not None,
+    class_names=lambda decision: tuple(decision.type.class_names),
+    threshold=lambda decision: decision.type.threshold,
+)
+OUTPUTS: list[ModelOutput] = [PNEUMONIA, TYPE]
+"""Every answer a model may give, in column order. A new one is an entry here (plus its head,
+its training loss and its graph output)."""
+
+STATES: tuple[str, ...] = ("assessed", "not assessed", "unreadable")
+"""A row's state: answered, refused with a reason (no label anywhere), or not read (an error)."""
+FIRST_COLUMNS: tuple[str, ...] = ("path", "state")
+CHECK_COLUMNS: tuple[str, ...] = ("out_of_distribution", "reason", "guard_score", "ood_score")
+"""`out_of_distribution` keeps its meaning for older readers: true when not assessed."""
+LAST_COLUMNS: tuple[str, ...] = ("error",)
+FORMATS: dict[str, str] = {"guard_score": "{:.4f}", "ood_score": "{:.4f}"}
+PROBABILITY_FORMAT = "{:.6f}"
+
+
+def outputs_of(decision: Decision) -> list[ModelOutput]:
+    """The answers a model with this decision record gives."""
+    return [output for output in OUTPUTS if output.present(decision)]
+
+
+def table_columns(outputs: list[ModelOutput], *, heatmap: bool = False) -> list[str]:
+    """Columns of every prediction table (plain, streamed, sharded, distributed, JSON)."""
+    answers = [c for o in outputs for c in (o.probability_column, o.label_column)]
+    unassessed = [o.unassessed_column for o in outputs]
+    extra = ["heatmap"] if heatmap else []
+    return [*FIRST_COLUMNS, *answers, *CHECK_COLUMNS, *unassessed, *LAST_COLUMNS, *extra]
+
+
+def probability_columns(outputs: list[ModelOutput]) -> set[str]:
+    return {c for o in outputs for c in (o.probability_column, o.unassessed_column)}
+
+
+def format_value(column: str, value: Any, outputs: list[ModelOutput]) -> str:
+    """A table cell: blank for None, fixed decimals for probabilities and scores."""
+    if value is None:
+        return ""
+    if column in probability_columns(outputs):
+        return PROBABILITY_FORMAT.format(value)
+    if column in FORMATS:
+        return FORMATS[column].format(value)
+    return str(value)
