@@ -219,7 +219,8 @@ def test_a_reader_thread_decodes_ahead_beside_onnx_runtime_only(
     and an early exit leaves no reader behind."""
     import threading
 
-    from pneumonia_cxr.inference import predictor as module
+    from pneumonia_cxr.inference import batching as module
+    from pneumonia_cxr.inference.predictor import Predictor
 
     decoded: list[str] = []
     real_load_input = module.load_input_with_facts
@@ -230,14 +231,14 @@ def test_a_reader_thread_decodes_ahead_beside_onnx_runtime_only(
 
     monkeypatch.setattr(module, "load_input_with_facts", recording_load_input)
     paths = sorted(folder.glob("*.png"))
-    onnx = module.Predictor.open(model_file, engine="onnx", device="cpu")
+    onnx = Predictor.open(model_file, engine="onnx", device="cpu")
     assert len(list(onnx.iter_files(paths, batch_size=1))) == len(paths)
     assert {name.startswith(module.READER_THREAD) for name in decoded} == {True}
     for _ in onnx.iter_files(paths, batch_size=1):
         break
     assert not [t for t in threading.enumerate() if t.name.startswith(module.READER_THREAD)]
     decoded.clear()
-    torch_engine = module.Predictor.open(model_file, engine="torch", device="cpu")
+    torch_engine = Predictor.open(model_file, engine="torch", device="cpu")
     assert len(list(torch_engine.iter_files(paths))) >= 1
     assert set(decoded) == {threading.current_thread().name}
 
