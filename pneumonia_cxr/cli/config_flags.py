@@ -29,7 +29,7 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
         choices=PRESETS,
         help="start from a named recipe; flags given explicitly still change it (reference: "
         "the reference system as written; reference_protocol: its network under this "
-        "project's protocol; see docs/reference.md)",
+        "project's protocol; see docs/reference-system.md)",
     )
     parser.add_argument(
         "--validation",
