@@ -84,13 +84,31 @@ def test_calibrate_writes_a_file_that_records_its_site(
         assert torch.equal(tensor, calibrated.model.state_dict()[name])
 
 
-def test_held_out_fold_is_reported(
+def test_held_out_fold_is_measured_as_evaluate_measures_a_test_split(
     model_file: Path, site: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    output = tmp_path / "site.pt"
-    code = _calibrate(model_file, site, output, "--check_fold", "1", "--force")
-    assert code == 0
-    assert "held-out fold 1" in capsys.readouterr().out
+    """One held-out measure: the figures printed and written for the held-out fold are
+    `evaluate_predictions`' bootstrap over that fold's own labels and probabilities."""
+    import json
+
+    from pneumonia_cxr.evaluation.metrics import Estimate, evaluate_predictions
+    from pneumonia_cxr.site.held_out import format_interval
+
+    output, figures = tmp_path / "site.pt", tmp_path / "check.json"
+    extra = ("--check_fold", "1", "--force", "--check_output", str(figures))
+    assert _calibrate(model_file, site, output, *extra) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("held-out"))
+    held = json.loads(figures.read_text())
+    assert len(held["labels"]) == held["n"] == len(held["probabilities"]) < 72
+    expected = evaluate_predictions(
+        held["labels"], held["probabilities"], load_model(output).threshold, "site"
+    )
+    assert held["roc_auc"] == expected["roc_auc"] and held["threshold"] == expected["threshold"]
+    for name in ("sensitivity", "specificity"):
+        assert held[name] == expected["at_threshold"][name]
+        assert f"{name} {format_interval(Estimate.from_dict(held[name]))}" in line
+    assert line.startswith(f"held-out fold 1 ({held['n']} images of other patients): ROC AUC")
+    assert held["verdict"]["site_auc"] == expected["roc_auc"]["value"]
 
 
 @pytest.mark.parametrize("case", ["one class", "empty class", "too few", "unreadable"])
@@ -172,7 +190,8 @@ def test_a_site_where_the_model_is_at_chance_gets_no_file_without_force(
     output = tmp_path / "site.pt"
     assert _calibrate(model_file, shuffled, output) == 2
     err = capsys.readouterr().err
-    assert "NOT useful here" in err and "--init_from" in err and str(shuffled) in err
+    assert "NOT useful here" in err and "pneumonia-cxr adapt" in err and str(shuffled) in err
+    assert "--init_from" not in err  # one suggestion: `adapt`, which fine-tunes and checks
     assert not output.exists()
     assert _calibrate(model_file, shuffled, output, "--force") == 0
     assert "NOT useful here" in capsys.readouterr().out

@@ -15,13 +15,15 @@ from pneumonia_cxr.cli.common import (
 from pneumonia_cxr.config import ADAPT_MIN_SENSITIVITY, RunConfig
 from pneumonia_cxr.data import SPLITS
 from pneumonia_cxr.evaluation import THRESHOLD_RULES
+from pneumonia_cxr.site import MIN_IMAGES_PER_CLASS
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     """Measure a model on a site's images, refit its operating point there, write a new file."""
     import json
 
-    from pneumonia_cxr.training.recalibrate import calibrate_site, format_held_out, format_report
+    from pneumonia_cxr.site.calibrate import calibrate_site, format_report
+    from pneumonia_cxr.site.held_out import format_held_out
 
     outcome = calibrate_site(
         _model_path_or_shipped(args.model_path),
@@ -39,16 +41,18 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     )
     print(format_report(outcome.result, outcome.records, checked=outcome.held_out is not None))
     if outcome.held_out is not None:
-        print(format_held_out(outcome.held_out, args.check_fold, args.min_sensitivity))
+        held = outcome.held_out
+        name = f"held-out fold {args.check_fold} ({held.metrics.n} images of other patients)"
+        print(format_held_out(name, held, args.min_sensitivity))
         if args.check_output:
-            Path(args.check_output).write_text(json.dumps(outcome.held_out) + "\n")
+            Path(args.check_output).write_text(json.dumps(held.to_json()) + "\n")
     print(f"written: {args.output}")
     return 0
 
 
 def cmd_adapt(args: argparse.Namespace) -> int:
     """Fine-tune, calibrate and check a model on a site's own labelled images."""
-    from pneumonia_cxr.training.adapt import adapt_site, format_adapt_report
+    from pneumonia_cxr.site.adapt import adapt_site, format_adapt_report
 
     outcome = adapt_site(
         _model_path_or_shipped(args.model_path),
@@ -86,7 +90,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     calibrate.add_argument("--min_sensitivity", type=float, default=defaults.min_sensitivity)
     calibrate.add_argument(
-        "--force", action="store_true", help="calibrate even with < 30 images in a class"
+        "--force",
+        action="store_true",
+        help=f"calibrate even with < {MIN_IMAGES_PER_CLASS} images in a class",
     )
     calibrate.add_argument(
         "--folds", type=int, default=2, help="patient-level folds for --check_fold"
@@ -127,7 +133,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     adapt.add_argument("--seed", type=int, default=0, help="seed of the halves and the training")
     adapt.add_argument(
-        "--force", action="store_true", help="go on with < 30 images of a class in a half"
+        "--force",
+        action="store_true",
+        help=f"go on with < {MIN_IMAGES_PER_CLASS} images of a class in a half",
     )
     adapt.add_argument("--batch_size", type=_positive_int, default=32)
     adapt.set_defaults(func=cmd_adapt)

@@ -6,9 +6,10 @@ checking half; it is then fine-tuned from its own weights on the fitting half (t
 recipe `ADAPT_RECIPE`), its threshold, temperature and applicability guard are refitted on the
 whole fitting half (`calibrate_model`: a threshold chosen on the fine-tuning run's small
 validation part alone proved far off on the other half), and it is measured again on the
-checking half, which no step has seen. The adapted file records the site, the recipe, its
-parent and both sets of held-out figures, and its intended-use record describes the site's
-images, so that a model adapted on adults' films accepts adults.
+checking half, which no step has seen, by the one held-out measure (`site.held_out`). The
+adapted file records the site, the recipe, its parent and both sets of held-out figures, and
+its intended-use record describes the site's images, so that a model adapted on adults' films
+accepts adults.
 """
 
 from __future__ import annotations
@@ -22,34 +23,21 @@ from typing import Any
 from pneumonia_cxr import CLASS_NAMES
 from pneumonia_cxr.config import ADAPT_MIN_SENSITIVITY, RunConfig
 from pneumonia_cxr.data.discovery import ImageRecord
-from pneumonia_cxr.data.fingerprint import records_fingerprint
 from pneumonia_cxr.data.site import PATIENTS_FILE, list_site_images, read_patients_csv, site_folds
-from pneumonia_cxr.data.split import file_sha256
-from pneumonia_cxr.evaluation.metrics import evaluate_predictions
-from pneumonia_cxr.inference.predictor import Predictor
-from pneumonia_cxr.model.model_file import load_model, save_model
+from pneumonia_cxr.model.model_file import load_model
 from pneumonia_cxr.run_folder import CONFIG_FILE
-from pneumonia_cxr.training.init_from import adopt_parent
-from pneumonia_cxr.training.recalibrate import (
-    calibrate_model,
-    check_enough_images,
-    class_counts,
-    score_site,
-    site_verdict,
+from pneumonia_cxr.site import ADAPT_RECIPE
+from pneumonia_cxr.site.calibrate import calibrate_model, check_enough_images, class_counts
+from pneumonia_cxr.site.held_out import (
+    HeldOut,
+    format_held_out,
+    held_out_figures,
+    write_site_model,
 )
+from pneumonia_cxr.training.init_from import adopt_parent
 
 log = logging.getLogger(__name__)
 
-ADAPT_RECIPE: dict[str, Any] = {
-    "stage1_epochs": 1,
-    "stage2_epochs": 3,
-    "stage1_lr": 1e-4,
-    "stage2_lr": 3e-5,
-    "unfreeze_layers": -1,
-}
-"""Few epochs at a low rate on every layer: a few hundred films move the whole network a little
-toward the site without forgetting what it learned (measured by hand on another hospital's
-485 films: held-out AUC 0.49 -> 0.78 in 2 minutes on 2 cores, issue 25)."""
 RUN_NAME = "finetune"
 
 
@@ -57,31 +45,18 @@ RUN_NAME = "finetune"
 class AdaptOutcome:
     """What `adapt_site` measured and wrote."""
 
-    before: dict[str, Any]
-    after: dict[str, Any]
+    before: HeldOut
+    after: HeldOut
     record: dict[str, Any]
     output: Path
 
 
-def held_out(model_path: Path, records: list[ImageRecord], batch_size: int) -> dict[str, Any]:
-    """AUC, sensitivity and specificity (bootstrap CIs) at the file's own threshold, and the
-    `site_verdict` of those figures."""
-    predictor = Predictor.open(model_path, engine="torch", device="cpu")
-    scored = score_site(predictor, records, batch_size)
-    bundle = predictor.bundle
-    metrics = evaluate_predictions(
-        scored.labels, scored.scores.probabilities, bundle.threshold, bundle.threshold_rule
+def _held_out(model_path: Path, records: list[ImageRecord], batch_size: int) -> HeldOut:
+    """The held-out measure with PyTorch on the CPU (`adapt` offers no --device): the file is
+    scored as written, with no export cached for an output rewritten moments later."""
+    return held_out_figures(
+        model_path, records, device="cpu", engine="torch", batch_size=batch_size
     )
-    flagged = int(scored.scores.ood_flags.sum())
-    return {
-        "n": metrics["n"],
-        "threshold": metrics["threshold"],
-        "roc_auc": metrics["roc_auc"],
-        "sensitivity": metrics["at_threshold"]["sensitivity"],
-        "specificity": metrics["at_threshold"]["specificity"],
-        "flagged": flagged,
-        "verdict": site_verdict(metrics),
-    }
 
 
 def _link_fit_folder(records: list[ImageRecord], folder: Path, patients: dict[str, str]) -> Path:
@@ -141,9 +116,10 @@ def adapt_site(
 ) -> AdaptOutcome:
     """`pneumonia-cxr adapt`: a site folder and a model in, an adapted model file out.
 
-    Refuses what `calibrate` refuses (a class missing, fewer than 30 images of a class in either
-    half without `force`, an unreadable image, a model that does not separate the fitting half
-    after fine-tuning, without `force`). Re-running the same command resumes the fine-tuning.
+    Refuses what `calibrate` refuses (a class missing, fewer than `MIN_IMAGES_PER_CLASS`
+    images of a class in either half without `force`, an unreadable image, a model that does
+    not separate the fitting half after fine-tuning, without `force`). Re-running the same
+    command resumes the fine-tuning.
     """
     model_path, site, output = Path(model_path), Path(site), Path(output)
     work = Path(work_dir) if work_dir is not None else output.with_name(output.stem + "_adapt")
@@ -152,7 +128,7 @@ def adapt_site(
     fit, check = site_folds(records, 2, seed, patients)
     check_enough_images(fit, force, "the fitting half")
     check_enough_images(check, force, "the checking half")
-    before = held_out(model_path, check, batch_size)
+    before = _held_out(model_path, check, batch_size)
     fit_folder = _link_fit_folder(fit, work / "fit_images", patients)
     tuned = _fine_tune(model_path, fit_folder, work, seed, batch_size)
     calibrate_model(
@@ -165,7 +141,7 @@ def adapt_site(
         batch_size=batch_size,
         site=site,
     )
-    after = held_out(output, check, batch_size)
+    after = _held_out(output, check, batch_size)
     bundle = load_model(output)
     parent = load_model(model_path)
     bundle.intended_use = replace(
@@ -176,48 +152,29 @@ def adapt_site(
         max_age_years=150.0,
     )
     record = {
-        "site_fingerprint": records_fingerprint(records, "site"),
         "images": {"fit": class_counts(fit), "check": class_counts(check)},
         "split": "by patient" if patients else "by patient where known",
         "recipe": ADAPT_RECIPE,
         "threshold_rule": rule,
         "min_sensitivity": min_sensitivity,
-        "parent_sha256": file_sha256(model_path),
-        "parent_file": model_path.name,
-        "held_out_before": before,
-        "held_out_after": after,
+        "held_out_before": before.record(),
+        "held_out_after": after.record(),
     }
-    bundle.extra = {**bundle.extra, "adaptation": record}
-    save_model(bundle, output, half=bundle.stored_half)
-    return AdaptOutcome(before, after, record, output)
-
-
-def _line(name: str, figures: dict[str, Any]) -> str:
-    def cell(entry: dict[str, Any], percent: bool) -> str:
-        scale, unit, digits = (100, "%", 1) if percent else (1, "", 3)
-        value, low, high = (
-            None if entry[k] is None else scale * entry[k] for k in ("value", "ci_low", "ci_high")
-        )
-        if value is None:
-            return "n/a"
-        return f"{value:.{digits}f}{unit} [{low:.{digits}f}, {high:.{digits}f}]"
-
-    return (
-        f"{name}: ROC AUC {cell(figures['roc_auc'], False)}, sensitivity "
-        f"{cell(figures['sensitivity'], True)}, specificity {cell(figures['specificity'], True)} "
-        f"at threshold {figures['threshold']:.4f}; {figures['flagged']} of {figures['n']} flagged"
+    record = write_site_model(
+        bundle, output, "adaptation", record, parent=model_path, records=records
     )
+    return AdaptOutcome(before, after, record, output)
 
 
 def format_adapt_report(outcome: AdaptOutcome) -> str:
     """What `adapt` prints: the checking half before and after, and the plain verdict."""
     images = outcome.record["images"]
-    after = outcome.after["verdict"]
+    after = outcome.after.verdict
     return "\n".join(
         [
             f"site halves by patient: fit {images['fit']}, check {images['check']}",
-            _line("checking half, the model as it was", outcome.before),
-            _line("checking half, adapted", outcome.after),
+            format_held_out("checking half, the model as it was", outcome.before),
+            format_held_out("checking half, adapted", outcome.after),
             f"verdict on the checking half: {after['text']}"
             + ("" if after["useful"] else "; do not use the adapted model there either"),
             f"written: {outcome.output}",
