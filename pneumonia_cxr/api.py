@@ -8,6 +8,7 @@ A thin face over the paths the CLI and the service use (`inference.Predictor`,
 
 from __future__ import annotations
 
+import importlib.util
 import io
 from collections.abc import Sequence
 from pathlib import Path
@@ -90,17 +91,46 @@ class Model:
         self, image: ImageInput, *, target: str = "pneumonia", method: str = "gradcam"
     ) -> np.ndarray:
         """The heatmap of one image: a float array in [0, 1] at the model's input size (target
-        "pneumonia", or "type" for a model with a type head). Needs the `.pt` model file."""
+        "pneumonia", or "type" for a model with a type head).
+
+        With PyTorch and a `.pt` model file: pytorch-grad-cam's `method`. Without PyTorch (the
+        light install), or for an `.onnx` file: Grad-CAM from the ONNX graph's own `cam` /
+        `type_cam` output (the `web` page's map), scaled the same way; a graph without it, or
+        another method, needs the full install and the `.pt` file (one-line error)."""
+        if importlib.util.find_spec("torch") is None or self.path.suffix.lower() == ".onnx":
+            return self._graph_explain(image, target, method)
         from pneumonia_cxr.explain.gradcam import predictor_cams
 
         if self._cam_predictor is None:
             self._cam_predictor = Predictor.open(self.path, gradcam=True, device=self._device)
         predictor = self._cam_predictor
-        if isinstance(image, str | Path):
-            model_input, _ = predictor.load_input(image)
-        else:
-            model_input, _, _ = predictor.input_and_facts_from_bytes(_png_bytes(image), "image")
+        model_input = _model_input(predictor, image)
         return predictor_cams(predictor, model_input[None], method=method, target=target)[0]
+
+    def _graph_explain(self, image: ImageInput, target: str, method: str) -> np.ndarray:
+        from pneumonia_cxr.errors import ModelFileError
+        from pneumonia_cxr.explain.overlay import graph_cams, has_graph_cam
+        from pneumonia_cxr.model.onnx_format import FULL_INSTALL_HINT
+
+        if target not in {o.name for o in self.predictor.outputs}:
+            names = [o.name for o in self.predictor.outputs]
+            raise ValueError(f"target must be one of {names}, not {target!r}")
+        engine = self.predictor.engine
+        if method != "gradcam":
+            problem = f"the {method} heatmap needs PyTorch"
+        elif not has_graph_cam(engine, target):
+            problem = (
+                f"this model's ONNX graph carries no Grad-CAM map of {target!r} (only one network "
+                "with an MLP head has it); its heatmaps need PyTorch"
+            )
+        else:
+            problem = ""
+        if problem:
+            raise ModelFileError(
+                f"{self.path.name}: {problem} and the .pt model file: {FULL_INSTALL_HINT}"
+            )
+        model_input = _model_input(self.predictor, image)
+        return graph_cams(engine, model_input[None], target)[0]  # type: ignore[arg-type]
 
 
 def evaluate(
@@ -118,6 +148,13 @@ def evaluate(
 
     path = model.path if isinstance(model, Model) else model
     return evaluate_model(path, data, split=split, output_dir=output_dir, **options)
+
+
+def _model_input(predictor: Predictor, image: ImageInput) -> np.ndarray:
+    """One image as the model's input, through the loader (a file) or the upload path."""
+    if isinstance(image, str | Path):
+        return predictor.load_input(image)[0]
+    return predictor.input_and_facts_from_bytes(_png_bytes(image), "image")[0]
 
 
 def _is_in_memory(images: Any) -> bool:

@@ -2,6 +2,10 @@
 
 Figures are drawn on a `matplotlib.figure.Figure` directly, never through pyplot, so a
 long-running service or a test session accumulates no global figure state.
+
+Importable without PyTorch: the light install draws its heatmaps from the ONNX graph's own
+Grad-CAM outputs (`graph_cams`, `graph_overlays`) with numpy and Pillow only; PyTorch,
+pytorch-grad-cam and matplotlib are imported by the functions that need them.
 """
 
 from __future__ import annotations
@@ -13,16 +17,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from matplotlib.figure import Figure
 from PIL import Image
-from pytorch_grad_cam.utils.image import show_cam_on_image
 
 from pneumonia_cxr import CLASS_NAMES
 from pneumonia_cxr.model.decision import decide
 from pneumonia_cxr.storage import atomic_write
 
 if TYPE_CHECKING:
+    import torch
+
+    from pneumonia_cxr.inference.engines import OnnxEngine
     from pneumonia_cxr.inference.predictor import Predictor
 
 GROUPS: tuple[str, ...] = ("TP", "FP", "TN", "FN")
@@ -30,7 +34,7 @@ GROUPS: tuple[str, ...] = ("TP", "FP", "TN", "FN")
 
 
 def _as_gray_uint8(gray: np.ndarray | torch.Tensor) -> np.ndarray:
-    array = gray.detach().cpu().numpy() if isinstance(gray, torch.Tensor) else np.asarray(gray)
+    array = gray.detach().cpu().numpy() if hasattr(gray, "detach") else np.asarray(gray)
     if array.ndim == 3 and array.shape[0] == 1:
         array = array[0]
     if array.ndim != 2:
@@ -67,12 +71,91 @@ def overlay_heatmap(
     Returns:
         RGB uint8 (H, W, 3).
     """
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     image = _as_gray_uint8(gray)
     mask = _resize_cam(cam, *image.shape)
     rgb = np.repeat((image.astype(np.float32) / 255.0)[..., None], 3, axis=2)
     return show_cam_on_image(rgb, mask, use_rgb=True, image_weight=1.0 - alpha)
+
+
+def jet(values: np.ndarray) -> np.ndarray:
+    """MATLAB's jet, as OpenCV's COLORMAP_JET draws it (piecewise linear: blue at 0, red at 1):
+    values in [0, 1] -> RGB uint8, shape (..., 3). The page's `jet` (browser.js) is the same."""
+    v = np.clip(np.asarray(values, dtype=np.float32), 0.0, 1.0)[..., None]
+    offsets = np.array([3.0, 2.0, 1.0], dtype=np.float32)  # red, green, blue
+    return np.round(255 * np.clip(1.5 - np.abs(4 * v - offsets), 0.0, 1.0)).astype(np.uint8)
+
+
+def overlay_jet(gray: np.ndarray, cam: np.ndarray, alpha: float = 0.4) -> np.ndarray:
+    """`overlay_heatmap` with numpy and Pillow only (no PyTorch, no OpenCV): the same jet
+    colours and the same blend as pytorch-grad-cam's `show_cam_on_image` (weighted sum, then
+    divided by its maximum). RGB uint8 at the original's size."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    image = _as_gray_uint8(gray)
+    mask = _resize_cam(cam, *image.shape)
+    rgb = np.repeat((image.astype(np.float32) / 255.0)[..., None], 3, axis=2)
+    blend = alpha * (jet(mask).astype(np.float32) / 255.0) + (1.0 - alpha) * rgb
+    return np.uint8(255 * blend / max(float(blend.max()), 1e-7))
+
+
+def scale_cams(maps: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Raw maps (N, h, w) onto [0, 1] each, as pytorch-grad-cam scales its own
+    (`scale_cam_image`: minus the minimum, over 1e-7 + the maximum), then resized bilinearly
+    to `size` = (width, height) when given. float32 (N, height, width)."""
+    scaled = []
+    for raw in np.asarray(maps, dtype=np.float32):
+        cam = raw - raw.min()
+        cam = cam / (1e-7 + cam.max())
+        if size is not None and cam.shape[::-1] != tuple(size):
+            cam = np.asarray(Image.fromarray(cam, "F").resize(size, Image.Resampling.BILINEAR))
+        scaled.append(np.asarray(cam, dtype=np.float32))
+    if not scaled:
+        return np.zeros((0, *(size[::-1] if size else (0, 0))), dtype=np.float32)
+    return np.stack(scaled)
+
+
+def has_graph_cam(engine: object, target: str = "pneumonia") -> bool:
+    """Whether `engine` is an ONNX engine whose graph carries the Grad-CAM map of `target`."""
+    from pneumonia_cxr.inference.engines import OnnxEngine
+    from pneumonia_cxr.model.outputs import OUTPUTS
+
+    output = {o.name: o for o in OUTPUTS}.get(target)
+    return (
+        output is not None
+        and isinstance(engine, OnnxEngine)
+        and output.cam_output in engine.graph_outputs()
+    )
+
+
+def graph_cams(engine: OnnxEngine, inputs: np.ndarray, target: str = "pneumonia") -> np.ndarray:
+    """Heatmaps from the ONNX graph's own Grad-CAM outputs (`cam`, `type_cam`: the closed-form
+    Grad-CAM of `export.head_gradcam`, which the `web` page draws too), each scaled onto
+    [0, 1] and resized to the model's input size: (N, size, size), no PyTorch needed."""
+    from pneumonia_cxr.model.outputs import OUTPUTS
+
+    outputs = {o.name: o for o in OUTPUTS}
+    if target not in outputs:
+        raise ValueError(f"target must be one of {sorted(outputs)}, not {target!r}")
+    array = np.asarray(inputs)
+    maps = engine.cams(array, outputs[target].cam_output)
+    return scale_cams(maps, (array.shape[-1], array.shape[-2]))
+
+
+def graph_overlays(
+    engine: OnnxEngine,
+    inputs: np.ndarray,
+    originals: Sequence[np.ndarray],
+    *,
+    target: str = "pneumonia",
+) -> list[np.ndarray]:
+    """`gradcam_overlays` without PyTorch: the graph's maps (`graph_cams`) drawn on each
+    original (`overlay_jet`)."""
+    cams = graph_cams(engine, inputs, target)
+    return [overlay_jet(original, cam) for original, cam in zip(originals, cams, strict=True)]
 
 
 def gradcam_overlays(
@@ -168,6 +251,8 @@ def save_gradcam_grid(
         raise ValueError("no examples to draw: pick at least one with pick_examples")
     if ncols < 1:
         raise ValueError(f"ncols must be >= 1, got {ncols}")
+    from matplotlib.figure import Figure
+
     path = Path(path)
     cols = min(ncols, len(examples))
     rows = math.ceil(len(examples) / cols)

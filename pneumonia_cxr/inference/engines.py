@@ -24,6 +24,7 @@ from pneumonia_cxr.errors import ModelFileError
 from pneumonia_cxr.model.decision import Decision
 from pneumonia_cxr.model.intended_use import IntendedUse
 from pneumonia_cxr.model.onnx_format import (
+    CAM_OUTPUT,
     GUARD_OUTPUT,
     INPUT_NAME,
     LOGIT_OUTPUT,
@@ -230,6 +231,29 @@ class OnnxEngine:
         guard = values[GUARD_OUTPUT].reshape(-1) if GUARD_OUTPUT in values else None
         return EngineOutput(logits, ood, kinds, guard)
 
+    def graph_outputs(self) -> set[str]:
+        """The names of the graph's outputs (`cam` and `type_cam` only where the export could
+        carry them: `export.output_names`)."""
+        return {node.name for node in self._session.get_outputs()}
+
+    def cams(self, images: np.ndarray, output_name: str = CAM_OUTPUT) -> np.ndarray:
+        """The graph's Grad-CAM maps (`export.head_gradcam`) of a batch, raw: shape (N, h, w)
+        at the feature map's resolution, before any scaling (`explain.overlay.graph_cams`
+        scales them as pytorch-grad-cam does). `output_name`: "cam" (PNEUMONIA) or
+        "type_cam" (the type). The light install's heatmaps: no PyTorch, no gradients."""
+        if output_name not in self.graph_outputs():
+            raise ModelFileError(
+                f"{self.path.name}: this export carries no Grad-CAM map '{output_name}' (only a "
+                "single network with an MLP head can); heatmaps of it need PyTorch and the .pt "
+                "model file"
+            )
+        array = self._as_input(images)
+        if len(array) == 0:
+            return np.zeros((0, 0, 0), dtype=np.float32)
+        [maps] = self._run([output_name], array)
+        maps = np.asarray(maps, dtype=np.float32)
+        return maps.reshape(len(array), *maps.shape[-2:])
+
     def logits(self, images: np.ndarray) -> np.ndarray:
         """Raw PNEUMONIA logits, shape (N,)."""
         return self.run(images)[0]
@@ -289,6 +313,9 @@ class OpenVinoEngine(OnnxEngine):
         inputs = [i.get_any_name() for i in self._compiled.inputs]
         outputs = {name for o in self._compiled.outputs for name in o.get_names()}
         return raw, inputs, outputs
+
+    def graph_outputs(self) -> set[str]:
+        return {name for output in self._compiled.outputs for name in output.get_names()}
 
     def _run(self, outputs: list[str], array: np.ndarray) -> list[np.ndarray]:
         result = self._compiled(array)

@@ -4,12 +4,18 @@ One worker thread runs every model call, so Grad-CAM hooks and PyTorch's thread 
 shared between requests; requests wait their turn in a bounded queue (`max_in_flight`), and a
 request beyond it is refused at once (503) rather than piling up memory. `/health` never touches
 this queue.
+
+Heatmaps (`?gradcam=true`) come from PyTorch Grad-CAM in the full install, and from the ONNX
+graph's own Grad-CAM outputs (`cam`, `type_cam`; the `web` page draws the same) where PyTorch is
+not installed; only assessed images get one. A DICOM upload also gets `preview_png_base64`: its
+decoded image as a small PNG (a browser cannot show DICOM), so the page shows the film it scored.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import importlib.util
 import io
 import json
 import logging
@@ -24,12 +30,15 @@ from pneumonia_cxr.errors import ImageLoadError, ImageTooLargeError, NotAnImageE
 if TYPE_CHECKING:  # the model loads on the worker thread: the server answers /health first
     import numpy as np
 
+    from pneumonia_cxr.inference.engines import OnnxEngine
     from pneumonia_cxr.inference.predictor import Predictor
 
 log = logging.getLogger(__name__)
 
 OVERLAY_MAX_SIDE = 768
 """Heatmap overlays are sent at most this wide/high: enough to read, small enough to send."""
+PREVIEW_MAX_SIDE = 512
+"""A DICOM upload's decoded image (`preview_png_base64`) is sent at most this wide/high."""
 
 
 @dataclass
@@ -144,6 +153,8 @@ class ModelService:
             originals.append(gray)
             kept.append(index)
             facts.append(fact)
+            if fact.dicom is not None:  # a browser cannot show DICOM: the decoded film
+                results[index]["preview_png_base64"] = _png_base64(gray, PREVIEW_MAX_SIDE)
         if not kept:
             return results
         batch = np.stack(inputs)
@@ -151,8 +162,8 @@ class ModelService:
         outputs = predictor.outputs
         for index, result in zip(kept, scored, strict=True):
             results[index].update(result_json(result, outputs, predictor))
-        explainer = self._gradcam_predictor() if gradcam else None
-        if explainer is None:
+        draw = self._overlay_maker() if gradcam else None
+        if draw is None:
             return results
         # Heatmaps of assessed images only (one on a refused image would look like a finding);
         # the type's only where a type was named.
@@ -162,26 +173,41 @@ class ModelService:
                 for k, result in enumerate(scored)
                 if result.assessed and result.labels.get(output.name)
             ]
-            if not wanted:
+            if not wanted or not _can_draw(draw, output.name):
                 continue
-            pngs = _overlays(
-                explainer, batch[wanted], [originals[k] for k in wanted], target=output.name
-            )
+            pngs = _overlays(draw, batch[wanted], [originals[k] for k in wanted], output.name)
             key = "gradcam_png_base64" if output.name == "pneumonia" else "gradcam_type_png_base64"
             for k, png in zip(wanted, pngs, strict=True):
                 results[kept[k]][key] = png
         return results
 
+    def _overlay_maker(self) -> Predictor | OnnxEngine | None:
+        """What draws the heatmaps: PyTorch Grad-CAM (`_gradcam_predictor`), else, where
+        PyTorch is not installed (the light install), the scoring engine's ONNX graph, whose
+        `cam`/`type_cam` outputs carry the same maps (`explain.overlay.graph_overlays`); None
+        when neither can (scores come without overlays)."""
+        from pneumonia_cxr.explain.overlay import has_graph_cam
+
+        explainer = self._gradcam_predictor()
+        if explainer is not None:
+            return explainer
+        assert self.predictor is not None
+        engine = self.predictor.engine
+        if importlib.util.find_spec("torch") is None and has_graph_cam(engine):
+            return engine  # type: ignore[return-value]
+        return None
+
     def _gradcam_predictor(self) -> Predictor | None:
         """The PyTorch engine Grad-CAM needs (gradients), opened on the first heatmap asked;
-        None for an ONNX export, which has no gradients (scores come without overlays)."""
+        None for an ONNX export, which has no gradients, and without PyTorch (the light
+        install): then the graph's own maps draw them (`_overlay_maker`)."""
         from pneumonia_cxr.inference.predictor import Predictor
 
         predictor = self.predictor
         assert predictor is not None and self.model_path is not None
         if predictor.bundle is not None:
             return predictor
-        if self.model_path.suffix.lower() == ".onnx":
+        if self.model_path.suffix.lower() == ".onnx" or importlib.util.find_spec("torch") is None:
             return None
         if self._explainer is None:
             self._explainer = Predictor.open(
@@ -234,24 +260,47 @@ def describe_model(predictor: Predictor, model_path: Path) -> dict[str, Any]:
     }
 
 
+def _can_draw(draw: Predictor | OnnxEngine, target: str) -> bool:
+    """PyTorch draws every head's map; a graph only those it carries (`type_cam` may lack)."""
+    from pneumonia_cxr.explain.overlay import has_graph_cam
+    from pneumonia_cxr.inference.engines import OnnxEngine
+
+    return not isinstance(draw, OnnxEngine) or has_graph_cam(draw, target)
+
+
 def _overlays(
-    predictor: Predictor,
+    draw: Predictor | OnnxEngine,
     batch: np.ndarray,
     originals: list[np.ndarray],
     target: str = "pneumonia",
 ) -> list[str]:
+    """Heatmap overlays as base64 PNGs: PyTorch Grad-CAM through a `Predictor`
+    (`gradcam_overlays`), or the ONNX graph's own maps through its engine (`graph_overlays`,
+    numpy and Pillow only)."""
+    from pneumonia_cxr.explain.overlay import graph_overlays
+    from pneumonia_cxr.inference.engines import OnnxEngine
+
+    if isinstance(draw, OnnxEngine):
+        overlays = graph_overlays(draw, batch, originals, target=target)
+    else:
+        from pneumonia_cxr.explain.overlay import gradcam_overlays
+
+        overlays = gradcam_overlays(draw, batch, originals, target=target)
+    return [_png_base64(pixels, OVERLAY_MAX_SIDE) for pixels in overlays]
+
+
+def _png_base64(pixels: np.ndarray, max_side: int) -> str:
+    """An image (gray (H, W) or (1, H, W), or RGB (H, W, 3); uint8) as a base64 PNG at most
+    `max_side` wide/high."""
     from PIL import Image
 
-    from pneumonia_cxr.explain.overlay import gradcam_overlays
-
-    encoded = []
-    for pixels in gradcam_overlays(predictor, batch, originals, target=target):
-        overlay = Image.fromarray(pixels)
-        overlay.thumbnail((OVERLAY_MAX_SIDE, OVERLAY_MAX_SIDE))
-        buffer = io.BytesIO()
-        overlay.save(buffer, format="PNG")
-        encoded.append(base64.b64encode(buffer.getvalue()).decode("ascii"))
-    return encoded
+    if pixels.ndim == 3 and pixels.shape[0] == 1:  # the loader's gray (1, H, W)
+        pixels = pixels[0]
+    image = Image.fromarray(pixels)
+    image.thumbnail((max_side, max_side))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def _is_shipped(path: Path) -> bool:
