@@ -1,4 +1,5 @@
-"""The `web` folder in Chromium against `predict`, with its size, load time and ms per image.
+"""The `web` folder in Chromium against `predict` (state, label, probability; the network's number
+for an image not assessed), with its size, load time and ms per image.
 
 40 official test copies (both classes; the 8 nearest the threshold among the first 200 of
 each class, then every tenth of those), the 4 DICOM kinds tests/test_web_browser.py builds from
@@ -28,16 +29,12 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
+from test_serve_browser import read_cards  # noqa: E402
 from test_web_browser import CHROMIUM, CHROMIUM_ARGS, _dicoms  # noqa: E402
 
 from pneumonia_cxr.inference.predictor import Predictor  # noqa: E402
 from pneumonia_cxr.model.shipped import default_model_path  # noqa: E402
 from pneumonia_cxr.web import write_web_folder  # noqa: E402
-
-SHOWN = """cards => cards.map(c => ({
-    name: c.querySelector(".name").textContent,
-    label: c.querySelector("[data-testid=label]")?.textContent,
-    p: c.querySelector("[data-testid=probability]")?.dataset.value}))"""
 
 
 def _choose(predictor: Predictor, test: Path) -> list[Path]:
@@ -90,16 +87,19 @@ def main() -> None:
             page.set_input_files("#file", [str(p) for p in chosen])
             page.wait_for_selector(f"body[data-scored='{int(before) + 1}']", timeout=600_000)
             timings[group] = (time.perf_counter() - started) / len(chosen) * 1000
-            shown = {c["name"]: c for c in page.eval_on_selector_all("[data-testid=result]", SHOWN)}
+            shown = read_cards(page)
+            numbers = {r["name"]: r for r in page.evaluate("PneumoniaPage.lastResults")}
             report = []
             for path in chosen:
                 result, card = expected[path.name], shown[path.name]
-                label = "not assessed" if result.out_of_distribution else result.label
-                report.append((card["label"] == label, abs(float(card["p"]) - result.probability)))
+                same = card["state"] == result.state and (card["label"] or "") == result.label
+                key = "probability" if result.assessed else "unassessed_probability"
+                number = result.probabilities["pneumonia"]
+                report.append((same, abs(numbers[path.name][key] - number)))
             same = sum(ok for ok, _ in report)
             largest = max(d for _, d in report)
             print(
-                f"{group}: {same}/{len(chosen)} same labels, max |dP| {largest:.2e}, "
+                f"{group}: {same}/{len(chosen)} same states and labels, max |dP| {largest:.2e}, "
                 f"{timings[group]:.0f} ms per image"
             )
         browser.close()

@@ -134,14 +134,23 @@ def write_web_folder(out_dir: str | Path, model_path: str | Path) -> dict[str, A
         "sha256": sha256,
         "metadata": engine.metadata,
         "model": description,
-        "reasons": {
-            "colour": use.COLOUR_REASON,
-            "feature": use.FEATURE_REASON,
-            "age": use.AGE_REASON,
-            "view": use.VIEW_REASON,
-            "body_part": use.BODY_PART_REASON,
-            "modality": use.MODALITY_REASON,
-        },
+        # The answers this model gives (`model.outputs`: columns, graph outputs, thresholds)
+        # and why an image is not assessed, in the words every other output uses, by kind.
+        "outputs": [
+            {
+                "name": output.name,
+                "probability_column": output.probability_column,
+                "label_column": output.label_column,
+                "unassessed_column": output.unassessed_column,
+                "cam_output": output.cam_output,
+                "question": output.question,
+                "asks_given": list(output.asks_given) if output.asks_given else None,
+                "class_names": list(output.class_names(predictor.decision)),
+                "threshold": output.threshold(predictor.decision),
+            }
+            for output in predictor.outputs
+        ],
+        "reasons": dict(use.REASON_WORDS),
         "max_pixels": DEFAULT_MAX_PIXELS,
         "header_rules": {"lateral_views": sorted(use.LATERAL_VIEWS), "age_units": use.AGE_UNITS},
     }

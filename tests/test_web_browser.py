@@ -1,6 +1,8 @@
 """`pneumonia-cxr web`: the static folder, served by a plain static file server, scores in
-Chromium with the labels and probabilities of `predict`, offline once loaded, sends no image
-anywhere, gives a photo and a scanned page no label, and survives bad files and a damaged model.
+Chromium with the results of `predict` (state, label, probability, reasons and their figures),
+offline once loaded, sends no image anywhere, gives a photo, a scanned page, the astronaut and an
+adult's DICOM no label and no heatmap, and survives bad files (errors in words) and a damaged
+model.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ import base64
 import functools
 import http.server
 import json
+import re
 import shutil
 import struct
 import threading
@@ -20,7 +23,14 @@ import numpy as np
 import pytest
 from PIL import Image
 from test_loader import dicom_bytes
-from test_serve_browser import CHROMIUM, CHROMIUM_ARGS
+from test_serve_browser import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    assert_in_words,
+    assert_likely_only_above_half,
+    assert_not_assessed_card,
+    read_cards,
+)
 
 from pneumonia_cxr.cli import main
 
@@ -112,33 +122,73 @@ def _scored(predictor, paths: list[Path]):
     return scored.scores, scored.facts
 
 
+PLAIN_RESULTS_JS = """PneumoniaPage.lastResults.map(r => Object.fromEntries(
+    Object.entries(r).filter(([key]) => !/png_base64$|^cam$/.test(key))))"""
+"""The result JSON behind the cards, less its pictures."""
+
+
+def _compared(result: dict) -> dict:
+    """The result JSON's fields a page must agree on (not its name)."""
+    return {k: v for k, v in result.items() if k != "name"}
+
+
+CHROMA = re.compile(r"chroma (\d+\.\d)")
+
+
+def _same_result(ours: dict, theirs: dict) -> None:
+    """The browser's result JSON against `service.result_json`: same keys, same words and
+    figures (the colour figure, measured on a differently resampled copy, within 0.5),
+    numbers within 0.01."""
+    assert sorted(ours) == sorted(theirs), (ours, theirs)
+    for key, value in theirs.items():
+        if key == "details":
+            assert [CHROMA.sub("chroma ~", d) for d in ours[key]] == [
+                CHROMA.sub("chroma ~", d) for d in value
+            ], (ours, theirs)
+            ours_chroma = [float(c) for d in ours[key] for c in CHROMA.findall(d)]
+            their_chroma = [float(c) for d in value for c in CHROMA.findall(d)]
+            assert ours_chroma == pytest.approx(their_chroma, abs=0.5), (ours, theirs)
+        elif isinstance(value, float) and not isinstance(value, bool):
+            assert ours[key] == pytest.approx(value, abs=0.01), (key, ours, theirs)
+        elif isinstance(value, dict):
+            assert ours[key] == pytest.approx(value), key
+        else:
+            assert ours[key] == value, (key, ours, theirs)
+
+
 def test_the_static_folder_scores_like_predict_offline_and_keeps_images_local(
     web_folder: Path, static_server: str, real_data_root: Path, tmp_path: Path
 ) -> None:
     from playwright.sync_api import sync_playwright
 
     from pneumonia_cxr.inference.predictor import Predictor
+    from pneumonia_cxr.model.intended_use import REASON_WORDS
     from pneumonia_cxr.model.shipped import default_model_path
+    from pneumonia_cxr.serve.service import result_json
 
     predictor = Predictor.open(default_model_path(), device="cpu")
     xrays = _pick_xrays(real_data_root, predictor)
-    expected = predictor.results(predictor.score_files(xrays).scores)
     skimage_data = pytest.importorskip("skimage.data")
     cat, page_scan = tmp_path / "cat.jpeg", tmp_path / "scanned_page.png"
+    astronaut, adult = tmp_path / "astronaut.png", tmp_path / "adult.dcm"
     Image.fromarray(skimage_data.chelsea()).save(cat, quality=90)
     Image.fromarray(skimage_data.page()).save(page_scan)
+    Image.fromarray(skimage_data.astronaut()).save(astronaut)
     bad = {
         "notes.jpeg": b"this is a text file, not an image\n",
         "truncated.jpeg": xrays[0].read_bytes()[:4000],
         "bomb.png": _png_header(60000, 60000),
+        "empty.png": b"",
     }
     gray = np.asarray(Image.open(xrays[-1]).convert("L"))
+    adult.write_bytes(dicom_bytes(gray, PatientAge="045Y", ViewPosition="AP"))
     bad["no_pixels.dcm"] = dicom_bytes(gray, with_pixels=False)
     for name, data in bad.items():
         (tmp_path / name).write_bytes(data)
     dicoms = _dicoms(gray, tmp_path)
-    expected += predictor.results(*_scored(predictor, dicoms))
-    uploads = [*xrays, *dicoms, cat, page_scan, *(tmp_path / name for name in bad)]
+    scored = [*xrays, *dicoms, adult, cat, page_scan, astronaut]
+    expected = predictor.results(*_scored(predictor, scored))
+    uploads = [*scored, *(tmp_path / name for name in bad)]
 
     requests: list[tuple[str, str, bytes | None]] = []
     with sync_playwright() as playwright:
@@ -150,26 +200,19 @@ def test_the_static_folder_scores_like_predict_offline_and_keeps_images_local(
         page.wait_for_selector("body[data-ready=true]", timeout=90_000)
         assert "shipped with pneumonia-cxr" in page.inner_text("#model")
         assert "never leave this device" in page.inner_text("#privacy")
+        scope = page.inner_text("[data-testid=scope]")
         page.evaluate("navigator.serviceWorker.ready.then(() => true)")  # cached for offline
         context.set_offline(True)  # from here on, nothing may be fetched
         page.set_input_files("#file", [str(p) for p in uploads])
         page.wait_for_selector("body[data-scored='1']", timeout=120_000)
-        shown = {
-            card["name"]: card
-            for card in page.eval_on_selector_all(
-                "[data-testid=result]",
-                """cards => cards.map(c => ({
-                    name: c.querySelector(".name").textContent,
-                    label: c.querySelector("[data-testid=label]")?.textContent,
-                    p: c.querySelector("[data-testid=probability]")?.dataset.value,
-                    error: c.querySelector("[data-testid=error]")?.textContent,
-                    reason: c.querySelector("[data-testid=reason]")?.textContent,
-                    cam: c.querySelector("img")?.dataset.cam,
-                    overlay: c.querySelector("img")?.dataset.overlay}))""",
-            )
-        }
-
+        summary = page.inner_text("[data-testid=summary]")
+        results = page.evaluate(PLAIN_RESULTS_JS)
+        shown = read_cards(page)
         type_toggle_shown = page.is_visible("#type-toggle")
+        page.uncheck("#heatmaps")  # every card its image: a DICOM's decoded film, never a map
+        unmapped = read_cards(page)
+        page.check("#heatmaps")
+
         page.reload()  # offline: the service worker serves the page, the model, the runtime
         page.wait_for_selector("body[data-ready=true]", timeout=90_000)
         page.set_input_files("#file", [str(xrays[0])])
@@ -194,19 +237,48 @@ def test_the_static_folder_scores_like_predict_offline_and_keeps_images_local(
         other = context.new_page()
         other.goto(f"{static_server}/damaged/")
         other.wait_for_selector("#model[data-testid=error]", timeout=60_000)
-        assert "sha256 check" in other.inner_text("#model")
+        damaged_text = other.inner_text("#model")
         browser.close()
 
-    assert len(shown) == len(uploads)
+    assert scope == predictor.engine.intended_use.scope_sentence()
+    assert "sha256 check" in damaged_text
+    assert_in_words(damaged_text)
+    assert len(shown) == len(uploads) == len(results)
+    # The browser's result JSON is the service's (`Predictor.results` -> `result_json`).
+    by_name = {r["name"]: r for r in results}
+    outputs = predictor.outputs
     largest = 0.0
-    for path, result in zip([*xrays, *dicoms], expected, strict=True):
-        label = "not assessed" if result.out_of_distribution else result.label
-        assert shown[path.name]["label"] == label, (shown[path.name], result)
-        if result.out_of_distribution:  # the same reasons, word for word
-            assert shown[path.name]["reason"] == result.reason, (shown[path.name], result)
-        largest = max(largest, abs(float(shown[path.name]["p"]) - result.probability))
+    for path, result in zip(scored, expected, strict=True):
+        ours, card = by_name[path.name], shown[path.name]
+        _same_result(
+            _compared(ours), json.loads(json.dumps(result_json(result, outputs, predictor)))
+        )
+        if result.assessed:
+            assert card["label"] == result.label and card["state"] == "assessed", card
+            largest = max(largest, abs(float(card["p"]) - result.probability))
+        else:
+            assert_not_assessed_card(card)
+            assert card["reasons"] == list(dict.fromkeys(r.words for r in result.refusals))
     assert largest <= 0.01, largest
     assert abs(float(reloaded) - expected[0].probability) <= 0.01  # offline, after a reload
+    for name in (cat.name, page_scan.name, astronaut.name, adult.name):
+        assert shown[name]["state"] == "not assessed", shown[name]
+    assert REASON_WORDS["colour"] in shown[astronaut.name]["reasons"]
+    assert REASON_WORDS["age"] in shown[adult.name]["reasons"]
+    assert "PatientAge 045Y = 45.0 years" in " ".join(by_name[adult.name]["details"])
+    assert_likely_only_above_half(shown.values())
+    assessed = sum(r.assessed for r in expected)
+    assert summary.startswith(
+        f"{assessed} assessed, {len(expected) - assessed} not assessed, {len(bad)} errors; "
+    ), summary
+    # With heatmaps off a DICOM card shows its decoded film (a PNG), a photo its own file.
+    pictures = unmapped
+    for path in [*dicoms, adult]:
+        assert pictures[path.name]["kind"] == "image"
+        assert pictures[path.name]["src"].startswith("data:image/png;base64,"), path.name
+        assert pictures[path.name]["src"] == pictures[path.name]["original"]
+    assert all(pictures[p.name]["src"].startswith("blob:") for p in xrays)
+
     # The heatmap: the graph's Grad-CAM (export.head_gradcam) against pytorch-grad-cam's.
     import torch
 
@@ -219,6 +291,7 @@ def test_the_static_folder_scores_like_predict_offline_and_keeps_images_local(
     correlations = []
     for path, expected_map in zip(xrays, reference, strict=True):
         assert shown[path.name]["overlay"].startswith("data:image/png;base64,")
+        assert shown[path.name]["kind"] in ("heatmap", "type-heatmap")
         cam = json.loads(shown[path.name]["cam"])
         grid = np.array(cam["values"], dtype=np.float32).reshape(cam["height"], cam["width"])
         size = expected_map.shape[::-1]
@@ -230,12 +303,14 @@ def test_the_static_folder_scores_like_predict_offline_and_keeps_images_local(
     for vector, ours in zip(golden["vectors"], computed, strict=True):
         assert ours["uint8"] == vector["uint8_sha256"], vector["file"]
         assert ours["float32"] == vector["float32_sha256"], vector["file"]
-    for name in (cat.name, page_scan.name):
-        assert shown[name]["label"] == "not assessed", shown[name]
     errors = {name: shown[name]["error"] or "" for name in bad}
-    assert "NotAnImageError" in errors["notes.jpeg"], errors
+    for text in errors.values():
+        assert text.startswith("Could not read this image: "), errors
+        assert_in_words(text)
+    assert "not JPEG, PNG or DICOM" in errors["notes.jpeg"], errors
     assert "truncated" in errors["truncated.jpeg"], errors
     assert "decompression bomb" in errors["bomb.png"], errors
+    assert "empty" in errors["empty.png"], errors
     assert "no PixelData" in errors["no_pixels.dcm"], errors
 
     # Every request went to the static server, none carried a body (no image left the page).

@@ -1,10 +1,17 @@
 "use strict";
-// The page for one or several images: upload, show probability, label, OOD warning, heatmap.
-// One page, two ways to score: through the server's API (`pneumonia-cxr serve`), or inside the
-// browser (static/browser.js) in the folder `pneumonia-cxr web` writes (data-mode="browser").
+// The page for one or several images: upload, then per image its state ("assessed", "not
+// assessed", "unreadable"), label and probability, or the reasons it was not assessed, and a
+// heatmap of the assessed ones. One page, two ways to score: through the server's API
+// (`pneumonia-cxr serve`), or inside the browser (static/browser.js) in the folder
+// `pneumonia-cxr web` writes (data-mode="browser"); both give the service's result JSON.
 const $ = (id) => document.getElementById(id);
 let browserMode = false;
+let typeNames = ["BACTERIAL", "VIRAL"]; // the type head's classes (negative, positive): the model's
 const percent = (value) => (value == null ? "n/a" : (100 * value).toFixed(1) + "%");
+
+// A type is said ("likely viral (81.0%)") only when the named type's own probability is at least
+// 50% and P(VIRAL) is at least this far from the type threshold; else "type uncertain".
+const TYPE_MARGIN = 0.05;
 
 // A server reachable from the network needs its access token: asked once, kept for this tab.
 const TOKEN_KEY = "pneumonia-cxr-token";
@@ -26,9 +33,40 @@ function loadScript(src) {
     const script = document.createElement("script");
     script.src = src;
     script.onload = resolve;
-    script.onerror = () => reject(new Error(`${src} could not be loaded`));
+    script.onerror = () => reject(new Error(`a file of this page (${src}) could not be loaded; reload the page`));
     document.head.append(script);
   });
+}
+
+// What the server or the browser said, in words a clinician reads: no class names, no program
+// options or commands, no quoted bytes or library messages (the advice that remains says what
+// to do in words).
+const TECHNICAL = /`|(?:^|\s)--[a-z]|\bmax_[a-z_]+|\bpip install\b/;
+function plainError(text) {
+  let words = String(text || "").trim();
+  words = words.replace(/^(?:[A-Za-z_.]*(?:Error|Exception)\b:?\s*)+/, "");
+  for (let before = ""; before !== words;) { // technical parentheses, innermost first
+    before = words;
+    words = words.replace(/\s*\(([^()]*)\)/g,
+      (all, inside) => (/[`'"=:<>{}[\]\\]|Error|Exception/.test(inside) ? "" : all));
+  }
+  words = words.split(/;\s*/).map((clause) => {
+    if (!TECHNICAL.test(clause)) return clause;
+    return clause.split(/,?\s+or\s+/).filter((part) => !TECHNICAL.test(part)).join(" or ");
+  }).filter((clause) => clause.trim()).join("; ");
+  return words.replace(/\s+/g, " ").replace(/\s+([;,.])/g, "$1").trim();
+}
+
+// The type of a pneumonia in words, and its numbers for "details".
+function typeWords(pViral, threshold, names = typeNames) {
+  const positive = pViral >= threshold;
+  const share = positive ? pViral : 1 - pViral;
+  const certain = share >= 0.5 && Math.abs(pViral - threshold) >= TYPE_MARGIN;
+  const numbers = `P(${names[1]} | PNEUMONIA) = ${percent(pViral)}; type threshold ` +
+    `${percent(threshold)}`;
+  if (certain) return { certain, text: `likely ${names[positive ? 1 : 0].toLowerCase()} (${percent(share)})`, numbers };
+  const why = share < 0.5 ? "neither type reaches 50%" : "too close to the type threshold to tell";
+  return { certain, text: "type uncertain", numbers: `${numbers}: ${why}.` };
 }
 
 // The static folder: the model loads in this tab (progress shown), then scores here only.
@@ -48,10 +86,14 @@ async function startInBrowser() {
     describeModel(info.model);
     document.body.dataset.ready = "true";
   } catch (error) {
-    $("model").textContent = `The model is not available: ${error.message}`;
-    $("model").className = "model error";
-    $("model").dataset.testid = "error";
+    modelUnavailable(error.message);
   }
+}
+
+function modelUnavailable(detail) {
+  $("model").textContent = `The model is not available: ${plainError(detail)}`;
+  $("model").className = "model error";
+  $("model").dataset.testid = "error";
 }
 
 function describeModel(model) {
@@ -68,10 +110,15 @@ function describeModel(model) {
     `Model: ${model.backbone}${model.shipped ? " (shipped with pneumonia-cxr)" : ""}; ` +
     `PNEUMONIA when P ≥ ${percent(model.threshold)} (${where}).` + figures +
     (model.type ? " It also says whether a pneumonia looks bacterial or viral." : "");
-  $("scope").textContent = model.scope;
+  $("scope").textContent = model.scope; // from the model's intended-use record
   if (model.site_verdict) {
     $("verdict").textContent = `At the site it was calibrated on: ${model.site_verdict.text}.`;
     $("verdict").className = model.site_verdict.useful ? "verdict" : "verdict warning";
+  }
+  if (model.type) {
+    typeNames = model.type.class_names;
+    $("type-toggle").classList.remove("off");
+    $("type-heatmaps").disabled = false;
   }
 }
 
@@ -84,102 +131,143 @@ async function showModel() {
     }
     const body = await response.json().catch(() => ({}));
     if (response.status !== 503 || body.detail && !body.detail.includes("loading")) {
-      $("model").textContent = `The model is not available: ${body.detail || response.status}`;
+      modelUnavailable(body.detail || `the server answered ${response.status}`);
       return;
     }
     await new Promise((resolve) => setTimeout(resolve, 1000));
   }
 }
 
-// Which picture a card shows: the type's heatmap (second toggle), the pneumonia heatmap, or
-// the image itself.
+// Which picture a card shows: the type's heatmap (second toggle), the pneumonia heatmap, or the
+// image itself (with heatmaps off, and always for an image that was not assessed).
 function shownImage(original, overlay, typeOverlay) {
-  if (!$("heatmaps").checked) return original || overlay;
-  if ($("type-heatmaps").checked && typeOverlay) return typeOverlay;
-  return overlay || original;
+  if (!$("heatmaps").checked) return { source: original, kind: "image" };
+  if ($("type-heatmaps").checked && typeOverlay) return { source: typeOverlay, kind: "type-heatmap" };
+  if (overlay) return { source: overlay, kind: "heatmap" };
+  return { source: original, kind: "image" };
+}
+
+function paint(image) {
+  const { original, overlay, typeOverlay } = image.dataset;
+  const { source, kind } = shownImage(original, overlay, typeOverlay);
+  image.dataset.kind = kind;
+  if (source) image.src = source; else image.removeAttribute("src");
+  image.style.visibility = source ? "visible" : "hidden";
+}
+
+const pngData = (base64) => (base64 ? `data:image/png;base64,${base64}` : "");
+const element = (tag, { dataset = {}, ...props } = {}, ...children) => {
+  const node = Object.assign(document.createElement(tag), props);
+  Object.assign(node.dataset, dataset);
+  node.append(...children);
+  return node;
+};
+
+function stateOf(result) {
+  return result.error ? "unreadable" : result.state || "assessed";
 }
 
 function card(result, file) {
-  const element = document.createElement("article");
-  element.className = "card";
-  element.dataset.testid = "result";
-  const name = document.createElement("div");
-  name.className = "name";
-  name.textContent = result.name;
-  element.append(name);
-  if (result.error) {
-    const error = document.createElement("p");
-    error.className = "error";
-    error.dataset.testid = "error";
-    error.textContent = `Could not read this image: ${result.error}`;
-    element.append(error);
-    return element;
+  const state = stateOf(result);
+  const article = element("article", { className: `card state-${state.replace(" ", "-")}`,
+    dataset: { testid: "result", state } });
+  article.append(element("div", { className: "name", textContent: result.name }));
+  if (state === "unreadable") {
+    article.append(element("p", { className: "error", dataset: { testid: "error" },
+      textContent: `Could not read this image: ${plainError(result.error)}` }));
+    return article;
   }
-  const image = document.createElement("img");
-  const original = /\.(jpe?g|png)$/i.test(file.name) ? URL.createObjectURL(file) : null;
-  const overlay = result.gradcam_png_base64
-    ? `data:image/png;base64,${result.gradcam_png_base64}` : null;
-  const typeOverlay = result.gradcam_type_png_base64
-    ? `data:image/png;base64,${result.gradcam_type_png_base64}` : null;
-  if (typeOverlay) $("type-toggle").hidden = false;
-  const pick = () => shownImage(original, overlay, typeOverlay);
-  image.alt = `X-ray ${result.name}`;
-  const source = pick();
-  if (source) image.src = source;
-  image.dataset.original = original || "";
-  image.dataset.overlay = overlay || "";
-  image.dataset.typeOverlay = typeOverlay || "";
-  if (result.cam) image.dataset.cam = JSON.stringify(result.cam); // the map itself (tests)
-  element.append(image);
-  const verdict = document.createElement("p");
-  const probability = document.createElement("span");
-  probability.dataset.testid = "probability";
-  probability.dataset.value = String(result.probability);
-  probability.textContent = percent(result.probability);
-  if (result.out_of_distribution) {
-    // No label for an image the model was not made for: a grey "not assessed", the number hidden.
-    verdict.innerHTML = `<span class="label-none" data-testid="label">not assessed</span>: `;
-    const reason = document.createElement("span");
-    reason.dataset.testid = "reason";
-    reason.textContent = result.reason ||
-      "this does not look like a pediatric chest X-ray the model was made for";
-    verdict.append(reason, ".");
-    const details = document.createElement("details");
-    details.innerHTML = "<summary>details</summary>";
-    const line = document.createElement("p");
-    line.append("P(PNEUMONIA) = ", probability, ` (threshold ${percent(result.threshold)}); ` +
-      "meaningless for such an image.");
-    details.append(line);
-    element.append(verdict, details);
-    return element;
+  // The picture: a DICOM's decoded image (a browser cannot show DICOM), else the file itself.
+  const isDicom = Boolean(result.preview_png_base64) || /\.(dcm|dicom)$/i.test(result.name);
+  const original = result.preview_png_base64 ? pngData(result.preview_png_base64)
+    : file && !isDicom ? URL.createObjectURL(file) : "";
+  const assessed = state === "assessed"; // a heatmap on a refused image would look like a finding
+  const image = element("img", { alt: `X-ray ${result.name}` });
+  image.dataset.original = original;
+  image.dataset.overlay = assessed ? pngData(result.gradcam_png_base64) : "";
+  image.dataset.typeOverlay = assessed ? pngData(result.gradcam_type_png_base64) : "";
+  if (assessed && result.cam) image.dataset.cam = JSON.stringify(result.cam); // the map (tests)
+  paint(image);
+  article.append(image);
+  if (!assessed) {
+    article.append(notAssessed(result));
+    return article;
   }
-  verdict.innerHTML =
-    `<span class="label-${result.label}" data-testid="label"></span> — P(PNEUMONIA) = `;
-  verdict.querySelector("[data-testid=label]").textContent = result.label;
-  verdict.append(probability, ` (threshold ${percent(result.threshold)})`);
-  element.append(verdict);
+  const probability = element("span", { textContent: percent(result.probability),
+    dataset: { testid: "probability", value: String(result.probability) } });
+  article.append(element("p", { className: "verdict" },
+    element("span", { className: `label-${result.label}`, textContent: result.label,
+      dataset: { testid: "label" } }),
+    " — P(PNEUMONIA) = ", probability, ` (threshold ${percent(result.threshold)})`));
   if (result.pneumonia_type) {
-    // "likely bacterial, 81%": the type head's probability of the type it names.
-    const kind = document.createElement("p");
-    kind.dataset.testid = "pneumonia-type";
-    const share = result.pneumonia_type === "VIRAL" ? result.p_viral : 1 - result.p_viral;
-    kind.textContent = `likely ${result.pneumonia_type.toLowerCase()}, ${percent(share)}`;
-    element.append(kind);
+    const said = typeWords(result.p_viral, result.thresholds.type);
+    const line = element("p", { className: "type" }, element("span", { textContent: said.text,
+      dataset: { testid: "pneumonia-type", certain: String(said.certain) } }));
+    article.append(line, element("details", {}, element("summary", { textContent: "details" }),
+      element("p", { textContent: said.numbers })));
   }
-  return element;
+  return article;
+}
+
+// No label, no heatmap: the reasons in words, each once; the figures and the network's numbers
+// folded away under "details".
+function notAssessed(result) {
+  const box = element("div", { className: "not-assessed" });
+  box.append(element("p", { className: "verdict" }, element("span", { className: "label-none",
+    textContent: "not assessed", dataset: { testid: "state" } }),
+  " — the model gives no answer for this image, because:"));
+  const reasons = result.reasons && result.reasons.length ? result.reasons
+    : ["it does not look like the chest X-rays the model was made for"];
+  box.append(element("ul", {}, ...reasons.map((reason) => element("li", { textContent: reason,
+    dataset: { testid: "reason" } }))));
+  const numbers = [];
+  if (result.unassessed_probability != null) {
+    numbers.push(element("li", {}, "P(PNEUMONIA) = ", element("span", {
+      textContent: percent(result.unassessed_probability),
+      dataset: { testid: "unassessed-probability", value: String(result.unassessed_probability) },
+    }), ` (threshold ${percent(result.threshold)}): not a decision for such an image`));
+  }
+  if (result.unassessed_p_viral != null) {
+    numbers.push(element("li", { textContent: `P(${typeNames[1]} | PNEUMONIA) = ` +
+      `${percent(result.unassessed_p_viral)}: not a decision either` }));
+  }
+  const figures = (result.details || []).map((detail) => element("li", { textContent: detail }));
+  box.append(element("details", { dataset: { testid: "details" } },
+    element("summary", { textContent: "details" }), element("ul", {}, ...figures, ...numbers)));
+  return box;
+}
+
+// After a batch: how many were assessed, not assessed, unreadable, and how long it took.
+function summarize(results, started, failed = 0) {
+  const count = (state) => results.filter((r) => stateOf(r) === state).length;
+  const errors = count("unreadable") + failed;
+  const seconds = ((performance.now() - started) / 1000).toFixed(1);
+  const summary = $("summary");
+  summary.textContent = `${count("assessed")} assessed, ${count("not assessed")} not assessed, ` +
+    `${errors} ${errors === 1 ? "error" : "errors"}; ${seconds} s.`;
+  Object.assign(summary.dataset, { assessed: count("assessed"), notAssessed: count("not assessed"),
+    errors, seconds });
+  window.PneumoniaPage.lastResults = results; // the result JSON behind the cards (tests)
+  document.body.dataset.scored = String(Number(document.body.dataset.scored || 0) + 1);
+}
+
+function startBatch(count, where) {
+  $("results").replaceChildren();
+  $("summary").textContent = "";
+  $("status").textContent = `Analysing ${count} image(s)${where}…`;
+  return performance.now();
 }
 
 // In the browser: one image after the other, each card shown as soon as it is scored.
 async function scoreHere(files) {
   if (!browserReady()) return;
-  $("results").replaceChildren();
   const all = [...files];
-  $("status").textContent = `Analysing ${all.length} image(s) in this browser…`;
-  await BrowserScorer.score(all, (result, done) => {
+  const started = startBatch(all.length, " in this browser");
+  const results = await BrowserScorer.score(all, (result, done) => {
     $("results").append(card(result, all[done - 1]));
     $("status").textContent = done < all.length ? `Analysed ${done} of ${all.length}…` : "";
   });
-  document.body.dataset.scored = String(Number(document.body.dataset.scored || 0) + 1);
+  summarize(results, started);
 }
 
 function browserReady() {
@@ -188,41 +276,52 @@ function browserReady() {
   return false;
 }
 
+// A request the server refused as a whole, in words, with what to do.
+function requestError(status, body) {
+  if (status === 401) return "This server needs its access token; reload the page and enter it.";
+  if (status === 503) return "The server is busy or still loading the model; try again in a moment.";
+  if (status >= 500) return "The server failed on this request; try again, and tell whoever runs it if it keeps failing.";
+  const detail = plainError(body.detail || body.error || `the server answered ${status}`);
+  return status === 413 ? `${detail}; send fewer or smaller files at a time.` : detail;
+}
+
+function showError(text) {
+  $("status").replaceChildren(element("span", { className: "error", textContent: text,
+    dataset: { testid: "error" } }));
+}
+
 async function upload(files) {
   if (!files.length) return;
   if (browserMode) return scoreHere(files); // never falls through to the server's API
   const form = new FormData();
   for (const file of files) form.append("file", file, file.name);
-  $("status").textContent = `Analysing ${files.length} image(s)…`;
-  $("results").replaceChildren();
+  const started = startBatch(files.length, "");
+  let response;
+  let body;
   try {
-    const response = await api("/v1/predict?gradcam=true", { method: "POST", body: form });
-    const body = await response.json();
-    const byName = new Map([...files].map((file) => [file.name, file]));
-    const results = body.results || [];
-    if (!response.ok && !results.length) {
-      $("status").innerHTML = "";
-      const error = document.createElement("span");
-      error.className = "error";
-      error.dataset.testid = "error";
-      error.textContent = `Error: ${body.error}. ${body.detail}`;
-      $("status").append(error);
-      return;
-    }
-    $("status").textContent = response.ok ? "" : `Error: ${body.error}.`;
-    for (const result of results) $("results").append(card(result, byName.get(result.name) || files[0]));
+    response = await api("/v1/predict?gradcam=true", { method: "POST", body: form });
+    body = await response.json().catch(() => ({}));
   } catch (error) {
-    $("status").textContent = `The server could not be reached: ${error}`;
+    showError("The server could not be reached; check that it is running and reload the page.");
+    summarize([], started, files.length);
+    return;
   }
+  const results = body.results || [];
+  if (!results.length) {
+    showError(response.ok ? "The server sent no results; try again." : requestError(response.status, body));
+    summarize([], started, files.length);
+    return;
+  }
+  $("status").textContent = "";
+  const byName = new Map([...files].map((file) => [file.name, file]));
+  for (const result of results) $("results").append(card(result, byName.get(result.name)));
+  summarize(results, started);
 }
 
 $("file").addEventListener("change", (event) => upload(event.target.files));
 function repaint() {
-  for (const image of document.querySelectorAll(".card img")) {
-    const { original, overlay, typeOverlay } = image.dataset;
-    const source = shownImage(original, overlay, typeOverlay);
-    if (source) image.src = source;
-  }
+  for (const image of document.querySelectorAll(".card img")) paint(image);
+  $("legend").classList.toggle("off", !$("heatmaps").checked);
 }
 $("heatmaps").addEventListener("change", repaint);
 $("type-heatmaps").addEventListener("change", repaint);
@@ -234,6 +333,7 @@ drop.addEventListener("drop", (event) => {
   drop.classList.remove("over");
   upload(event.dataTransfer.files);
 });
+window.PneumoniaPage = { plainError, typeWords }; // the wording rules, for the browser tests
 // `pneumonia-cxr web` marks its copy of the page (<body data-mode="browser">): no network probe
 // decides, so a failure can never turn the static page into one that uploads images.
 if (document.body.dataset.mode === "browser") startInBrowser(); else showModel();

@@ -2,7 +2,10 @@
 // Scoring inside the browser (the folder `pneumonia-cxr web` writes): ONNX Runtime Web runs the
 // model's ONNX graph; decoding, the model's preprocessing and the decision follow `predict`
 // (data/loader.py, data/preprocess.py, inference/predictor.py), read from the model's own
-// metadata (model/model.json), never hard-coded. No image ever leaves the page.
+// metadata (model/model.json), never hard-coded. Each image's result is the service's result JSON
+// (`service.result_json`): the same state, no label when not assessed, the reasons in the model's
+// own words, their figures apart, the network's numbers under `unassessed_*`. No image ever
+// leaves the page.
 const BrowserScorer = (() => {
   let session = null;
   let info = null;
@@ -41,9 +44,9 @@ const BrowserScorer = (() => {
     const bytes = await fetchBytes(`model/${info.file}`, onProgress);
     const actual = await sha256Hex(bytes);
     if (actual !== info.sha256) {
-      throw new Error(`the model file failed its sha256 check (${actual.slice(0, 12)}… is not ` +
-        `${info.sha256.slice(0, 12)}…): it is damaged or was replaced; write the folder again ` +
-        "with `pneumonia-cxr web`");
+      throw new Error(`the model file failed its sha256 check (its digest begins ${actual.slice(0, 12)}, ` +
+        `not ${info.sha256.slice(0, 12)}): it is damaged or was replaced; ask whoever set up this ` +
+        "page to write its folder again");
     }
     await loadScript("ort/ort.wasm.min.js"); // app.js's loader (this file is loaded by it)
     ort.env.wasm.wasmPaths = new URL("ort/", location.href).href;
@@ -53,18 +56,17 @@ const BrowserScorer = (() => {
     return info;
   }
 
-  class ImageError extends Error {
-    constructor(kind, reason) { super(reason); this.kind = kind; }
-  }
+  // A file this page cannot read; its message says why and what to do, in words.
+  class ImageError extends Error {}
 
   // What `load_xray` checks before decoding: format by content, size from the header (a bomb
   // is refused before any pixel is decoded), the end marker (a truncated file is refused).
   function sniff(bytes, name) {
-    if (!bytes.length) throw new ImageError("EmptyFileError", "the file is empty (0 bytes); re-copy or re-export it");
+    if (!bytes.length) throw new ImageError("the file is empty (0 bytes); re-copy or re-export it");
     const ascii = (start, length) => String.fromCharCode(...bytes.subarray(start, start + length));
     if (bytes.length > 132 && ascii(128, 4) === "DICM") return { kind: "dicom" };
     if (bytes[0] === 0x89 && ascii(1, 3) === "PNG") {
-      if (bytes.length < 24) throw new ImageError("CorruptImageError", "starts like a PNG but its header is damaged; re-export the file");
+      if (bytes.length < 24) throw new ImageError("starts like a PNG but its header is damaged; re-export the file");
       const view = new DataView(bytes.buffer, bytes.byteOffset);
       const last = (text) => { for (let i = bytes.length - text.length; i >= 0; i--) if (ascii(i, text.length) === text) return i; return -1; };
       return { kind: "png", width: view.getUint32(16), height: view.getUint32(20), complete: last("IEND") > last("IDAT") };
@@ -90,13 +92,13 @@ const BrowserScorer = (() => {
         if (bytes[i + 1] === 0xd9 && eoi < 0) eoi = i;
         if (bytes[i + 1] === 0xda && sos < 0) sos = i;
       }
-      if (!width || !height) throw new ImageError("CorruptImageError", "starts like a JPEG but its header is damaged; re-export the file");
+      if (!width || !height) throw new ImageError("starts like a JPEG but its header is damaged; re-export the file");
       return { kind: "jpeg", width, height, complete: eoi > sos };
     }
     if (/\.(dcm|dicom)$/i.test(name)) {
-      throw new ImageError("NotAnImageError", "named like DICOM but without the DICOM preamble this page reads; score it with `pneumonia-cxr predict`");
+      throw new ImageError("named like DICOM but without the standard DICOM header this page reads; re-export it from the PACS as a standard DICOM file, or as PNG");
     }
-    throw new ImageError("NotAnImageError", "not a JPEG, PNG or DICOM file (judged by its content, not its name)");
+    throw new ImageError("the content is not JPEG, PNG or DICOM, whatever its extension says; convert it to PNG or JPEG");
   }
 
   async function decode(bytes, name) {
@@ -105,18 +107,18 @@ const BrowserScorer = (() => {
     const label = head.kind.toUpperCase();
     const pixels = head.width * head.height;
     if (pixels > info.max_pixels) {
-      throw new ImageError("ImageTooLargeError", `${head.width}x${head.height} = ${pixels.toLocaleString("en")} pixels exceeds the limit of ` +
+      throw new ImageError(`${head.width}x${head.height} = ${pixels.toLocaleString("en")} pixels exceeds the limit of ` +
         `${info.max_pixels.toLocaleString("en")} (likely a decompression bomb); downscale it`);
     }
-    if (!head.complete) throw new ImageError("CorruptImageError", `the ${label} is truncated (no end marker after the image data); re-copy it`);
+    if (!head.complete) throw new ImageError(`the ${label} is truncated (no end marker after the image data); re-copy it`);
     let bitmap;
     try {
       bitmap = await createImageBitmap(new Blob([bytes]), { colorSpaceConversion: "none", premultiplyAlpha: "none", imageOrientation: "from-image" });
     } catch (error) {
-      throw new ImageError("CorruptImageError", `the ${label} data is truncated or damaged; re-copy or re-export it`);
+      throw new ImageError(`the ${label} data is truncated or damaged; re-copy or re-export it`);
     }
     const rgba = pixelsOf(bitmap);
-    const decoded = { width: bitmap.width, height: bitmap.height, gray: luma(rgba.data), chroma: chroma(rgba.data), dicom: null };
+    const decoded = { width: bitmap.width, height: bitmap.height, gray: luma(rgba.data), chroma: chroma(rgba.data, bitmap.width, bitmap.height), dicom: null };
     return head.kind === "jpeg" ? draft(decoded, info.metadata.preprocessing.image_size) : decoded;
   }
 
@@ -158,19 +160,45 @@ const BrowserScorer = (() => {
     return gray;
   }
 
-  // Mean distance from gray in YCbCr (`ImageFacts.chroma`), on at most ~16k sampled pixels.
-  function chroma(data) {
-    const n = data.length / 4;
-    const step = Math.max(1, Math.floor(n / 16384));
-    let sum = 0, count = 0;
-    for (let p = 0; p < n; p += step) {
-      const r = data[4 * p], g = data[4 * p + 1], b = data[4 * p + 2];
-      const cb = -0.168736 * r - 0.331264 * g + 0.5 * b;
-      const cr = 0.5 * r - 0.418688 * g - 0.081312 * b;
-      sum += Math.hypot(cb, cr);
-      count++;
+  // The size Pillow's `thumbnail((side, side))` gives (its aspect-preserving rounding).
+  function thumbnailSize(width, height, side) {
+    if (side >= width && side >= height) return [width, height];
+    const aspect = width / height;
+    const nearest = (number, key) => Math.max([Math.floor(number), Math.ceil(number)]
+      .reduce((best, n) => (key(n) < key(best) ? n : best)), 1);
+    let x = side, y = side;
+    if (x / y >= aspect) x = nearest(y * aspect, (n) => Math.abs(aspect - n / y));
+    else y = nearest(x / aspect, (n) => (n === 0 ? 0 : Math.abs(aspect - x / n)));
+    return [x, y];
+  }
+
+  // `loader._chroma` (`ImageFacts.chroma`): the mean distance from gray in YCbCr of a copy at
+  // most 128 px a side; here each copy pixel is the mean of its block of the film (Pillow
+  // reduces and resamples bicubically: the figure agrees to a few tenths, not digit for digit).
+  const CHROMA_SIDE = 128;
+  function chroma(data, width, height) {
+    const [w, h] = thumbnailSize(width, height, CHROMA_SIDE);
+    const byte = (v) => Math.min(255, Math.max(0, Math.round(v)));
+    let sum = 0;
+    for (let y = 0; y < h; y++) {
+      const y0 = Math.floor((y * height) / h), y1 = Math.max(y0 + 1, Math.floor(((y + 1) * height) / h));
+      for (let x = 0; x < w; x++) {
+        const x0 = Math.floor((x * width) / w), x1 = Math.max(x0 + 1, Math.floor(((x + 1) * width) / w));
+        let r = 0, gr = 0, b = 0;
+        for (let yy = y0; yy < y1; yy++) {
+          for (let xx = x0; xx < x1; xx++) {
+            const i = 4 * (yy * width + xx);
+            r += data[i]; gr += data[i + 1]; b += data[i + 2];
+          }
+        }
+        const n = (y1 - y0) * (x1 - x0);
+        r = byte(r / n); gr = byte(gr / n); b = byte(b / n);
+        const cb = byte(128 - 0.168736 * r - 0.331264 * gr + 0.5 * b);
+        const cr = byte(128 + 0.5 * r - 0.418688 * gr - 0.081312 * b);
+        sum += Math.hypot(cb - 128, cr - 128);
+      }
     }
-    return count ? sum / count : 0;
+    return sum / (w * h);
   }
 
   // DICOM as `_dicom_to_gray` reads it: uncompressed single-frame pixels; the modality LUT
@@ -186,43 +214,43 @@ const BrowserScorer = (() => {
     try {
       ds = dicomParser.parseDicom(bytes);
     } catch (error) {
-      throw new ImageError("CorruptImageError", `the DICOM header is damaged (${error.message || error}); re-export it from the PACS`);
+      throw new ImageError("the DICOM header is damaged; re-export it from the PACS");
     }
     const text = (tag) => (ds.string(tag) || "").trim();
     const facts = { PatientAge: text("x00101010"), ViewPosition: text("x00185101"), BodyPartExamined: text("x00180015"), Modality: text("x00080060") };
     const pixelData = ds.elements.x7fe00010;
-    if (!pixelData) throw new ImageError("UnsupportedDicomError", "the DICOM file has no PixelData (not an image object); export the image itself");
+    if (!pixelData) throw new ImageError("the DICOM file has no PixelData (not an image object); export the image itself");
     const syntax = text("x00020010");
     if (!UNCOMPRESSED.has(syntax)) {
-      throw new ImageError("UnsupportedDicomError", `pixel data stored with transfer syntax ${syntax || "(none)"}, which this page cannot decode; score it with \`pneumonia-cxr predict\` or re-export it uncompressed`);
+      throw new ImageError("the DICOM pixel data is compressed in a way this page cannot decode; re-export it uncompressed, or as PNG");
     }
     const frames = parseInt(text("x00280008") || "1", 10);
-    if (frames > 1) throw new ImageError("UnsupportedDicomError", `multi-frame DICOM (${frames} frames); export the single radiograph on its own`);
+    if (frames > 1) throw new ImageError(`multi-frame DICOM (${frames} frames); export the single radiograph on its own`);
     const rows = ds.uint16("x00280010"), columns = ds.uint16("x00280011");
     const samples = ds.uint16("x00280002") || 1, bits = ds.uint16("x00280100");
     const signed = ds.uint16("x00280103") === 1;
     const photometric = text("x00280004").toUpperCase();
-    if (!rows || !columns || !bits) throw new ImageError("UnsupportedDicomError", "the DICOM image header is incomplete; re-export it");
-    if (rows * columns > info.max_pixels) throw new ImageError("ImageTooLargeError", `${columns}x${rows} pixels exceeds the limit of ${info.max_pixels.toLocaleString("en")} (likely a decompression bomb)`);
+    if (!rows || !columns || !bits) throw new ImageError("the DICOM image header is incomplete; re-export it");
+    if (rows * columns > info.max_pixels) throw new ImageError(`${columns}x${rows} pixels exceeds the limit of ${info.max_pixels.toLocaleString("en")} (likely a decompression bomb); downscale it`);
     const n = rows * columns * samples;
     const bytesPer = bits / 8;
-    if (pixelData.dataOffset + n * bytesPer > bytes.length) throw new ImageError("CorruptImageError", "the DICOM pixel data is truncated or damaged; re-export it");
+    if (pixelData.dataOffset + n * bytesPer > bytes.length) throw new ImageError("the DICOM pixel data is truncated or damaged; re-export it");
     const view = new DataView(bytes.buffer, bytes.byteOffset + pixelData.dataOffset, n * bytesPer);
     const read = bits === 8 ? (i) => (signed ? view.getInt8(i) : view.getUint8(i))
       : bits === 16 ? (i) => (signed ? view.getInt16(2 * i, true) : view.getUint16(2 * i, true))
         : null;
-    if (!read) throw new ImageError("UnsupportedDicomError", `${bits}-bit DICOM pixels are not supported here; score it with \`pneumonia-cxr predict\``);
+    if (!read) throw new ImageError(`${bits}-bit DICOM pixels are not supported here; re-export it as 8- or 16-bit grayscale, or as PNG`);
     if (samples === 3) {
-      if (bits !== 8) throw new ImageError("UnsupportedDicomError", "colour DICOM with more than 8 bits; only 8-bit RGB is supported, export it as grayscale");
+      if (bits !== 8) throw new ImageError("colour DICOM with more than 8 bits; only 8-bit RGB is supported, export it as grayscale");
       const rgba = new Uint8ClampedArray(rows * columns * 4);
       for (let p = 0; p < rows * columns; p++) {
         for (let c = 0; c < 3; c++) rgba[4 * p + c] = read(3 * p + c);
         rgba[4 * p + 3] = 255;
       }
-      return { width: columns, height: rows, gray: luma(rgba), chroma: chroma(rgba), dicom: facts };
+      return { width: columns, height: rows, gray: luma(rgba), chroma: chroma(rgba, columns, rows), dicom: facts };
     }
     if (photometric !== "MONOCHROME1" && photometric !== "MONOCHROME2") {
-      throw new ImageError("UnsupportedDicomError", `photometric interpretation '${photometric}' is not supported; export as MONOCHROME2 grayscale`);
+      throw new ImageError(`photometric interpretation '${photometric}' is not supported; export as MONOCHROME2 grayscale`);
     }
     let values = new Float64Array(rows * columns);
     for (let i = 0; i < values.length; i++) values[i] = read(i);
@@ -374,68 +402,90 @@ const BrowserScorer = (() => {
     return { input, gray };
   }
 
-  // `intended_use.out_of_scope` on the DICOM header (age, view, body part, modality).
-  function headerReasons(header, use, text) {
-    if (!header || !use) return [];
+  // Python's "{:g}" for the cut-offs of the intended-use record (0.0 -> "0", 6.0 -> "6").
+  const g = (x) => String(Number(Number(x).toPrecision(6)));
+
+  // `intended_use.out_of_scope`: [kind, figures] per reason the file itself gives (its colour,
+  // its DICOM header's age, view, body part and modality), in that order.
+  function scopeRefusals(decoded, use) {
+    const refusals = [];
+    if (decoded.chroma !== null && decoded.chroma > use.max_chroma) {
+      refusals.push(["colour", `chroma ${decoded.chroma.toFixed(1)} > ${g(use.max_chroma)}`]);
+    }
+    const header = decoded.dicom;
+    if (!header) return refusals;
     const LATERAL = new Set(info.header_rules.lateral_views);
     const YEARS = info.header_rules.age_units;
-    const reasons = [];
-    const age = /^(\d{3})([DWMY])$/.exec((header.PatientAge || "").toUpperCase());
+    const ageText = header.PatientAge || "";
+    const age = /^(\d{3})([DWMY])$/.exec(ageText.trim().toUpperCase());
     if (age) {
       const years = Number(age[1]) * YEARS[age[2]];
       if (years < use.min_age_years || years > use.max_age_years) {
-        reasons.push(`${text.age} (PatientAge ${header.PatientAge} = ${years.toFixed(1)} years; intended ${use.min_age_years}-${use.max_age_years})`);
+        refusals.push(["age", `PatientAge ${ageText} = ${years.toFixed(1)} years; intended ${g(use.min_age_years)}-${g(use.max_age_years)}`]);
       }
     }
     const view = (header.ViewPosition || "").toUpperCase();
-    if (LATERAL.has(view)) reasons.push(`${text.view} (ViewPosition ${view}; intended ${use.projections.join("/")})`);
+    if (LATERAL.has(view)) refusals.push(["view", `ViewPosition ${view}; intended ${use.projections.join("/")}`]);
     const part = (header.BodyPartExamined || "").toUpperCase();
-    if (part && !use.body_parts.includes(part)) reasons.push(`${text.body_part} (BodyPartExamined ${part})`);
+    if (part && !use.body_parts.includes(part)) refusals.push(["body_part", `BodyPartExamined ${part}`]);
     const modality = (header.Modality || "").toUpperCase();
-    if (modality && !use.modalities.includes(modality)) reasons.push(`${text.modality} (Modality ${modality}; intended ${use.modalities.join("/")})`);
-    return reasons;
+    if (modality && !use.modalities.includes(modality)) refusals.push(["modality", `Modality ${modality}; intended ${use.modalities.join("/")}`]);
+    return refusals;
   }
 
   const sigmoid = (x) => (x >= 0 ? 1 / (1 + Math.exp(-x)) : Math.exp(x) / (1 + Math.exp(x)));
+  const unique = (items) => [...new Set(items)];
 
-  // `Predictor.scores_from_outputs` + `Predictor.results` for one image.
+  // `Predictor.scores_from_outputs` + `Predictor.results` + `service.result_json` for one image:
+  // a refused image (its file, or its features past a cut-off: one "features" reason however
+  // many scores say so) gets no label for any output, its numbers under `unassessed_*`.
   function decide(outputs, decoded) {
     const meta = info.metadata;
-    const reasonText = info.reasons;
     const first = (name) => (outputs[name] ? Number(outputs[name].data[0]) : null);
-    const probability = sigmoid(first("logit") / meta.temperature);
-    const decision = probability >= meta.threshold ? 1 : 0;
-    const reasons = [];
-    const use = meta.intended_use;
-    if (use && decoded.chroma !== null && decoded.chroma > use.max_chroma) {
-      reasons.push(`${reasonText.colour} (chroma ${decoded.chroma.toFixed(1)} > ${use.max_chroma}): not a grayscale radiograph`);
-    }
-    for (const reason of headerReasons(decoded.dicom, use, reasonText)) reasons.push(reason);
-    const guard = first("guard_score");
-    if (guard !== null && meta.guard && guard > meta.guard.cutoff) {
-      reasons.push(`${reasonText.feature} (guard score ${guard.toFixed(1)} > cut-off ${meta.guard.cutoff.toFixed(1)})`);
-    }
+    const refusals = scopeRefusals(decoded, info.model.intended_use);
+    const guardCutoff = meta.guard ? meta.guard.cutoff : null;
+    const oodCutoff = meta.ood ? meta.ood.cutoff : null;
+    const guard = guardCutoff === null ? null : first("guard_score");
     const ood = first("ood_score");
-    if (ood !== null && meta.ood && Number.isFinite(ood) && ood > meta.ood.cutoff) {
-      reasons.push(`${reasonText.feature} (OOD score ${ood.toFixed(2)} > cut-off ${meta.ood.cutoff.toFixed(2)})`);
+    const figures = [];
+    if (guard !== null && guard > guardCutoff) {
+      figures.push(`guard score ${guard.toFixed(1)} > cut-off ${guardCutoff.toFixed(1)}`);
     }
-    const shown = guard !== null ? guard : ood;
-    const known = Number.isFinite(shown) || reasons.length > 0;
-    const flagged = known ? reasons.length > 0 : null;
-    const kind = meta.type_decision;
-    const typeLogit = first("type_logit");
-    const pViral = typeLogit === null || !kind ? null : sigmoid(typeLogit);
-    const named = pViral !== null && decision === 1 && !flagged;
-    return {
-      probability,
-      label: meta.class_names[decision],
-      ood_score: Number.isFinite(shown) ? shown : null,
-      out_of_distribution: flagged,
-      p_viral: pViral,
-      pneumonia_type: named ? kind.class_names[pViral >= kind.threshold ? 1 : 0] : "",
-      reason: reasons.join("; "),
-      threshold: meta.threshold,
+    if (oodCutoff !== null && Number.isFinite(ood) && ood > oodCutoff) {
+      figures.push(`OOD score ${ood.toFixed(2)} > cut-off ${oodCutoff.toFixed(2)}`);
+    }
+    if (figures.length) refusals.push(["features", figures.join("; ")]);
+    const assessed = refusals.length === 0;
+    const numbers = { pneumonia: sigmoid(first("logit") / meta.temperature) };
+    if (meta.type_decision) numbers.type = sigmoid(first("type_logit"));
+    const labels = {};
+    if (assessed) {
+      for (const output of info.outputs) {
+        const given = output.asks_given;
+        if (!given || labels[given[0]] === given[1]) {
+          labels[output.name] = output.class_names[numbers[output.name] >= output.threshold ? 1 : 0];
+        }
+      }
+    }
+    const words = refusals.map(([kind]) => info.reasons[kind]);
+    const checked = guardCutoff !== null || oodCutoff !== null || !assessed;
+    const result = {
+      state: assessed ? "assessed" : "not assessed",
+      out_of_distribution: checked ? !assessed : null,
+      reason: unique(words).join("; "),
+      guard_score: guard,
+      ood_score: Number.isFinite(ood) ? ood : null,
     };
+    for (const output of info.outputs) {
+      result[output.probability_column] = assessed ? numbers[output.name] : null;
+      result[output.label_column] = labels[output.name] || "";
+      result[output.unassessed_column] = assessed ? null : numbers[output.name];
+    }
+    result.reasons = unique(words);
+    result.details = refusals.map(([kind, detail]) => (detail ? `${info.reasons[kind]}: ${detail}` : info.reasons[kind]));
+    result.threshold = meta.threshold;
+    result.thresholds = Object.fromEntries(info.outputs.map((o) => [o.name, o.threshold]));
+    return { result, labels };
   }
 
   // The graph's Grad-CAM (export.head_gradcam) scaled onto [0, 1], as pytorch-grad-cam scales it.
@@ -447,15 +497,16 @@ const BrowserScorer = (() => {
     return { height, width, values: values.map((v) => (v - low) / (1e-7 + high)) };
   }
 
-  // Matplotlib's jet, as OpenCV's COLORMAP_JET draws it (piecewise linear).
+  // Matplotlib's jet, as OpenCV's COLORMAP_JET draws it (piecewise linear; explain.overlay.jet).
   function jet(v) {
     const channel = (offset) => Math.round(255 * Math.min(1, Math.max(0, 1.5 - Math.abs(4 * v - offset))));
     return [channel(3), channel(2), channel(1)];
   }
 
-  // The map resized (bilinear, the canvas's smoothing) onto the film, blended 40% as
-  // `explain.overlay.overlay_heatmap`; at most 512 px a side, as a PNG for the card.
-  async function overlay(decoded, map) {
+  // The film at most 512 px a side (`service.PREVIEW_MAX_SIDE`), as a base64 PNG for the card;
+  // with a map, the map resized (bilinear, the canvas's smoothing) onto it, blended 40% as
+  // `explain.overlay.overlay_heatmap`.
+  async function picture(decoded, map = null) {
     const scale = Math.min(1, 512 / Math.max(decoded.width, decoded.height));
     const width = Math.max(1, Math.round(decoded.width * scale));
     const height = Math.max(1, Math.round(decoded.height * scale));
@@ -467,26 +518,31 @@ const BrowserScorer = (() => {
       pixels.data[4 * i + 3] = 255;
     });
     filmContext.putImageData(pixels, 0, 0);
-    const small = new OffscreenCanvas(map.width, map.height);
-    const smallContext = small.getContext("2d");
-    const cells = smallContext.createImageData(map.width, map.height);
-    map.values.forEach((v, i) => {
-      const [r, g, b] = jet(v);
-      cells.data.set([r, g, b, 255], 4 * i);
-    });
-    smallContext.putImageData(cells, 0, 0);
     const canvas = new OffscreenCanvas(width, height);
     const context = canvas.getContext("2d");
     context.drawImage(film, 0, 0, width, height);
-    context.globalAlpha = 0.4;
-    context.imageSmoothingEnabled = true;
-    context.drawImage(small, 0, 0, width, height);
+    if (map) {
+      const small = new OffscreenCanvas(map.width, map.height);
+      const smallContext = small.getContext("2d");
+      const cells = smallContext.createImageData(map.width, map.height);
+      map.values.forEach((v, i) => {
+        const [r, gr, b] = jet(v);
+        cells.data.set([r, gr, b, 255], 4 * i);
+      });
+      smallContext.putImageData(cells, 0, 0);
+      context.globalAlpha = 0.4;
+      context.imageSmoothingEnabled = true;
+      context.drawImage(small, 0, 0, width, height);
+    }
     const blob = await canvas.convertToBlob({ type: "image/png" });
     const bytes = new Uint8Array(await blob.arrayBuffer());
     let text = "";
     for (let i = 0; i < bytes.length; i += 32768) text += String.fromCharCode(...bytes.subarray(i, i + 32768));
     return btoa(text);
   }
+
+  // Where the service puts each output's heatmap.
+  const HEATMAP_KEYS = { pneumonia: "gradcam_png_base64", type: "gradcam_type_png_base64" };
 
   // One image at a time (memory stays that of one film); a bad file is that file's error only.
   async function scoreOne(file) {
@@ -497,18 +553,22 @@ const BrowserScorer = (() => {
       const pre = info.metadata.preprocessing;
       const tensor = new ort.Tensor("float32", input, [1, pre.channels, pre.image_size, pre.image_size]);
       const outputs = await session.run({ [session.inputNames[0]]: tensor });
-      const result = { name: file.name, ...decide(outputs, decoded) };
-      if (outputs.cam) {
-        result.cam = mapOf(outputs.cam);
-        result.gradcam_png_base64 = await overlay(decoded, result.cam);
+      const { result, labels } = decide(outputs, decoded);
+      const answer = { name: file.name, ...result };
+      if (decoded.dicom) answer.preview_png_base64 = await picture(decoded); // a browser cannot show DICOM
+      // Heatmaps of assessed images only, each output's only where it gave a label.
+      for (const output of info.outputs) {
+        if (!labels[output.name] || !outputs[output.cam_output]) continue;
+        const map = mapOf(outputs[output.cam_output]);
+        if (output.name === "pneumonia") answer.cam = map; // the map itself (tests)
+        answer[HEATMAP_KEYS[output.name]] = await picture(decoded, map);
       }
-      if (outputs.type_cam && result.p_viral !== null) {
-        result.gradcam_type_png_base64 = await overlay(decoded, mapOf(outputs.type_cam));
-      }
-      return result;
+      return answer;
     } catch (error) {
-      const kind = error instanceof ImageError ? error.kind : error.name || "Error";
-      return { name: file.name, error: `${kind}: ${error.message}` };
+      if (!(error instanceof ImageError)) console.error(file.name, error);
+      const words = error instanceof ImageError ? error.message
+        : "this browser could not analyse it; reload the page and try again";
+      return { name: file.name, state: "unreadable", error: words };
     }
   }
 
