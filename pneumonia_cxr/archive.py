@@ -127,6 +127,7 @@ def score_archive(
     gradcam_method: str = "gradcam",
     gradcam_target: str = "pneumonia",
     progress: bool = True,
+    writers: Sequence = (),
 ) -> Summary:
     """Score every (shard's) file, appending rows as batches finish; see the module docstring."""
     output = Path(output)
@@ -186,6 +187,7 @@ def score_archive(
             gradcam_dir=gradcam_dir,
             gradcam_method=gradcam_method,
             gradcam_target=gradcam_target,
+            writers=writers,
         ):
             batches += 1
             table.write(rows_to_csv(rows, outputs, heatmap=heatmap, header=False))

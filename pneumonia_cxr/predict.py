@@ -163,6 +163,7 @@ def predict_paths(
     gradcam_method: str = "gradcam",
     gradcam_target: str = "pneumonia",
     progress: bool = False,
+    writers: Sequence[Any] = (),
 ) -> list[PredictionRow]:
     """Predict every image under `paths`; one row per file, in `expand_paths` order.
 
@@ -179,6 +180,8 @@ def predict_paths(
         gradcam_target: "pneumonia" (the PNEUMONIA logit) or "type" (the type logit of a model
             with a type head; overlays named `<stem>_gradcam_type.png`).
         progress: Show a tqdm bar on stderr.
+        writers: More outputs of the same loop, each given every batch (e.g.
+            `dicom_results.DicomBatchWriter`).
 
     Returns:
         Rows with probability P(PNEUMONIA) (temperature applied), the label at the model's
@@ -199,6 +202,7 @@ def predict_paths(
             gradcam_dir=gradcam_dir,
             gradcam_method=gradcam_method,
             gradcam_target=gradcam_target,
+            writers=writers,
         ):
             rows.extend(batch)
             bar.update(len(batch))
@@ -215,29 +219,33 @@ def iter_prediction_batches(
     gradcam_method: str = "gradcam",
     gradcam_target: str = "pneumonia",
     chunk_batches: int = 64,
+    writers: Sequence[Any] = (),
 ) -> Iterator[list[PredictionRow]]:
     """The rows of each batch of files, in file order, as soon as the batch is scored.
 
     `files` is consumed lazily, `chunk_batches` batches at a time, so memory does not grow with
     the number of files; every batch holds `batch_size` consecutive files (the last one fewer),
     whatever the chunking, so a resumed run scores the same batches as an unbroken one.
+    Each of `writers` (an object with `keep_original` and `write(predictor, batch, rows)`) is
+    given every scored batch: overlays, DICOM results.
     """
     if gradcam_dir and predictor.bundle is None:
         raise ValueError("Grad-CAM needs the PyTorch model file (.pt), not an ONNX export")
-    writer = (
-        _OverlayWriter(Path(gradcam_dir), gradcam_method, gradcam_target, predictor)
-        if gradcam_dir
-        else None
-    )
+    writers = list(writers)
+    if gradcam_dir:
+        writers.insert(
+            0, _OverlayWriter(Path(gradcam_dir), gradcam_method, gradcam_target, predictor)
+        )
+    keep_original = any(writer.keep_original for writer in writers)
     for chunk in _chunks(files, batch_size * chunk_batches):
         rows = [PredictionRow(path=str(path)) for path in chunk]
         batches = predictor.iter_files(
-            chunk, batch_size=batch_size, num_workers=num_workers, keep_original=writer is not None
+            chunk, batch_size=batch_size, num_workers=num_workers, keep_original=keep_original
         )
         done = 0
         for batch in batches:
             _fill_rows(rows, batch, predictor)
-            if writer is not None and batch.inputs is not None:
+            for writer in writers if batch.inputs is not None else ():
                 writer.write(predictor, batch, rows)
             size = len(batch.indices) + len(batch.errors)
             yield rows[done : done + size]
@@ -265,6 +273,8 @@ def _fill_rows(rows: list[PredictionRow], batch: ScoredBatch, predictor: Predict
 
 class _OverlayWriter:
     """Grad-CAM overlays named after their files, never overwriting one another."""
+
+    keep_original = True
 
     def __init__(
         self, out_dir: Path, method: str, target: str = "pneumonia", predictor=None

@@ -211,7 +211,24 @@ def dicom_bytes(
     ds.PixelRepresentation = int(pixels.dtype.kind == "i")
     if ds.SamplesPerPixel == 3:
         ds.PlanarConfiguration = 0
-    for keyword, value in elements.items():
+    # What every object a PACS holds carries (patient, study, series), unless a test says
+    # otherwise: the DICOM results (`dicom_results`) copy these into the same study.
+    identity = {
+        "PatientID": "PCX-TEST-1",
+        "PatientName": "Test^Child",
+        "PatientBirthDate": "",
+        "PatientSex": "",
+        "StudyInstanceUID": generate_uid(),
+        "SeriesInstanceUID": generate_uid(),
+        "StudyID": "1",
+        "StudyDate": "20261206",
+        "StudyTime": "120000",
+        "AccessionNumber": "",
+        "ReferringPhysicianName": "",
+        "SeriesNumber": 1,
+        "InstanceNumber": 1,
+    }
+    for keyword, value in (identity | elements).items():
         setattr(ds, keyword, value)
     if with_pixels:
         ds.PixelData = pixels.tobytes()

@@ -34,11 +34,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if not args.paths and not args.files:
         raise PneumoniaCxrError("nothing to score: give image files or folders, or --files LIST")
     model_path = _model_path_or_shipped(args.model_path)
-    predictor = Predictor.open(
-        model_path, engine=args.engine, device=args.device, gradcam=bool(args.gradcam)
-    )
+    # Heatmaps (Grad-CAM overlays, DICOM captures) need PyTorch's gradients: a .pt file.
+    heatmaps = bool(args.gradcam) or (bool(args.dicom_out) and model_path.suffix == ".pt")
+    predictor = Predictor.open(model_path, engine=args.engine, device=args.device, gradcam=heatmaps)
+    writers = _dicom_writers(args, predictor, model_path)
     if archive:
-        return _report(_predict_archive(args, predictor, model_path), args.output)
+        return _report(_predict_archive(args, predictor, model_path, writers), args.output, writers)
     from pneumonia_cxr.predict import Summary, predict_paths, rows_to_csv, write_rows
 
     rows = predict_paths(
@@ -50,6 +51,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         gradcam_method=args.gradcam_method,
         gradcam_target=args.gradcam_target,
         progress=not args.no_progress,
+        writers=writers,
     )
     if args.output:
         write_rows(rows, args.output, predictor.outputs)
@@ -57,10 +59,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
         sys.stdout.write(rows_to_csv(rows, predictor.outputs))
     summary = Summary(positive=predictor.class_names[1])
     summary.add_rows(rows)
-    return _report(summary, args.output)
+    return _report(summary, args.output, writers)
 
 
-def _report(summary, output: str | None) -> int:
+def _dicom_writers(args: argparse.Namespace, predictor, model_path: Path) -> list:
+    """`--dicom_out DIR`: DICOM SR (+ heatmap capture) per DICOM input, beside the table."""
+    if not args.dicom_out:
+        return []
+    from pneumonia_cxr.dicom_results import DicomBatchWriter
+
+    return [DicomBatchWriter(args.dicom_out, predictor, model_path)]
+
+
+def _report(summary, output: str | None, writers=()) -> int:
     """The warning, the summary line and the exit code of every predict mode."""
     if summary is None:  # a DDP rank other than 0: rank 0 reports
         return 0
@@ -68,10 +79,16 @@ def _report(summary, output: str | None) -> int:
     if warning:
         print(warning, file=sys.stderr)
     print(summary.line(output), file=sys.stderr)
+    for writer in writers:
+        failed = f", {len(writer.failed)} DICOM input(s) without one" if writer.failed else ""
+        print(
+            f"{len(writer.written)} DICOM object(s) -> {writer.results.out_dir}{failed}",
+            file=sys.stderr,
+        )
     return summary.exit_code
 
 
-def _predict_archive(args: argparse.Namespace, predictor, model_path: Path):
+def _predict_archive(args: argparse.Namespace, predictor, model_path: Path, writers=()):
     """`predict --output x.csv`: streamed rows, resumable, shardable (`pneumonia_cxr.archive`)."""
     from pneumonia_cxr.archive import Shard, score_archive
     from pneumonia_cxr.data.split import file_sha256
@@ -91,6 +108,7 @@ def _predict_archive(args: argparse.Namespace, predictor, model_path: Path):
         gradcam_method=args.gradcam_method,
         gradcam_target=args.gradcam_target,
         progress=not args.no_progress,
+        writers=writers,
     )
 
 
@@ -101,9 +119,10 @@ def _predict_distributed(args: argparse.Namespace):
 
     if not (args.output and args.output.lower().endswith((".csv", ".json"))):
         raise ArchiveError("--devices writes a table: pass --output results.csv (or .json)")
-    if args.resume or args.shard or args.files or args.gradcam:
+    if args.resume or args.shard or args.files or args.gradcam or args.dicom_out:
         raise ArchiveError(
-            "--devices scores a whole listing: no --resume, --shard, --files or --gradcam"
+            "--devices scores a whole listing: no --resume, --shard, --files, --gradcam or "
+            "--dicom_out"
         )
     return predict_distributed(
         _model_path_or_shipped(args.model_path),
@@ -165,6 +184,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     lightning.add_argument("--num_nodes", type=int, default=1)
     lightning.add_argument("--strategy", default="ddp")
     predict.add_argument("--gradcam", metavar="OUT_DIR", help="write one overlay PNG per image")
+    predict.add_argument(
+        "--dicom_out",
+        metavar="DIR",
+        help="for each DICOM input, a DICOM Structured Report of its answer and (assessed images, "
+        "a .pt model) a Secondary Capture of its heatmap, in the source's study: for a PACS",
+    )
     predict.add_argument("--gradcam_method", default="gradcam", choices=CAM_METHODS)
     predict.add_argument(
         "--gradcam_target",

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from pneumonia_cxr.model.onnx_format import CAM_OUTPUT, LOGIT_OUTPUT, TYPE_CAM_OUTPUT, TYPE_OUTPUT
+
 if TYPE_CHECKING:
     from pneumonia_cxr.model.decision import Decision
 
@@ -46,16 +48,16 @@ class ModelOutput:
 
 PNEUMONIA = ModelOutput(
     name="pneumonia",
-    logit_output="logits",
-    cam_output="cam",
+    logit_output=LOGIT_OUTPUT,
+    cam_output=CAM_OUTPUT,
     probability_column="probability",
     label_column="label",
     question="P(PNEUMONIA)",
 )
 TYPE = ModelOutput(
     name="type",
-    logit_output="type_logits",
-    cam_output="type_cam",
+    logit_output=TYPE_OUTPUT,
+    cam_output=TYPE_CAM_OUTPUT,
     probability_column="p_viral",
     label_column="pneumonia_type",
     question="P(VIRAL | PNEUMONIA)",

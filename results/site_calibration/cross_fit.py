@@ -1,6 +1,6 @@
 """The Kermany test split as a new site, 2-fold cross-fitting by patient (issue 17).
 
-Calibrate the shipped model on fold A (`training.recalibrate.calibrate_model`, what
+Calibrate the shipped model on fold A (`site.calibrate.calibrate_model`, what
 `pneumonia-cxr calibrate` runs), measure it on fold B (other patients), then swap; report both
 folds and the two held-out folds pooled: target sensitivity vs achieved, specificity before
 (the shipped threshold) and after. A separate experiment: it never chooses the shipped model,
@@ -21,7 +21,8 @@ import numpy as np
 from pneumonia_cxr.data.site import list_site_images, site_folds
 from pneumonia_cxr.evaluation.metrics import wilson_interval
 from pneumonia_cxr.model.shipped import resolve_model_path
-from pneumonia_cxr.training.recalibrate import calibrate_model, held_out_figures
+from pneumonia_cxr.site.calibrate import calibrate_model
+from pneumonia_cxr.site.held_out import held_out_figures
 
 HERE = Path(__file__).resolve().parent
 
@@ -69,8 +70,8 @@ def main() -> None:
         before = held_out_figures(model, folds[held], device="cpu")
         after = held_out_figures(out / f"calibrated_on_fold{1 - held}.pt", folds[held])
         for name, figures in (("before", before), ("after", after)):
-            pooled[name][0].extend(figures["labels"])
-            pooled[name][1].extend(figures["decisions"])
+            pooled[name][0].extend(figures.labels)
+            pooled[name][1].extend(figures.decisions)
         rows.append(
             {
                 "fitted_on": f"fold {1 - held} ({len(fit)} images)",
