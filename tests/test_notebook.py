@@ -113,4 +113,5 @@ def test_notebook_runs_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     )
     corrupt_rows = [line for line in printed.splitlines() if "corrupt_copy_of_" in line]
     assert corrupt_rows, "the prediction table lists the corrupt copy"
-    assert all("Error: " in line for line in corrupt_rows), corrupt_rows
+    worded = all("unreadable: " in line and "truncated" in line for line in corrupt_rows)
+    assert worded, corrupt_rows
