@@ -52,6 +52,7 @@ from pneumonia_cxr.model.onnx_format import (
     TYPE_OUTPUT,
     require_optional,
 )
+from pneumonia_cxr.model.outputs import output_named
 from pneumonia_cxr.storage import atomic_write
 
 DEFAULT_OPSET = 17
@@ -135,7 +136,7 @@ class _ExportedGraph(nn.Module):
             backbone = self.scoring.classifier.members[0].backbone
             handle = backbone.register_forward_hook(lambda _m, _i, out: maps.append(out))
         try:
-            logit, ood_score, type_logit, guard_score = self.scoring(image)
+            logit, ood_score, type_logit, guard_score, *further = self.scoring(image)
         finally:
             if handle is not None:
                 handle.remove()
@@ -144,6 +145,7 @@ class _ExportedGraph(nn.Module):
             outputs.append(type_logit)
         if self.guarded:
             outputs.append(guard_score)
+        outputs += further  # one logit per further registry output, in the network's order
         outputs += [head_gradcam(linears, maps[0]) for linears in self.cam_heads]
         return tuple(outputs)
 
@@ -156,6 +158,7 @@ def output_names(bundle: ModelBundle) -> list[str]:
         names.append(TYPE_OUTPUT)
     if bundle.guard is not None:
         names.append(GUARD_OUTPUT)
+    names += [output_named(name).logit_output for name in bundle.model.members[0].further_outputs]
     return names + [CAM_OUTPUT, TYPE_CAM_OUTPUT][: len(_cam_heads(bundle))]
 
 
@@ -185,6 +188,16 @@ def onnx_metadata(bundle: ModelBundle) -> dict[str, Any]:
         "data_fingerprint": bundle.data_fingerprint,
         "calibration": bundle.extra.get("calibration"),
         "min_sensitivity": bundle.extra.get("min_sensitivity"),
+        **(
+            {
+                "extra_outputs": {
+                    name: decision.to_payload()
+                    for name, decision in bundle.further_decisions.items()
+                }
+            }
+            if bundle.further_decisions
+            else {}
+        ),
         "type_decision": (
             bundle.type_decision.to_payload() if bundle.type_decision is not None else None
         ),

@@ -145,8 +145,8 @@ def write_web_folder(out_dir: str | Path, model_path: str | Path) -> dict[str, A
                 "cam_output": output.cam_output,
                 "question": output.question,
                 "asks_given": list(output.asks_given) if output.asks_given else None,
-                "class_names": list(output.class_names(predictor.decision)),
-                "threshold": output.threshold(predictor.decision),
+                "class_names": list(output.classes(predictor.decision)),
+                "threshold": output.cut(predictor.decision),
             }
             for output in predictor.outputs
         ],

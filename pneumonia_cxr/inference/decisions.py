@@ -9,7 +9,7 @@ the API and the service format (`model.outputs`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -38,6 +38,8 @@ class Scores:
     """P(VIRAL | PNEUMONIA) = sigmoid(type logit); None without a type head."""
     guard_scores: np.ndarray | None = None
     """The applicability guard's feature score; None for a model without a guard."""
+    further: dict[str, np.ndarray] = field(default_factory=dict)
+    """P(class 1) of each further registry output (`model.outputs`), by name."""
 
     def by_output(self) -> dict[str, np.ndarray]:
         """Probabilities per `model.outputs` name: the one place a score array meets its
@@ -45,7 +47,7 @@ class Scores:
         numbers = {"pneumonia": self.probabilities}
         if self.p_viral is not None:
             numbers["type"] = self.p_viral
-        return numbers
+        return numbers | self.further
 
     @classmethod
     def concat(cls, parts: Sequence[Scores]) -> Scores:
@@ -58,7 +60,11 @@ class Scores:
             for name in ("type_logits", "p_viral", "guard_scores")
             if all(getattr(p, name) is not None for p in parts)
         }
-        return cls(*(np.concatenate([getattr(p, name) for p in parts]) for name in names), **extra)
+        further = {
+            name: np.concatenate([p.further[name] for p in parts]) for name in parts[0].further
+        }
+        arrays = (np.concatenate([getattr(p, name) for p in parts]) for name in names)
+        return cls(*arrays, **extra, further=further)
 
 
 @dataclass(frozen=True)
@@ -144,6 +150,7 @@ def scores_from_outputs(
     ood_scores: np.ndarray,
     type_logits: np.ndarray | None = None,
     guard_scores: np.ndarray | None = None,
+    further_logits: dict[str, np.ndarray] | None = None,
 ) -> Scores:
     """Probability, decision and OOD flag from raw outputs: the only place they are made.
     The flag is the OOD score's or, for a model with a guard, either score's."""
@@ -171,6 +178,10 @@ def scores_from_outputs(
         kinds,
         p_viral,
         guard_scores,
+        further={
+            name: probability(np.asarray(logit, dtype=np.float64))
+            for name, logit in (further_logits or {}).items()
+        },
     )
 
 
@@ -218,8 +229,8 @@ def results(
             for output in outputs:
                 given = output.asks_given
                 if given is None or labels.get(given[0]) == given[1]:
-                    chosen = decide(probabilities[output.name], output.threshold(decision))
-                    labels[output.name] = output.class_names(decision)[int(chosen)]
+                    chosen = decide(probabilities[output.name], output.cut(decision))
+                    labels[output.name] = output.classes(decision)[int(chosen)]
         guard = None if scores.guard_scores is None else float(scores.guard_scores[position])
         ood = float(scores.ood_scores[position])
         answers.append(

@@ -12,7 +12,7 @@ import json
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -36,6 +36,7 @@ from pneumonia_cxr.model.onnx_format import (
     TYPE_OUTPUT,
     require_optional,
 )
+from pneumonia_cxr.model.outputs import further_outputs
 from pneumonia_cxr.storage import cache_root
 
 if TYPE_CHECKING:
@@ -56,6 +57,8 @@ class EngineOutput:
     """VIRAL-vs-BACTERIAL logits, shape (N,); None for a model without a type head."""
     guard_scores: np.ndarray | None = None
     """The applicability guard's feature score, shape (N,); None for a model without one."""
+    further_logits: dict[str, np.ndarray] = field(default_factory=dict)
+    """One logit array (N,) per further registry output (`model.outputs`), by name."""
 
 
 class Engine(Protocol):
@@ -165,7 +168,8 @@ class OnnxEngine:
             ) from error
         self.metadata = meta
         self._has_ood_output = OOD_OUTPUT in outputs
-        wanted = ((self.decision.type, TYPE_OUTPUT), (self.decision.guard_cutoff, GUARD_OUTPUT))
+        wanted = [(self.decision.type, TYPE_OUTPUT), (self.decision.guard_cutoff, GUARD_OUTPUT)]
+        wanted += [(True, o.logit_output) for o in further_outputs(self.decision)]
         for present, name in wanted:
             if present is not None and name not in outputs:
                 raise ModelFileError(
@@ -222,6 +226,8 @@ class OnnxEngine:
             outputs.append(TYPE_OUTPUT)
         if self.decision.guard_cutoff is not None:
             outputs.append(GUARD_OUTPUT)
+        further = {o.name: o.logit_output for o in further_outputs(self.decision)}
+        outputs += list(further.values())
         values = dict(zip(outputs, self._run(outputs, array), strict=True))
         logits = values[LOGIT_OUTPUT].reshape(-1)
         ood = (
@@ -229,7 +235,8 @@ class OnnxEngine:
         )
         kinds = values[TYPE_OUTPUT].reshape(-1) if TYPE_OUTPUT in values else None
         guard = values[GUARD_OUTPUT].reshape(-1) if GUARD_OUTPUT in values else None
-        return EngineOutput(logits, ood, kinds, guard)
+        logits_of = {name: values[output].reshape(-1) for name, output in further.items()}
+        return EngineOutput(logits, ood, kinds, guard, logits_of)
 
     def graph_outputs(self) -> set[str]:
         """The names of the graph's outputs (`cam` and `type_cam` only where the export could

@@ -42,13 +42,17 @@ class TorchEngine:
         # Full float32 on GPU too (no TF32): a probability next to the threshold must get the
         # label it gets on the CPU, where the threshold may have been fitted.
         with torch.inference_mode(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
-            logits, ood, kinds, guard = self.scoring(images)
+            logits, ood, kinds, guard, *further = self.scoring(images)
         typed, guarded = self.decision.type is not None, self.decision.guard_cutoff is not None
         return EngineOutput(
             logits[:, 0].float().cpu().numpy(),
             ood.float().cpu().numpy().reshape(-1),
             kinds.float().cpu().numpy().reshape(-1) if typed else None,
             guard.float().cpu().numpy().reshape(-1) if guarded else None,
+            {
+                name: logit.float().cpu().numpy().reshape(-1)
+                for name, logit in zip(self.scoring.further, further, strict=True)
+            },
         )
 
     def fingerprint(self) -> str:

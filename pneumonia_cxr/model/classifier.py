@@ -46,9 +46,12 @@ class PneumoniaNet(nn.Module):
         head_dims: tuple[int, int] = (512, 256),
         head_dropouts: tuple[float, float] = (0.5, 0.3),
         type_head: int | None = None,
+        further_outputs: tuple[str, ...] = (),
     ) -> None:
         """`type_head`: width of the bacterial-vs-viral head's hidden layer; None = no type
-        head (the binary model every file before issue 27 holds)."""
+        head (the binary model every file before issue 27 holds). `further_outputs`: names of
+        registry outputs (`model.outputs`) beyond these two, each with the head its entry
+        builds on the same pooled features."""
         super().__init__()
         spec = get_backbone(backbone)
         self.backbone_name = backbone
@@ -71,6 +74,22 @@ class PneumoniaNet(nn.Module):
         self.type_head = (
             _type_head(spec.num_features, type_head, drop2) if type_head is not None else None
         )
+        self.further_heads = nn.ModuleDict()
+        for name in further_outputs:
+            self.add_output(name)
+
+    def add_output(self, name: str) -> None:
+        """Give the network a registry output's head (`ModelOutput.build_head`)."""
+        from pneumonia_cxr.model.outputs import output_named
+
+        output = output_named(name)
+        if output.build_head is None:
+            raise ValueError(f"output {name!r} has no generic head (the classifier names it)")
+        self.further_heads[name] = output.build_head(self.num_features)
+
+    @property
+    def further_outputs(self) -> tuple[str, ...]:
+        return tuple(self.further_heads)
 
     @property
     def has_type_head(self) -> bool:

@@ -8,7 +8,7 @@ them.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
@@ -108,6 +108,9 @@ class Decision:
     """How P(VIRAL | PNEUMONIA) becomes a type; None without a type head."""
     calibration: dict[str, Any] | None = None
     """The site calibration record of a `calibrate`d model file, else None."""
+    extra: dict[str, TypeDecision] = field(default_factory=dict)
+    """How each further output of the registry (`model.outputs`, beyond pneumonia and type)
+    becomes a class: its threshold, rule and class names, by output name."""
 
     @classmethod
     def from_metadata(cls, meta: dict[str, Any]) -> Decision:
@@ -124,6 +127,10 @@ class Decision:
             guard_cutoff=float(guard["cutoff"]) if guard else None,
             type=TypeDecision.from_payload(kind) if kind else None,
             calibration=meta.get("calibration"),
+            extra={
+                name: TypeDecision.from_payload(payload)
+                for name, payload in (meta.get("extra_outputs") or {}).items()
+            },
         )
 
 

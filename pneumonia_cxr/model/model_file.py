@@ -59,6 +59,8 @@ class ModelBundle:
     """The applicability guard's feature part (several layers); None in older files, which
     keep their OOD score (`ood`) alone."""
     intended_use: IntendedUse = KERMANY_INTENDED_USE
+    further_decisions: dict[str, TypeDecision] = field(default_factory=dict)
+    """How each further registry output (`model.outputs`) becomes a class, by name."""
 
     @property
     def decision(self) -> Decision:
@@ -73,6 +75,7 @@ class ModelBundle:
             guard_cutoff=self.guard.cutoff if self.guard is not None else None,
             type=self.type_decision,
             calibration=self.extra.get("calibration"),
+            extra=dict(self.further_decisions),
         )
 
     def set_operating_point(self, point: OperatingPoint) -> None:
@@ -117,6 +120,7 @@ def _member_payload(member: PneumoniaNet, dtype: torch.dtype) -> dict[str, Any]:
         "head_dims": list(member.head_dims),
         "head_dropouts": list(member.head_dropouts),
         **({"type_head": member.type_head_width} if member.has_type_head else {}),
+        **({"further_outputs": list(member.further_outputs)} if member.further_outputs else {}),
         "state_dict": {
             k: v.detach().cpu().to(dtype) if v.is_floating_point() else v.detach().cpu()
             for k, v in member.state_dict().items()
@@ -151,6 +155,16 @@ def save_model(bundle: ModelBundle, path: str | Path, *, half: bool = False) -> 
     }
     if typed:
         payload["type_decision"] = bundle.type_decision.to_payload()
+    further = set(bundle.model.members[0].further_outputs)
+    if further != set(bundle.further_decisions):
+        raise ValueError(
+            f"further outputs {sorted(further)} need a decision each; "
+            f"decisions given: {sorted(bundle.further_decisions)}"
+        )
+    if further:
+        payload["further_decisions"] = {
+            name: decision.to_payload() for name, decision in bundle.further_decisions.items()
+        }
     if bundle.guard is not None:
         payload["guard"] = bundle.guard.to_payload()
     payload["intended_use"] = bundle.intended_use.to_payload()
@@ -213,6 +227,7 @@ def _build_member(entry: dict[str, Any]) -> PneumoniaNet:
         head_dims=tuple(entry["head_dims"]),
         head_dropouts=tuple(entry["head_dropouts"]),
         type_head=entry.get("type_head"),
+        further_outputs=tuple(entry.get("further_outputs", ())),
     )
     member.load_state_dict(
         {k: v.float() if v.is_floating_point() else v for k, v in entry["state_dict"].items()}
@@ -252,6 +267,10 @@ def bundle_from_payload(payload: dict[str, Any], path: str | Path) -> ModelBundl
         if guard is not None:
             guard.check_matches(model.members[0])
         intended_use = IntendedUse.from_payload(payload.get("intended_use"))
+        further_decisions = {
+            name: TypeDecision.from_payload(payload["further_decisions"][name])
+            for name in model.members[0].further_outputs
+        }
     except (KeyError, ValueError, RuntimeError, TypeError, AttributeError) as error:
         raise ModelFileError(
             f"{path}: model file is incomplete or inconsistent ({error})"
@@ -272,6 +291,7 @@ def bundle_from_payload(payload: dict[str, Any], path: str | Path) -> ModelBundl
         type_decision=type_decision,
         guard=guard,
         intended_use=intended_use,
+        further_decisions=further_decisions,
         stored_half=any(
             tensor.dtype == torch.float16
             for entry in payload.get("members", [payload])

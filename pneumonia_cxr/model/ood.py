@@ -128,12 +128,14 @@ class ScoringModel(nn.Module):
         super().__init__()
         self.classifier, self.ood, self.guard = classifier, ood, guard
         self.typed = all(m.has_type_head for m in classifier.members)
+        self.further = classifier.members[0].further_outputs
+        if any(m.further_outputs != self.further for m in classifier.members):
+            raise ValueError("every member must carry the same further outputs")
 
-    def forward(
-        self, images: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(logit, ood_score, type_logit, guard_score, *one logit (N,) per further output)."""
         members = self.classifier.members
-        if self.ood is None and not self.typed and self.guard is None:
+        if self.ood is None and not self.typed and self.guard is None and not self.further:
             logits = self.classifier(images)
             nan = torch.full_like(logits[:, 0], float("nan"))
             return logits, nan, nan, nan
@@ -153,7 +155,13 @@ class ScoringModel(nn.Module):
         if self.typed:
             kinds = [member.type_head(f) for member, f in zip(members, features, strict=True)]
             kind = torch.stack(kinds).mean(dim=0)[:, 0]
-        return logits, ood, kind, guard_score if guard_score is not None else nan
+        further = [
+            torch.stack(
+                [m.further_heads[name](f) for m, f in zip(members, features, strict=True)]
+            ).mean(dim=0)[:, 0]
+            for name in self.further
+        ]
+        return logits, ood, kind, guard_score if guard_score is not None else nan, *further
 
 
 @torch.inference_mode()

@@ -36,14 +36,33 @@ class ModelOutput:
     asks_given: tuple[str, str] | None = None
     """(output, label): the answer is given only when that output gave that label (the type
     of a pneumonia is named for an image called PNEUMONIA only); None: always."""
-    present: Callable[[Decision], bool] = lambda decision: True
-    """Whether a model with this decision record gives this answer."""
-    class_names: Callable[[Decision], tuple[str, str]] = lambda decision: decision.class_names
-    threshold: Callable[[Decision], float] = lambda decision: decision.threshold
+    build_head: Callable[[int], Any] | None = None
+    """A further output's head (a torch module from the pooled feature width), which the
+    network, the model file, the engines and the ONNX graph carry generically; None for the
+    two built-in answers, whose heads the classifier names."""
+    present: Callable[[Decision], bool] | None = None
+    """Whether a model with this decision record gives this answer (default: it has a decision
+    for it in `Decision.extra`)."""
+    class_names: Callable[[Decision], tuple[str, str]] | None = None
+    threshold: Callable[[Decision], float] | None = None
 
     @property
     def unassessed_column(self) -> str:
         return f"unassessed_{self.probability_column}"
+
+    def given_by(self, decision: Decision) -> bool:
+        return self.present(decision) if self.present else self.name in decision.extra
+
+    def classes(self, decision: Decision) -> tuple[str, str]:
+        if self.class_names:
+            return tuple(self.class_names(decision))
+        return tuple(decision.extra[self.name].class_names)
+
+    def cut(self, decision: Decision) -> float:
+        """The threshold at which the probability names class 1."""
+        if self.threshold:
+            return float(self.threshold(decision))
+        return float(decision.extra[self.name].threshold)
 
 
 PNEUMONIA = ModelOutput(
@@ -53,6 +72,9 @@ PNEUMONIA = ModelOutput(
     probability_column="probability",
     label_column="label",
     question="P(PNEUMONIA)",
+    present=lambda decision: True,
+    class_names=lambda decision: decision.class_names,
+    threshold=lambda decision: decision.threshold,
 )
 TYPE = ModelOutput(
     name="type",
@@ -82,7 +104,19 @@ PROBABILITY_FORMAT = "{:.6f}"
 
 def outputs_of(decision: Decision) -> list[ModelOutput]:
     """The answers a model with this decision record gives."""
-    return [output for output in OUTPUTS if output.present(decision)]
+    return [output for output in OUTPUTS if output.given_by(decision)]
+
+
+def output_named(name: str) -> ModelOutput:
+    for output in OUTPUTS:
+        if output.name == name:
+            return output
+    raise KeyError(f"no model output named {name!r}; known: {[o.name for o in OUTPUTS]}")
+
+
+def further_outputs(decision: Decision) -> list[ModelOutput]:
+    """The answers beyond the two built-in ones, which every layer carries generically."""
+    return [output for output in outputs_of(decision) if output.build_head is not None]
 
 
 def table_columns(outputs: list[ModelOutput], *, heatmap: bool = False) -> list[str]:

@@ -223,7 +223,7 @@ def result_json(result, outputs, predictor: Predictor) -> dict[str, Any]:
         "reasons": list(dict.fromkeys(r.words for r in result.refusals)),
         "details": result.details,
         "threshold": predictor.threshold,
-        "thresholds": {o.name: o.threshold(predictor.decision) for o in outputs},
+        "thresholds": {o.name: o.cut(predictor.decision) for o in outputs},
     }
 
 
