@@ -55,8 +55,8 @@ class Model:
     def predict(
         self, images: ImageInput | Sequence[ImageInput], *, batch_size: int = 32
     ) -> PredictionRow | list[PredictionRow]:
-        """One `PredictionRow` (`.state`, `.assessed`, `.probability`, `.label`, `.p_viral`,
-        `.pneumonia_type`, `.reason`, `.error`, `.values(...)`) per image, as `predict` writes
+        """One `PredictionRow` (`.state`, `.assessed`, `.probability`, `.label`, each further
+        answer's columns, `.reason`, `.error`, `.values(...)`) per image, as `predict` writes
         it (an image not assessed has no label and no probability: `.result` keeps its numbers):
         one row for one file or image, a list for a list or a folder (a folder's images in the
         order `predict` lists them, in its place). An unreadable file is a row with its

@@ -77,8 +77,6 @@ def _codes():
         "VIRAL": hd.sr.CodedConcept("75570004", "SCT", "Viral pneumonia"),
         "probability": own("PCX01", "Probability of pneumonia"),
         "threshold": own("PCX02", "Decision threshold"),
-        "type": own("PCX03", "Pneumonia type"),
-        "p_viral": own("PCX04", "Probability of viral pneumonia"),
         "sha256": own("PCX05", "Model file SHA-256"),
         "intended_use": own("PCX06", "Intended use"),
         "disclaimer": own("PCX07", "Disclaimer"),
@@ -86,6 +84,33 @@ def _codes():
         "state": own("PCX09", "Assessment state"),
     }
     return hd, concepts
+
+
+def _further_answers(hd, c: dict, result, relationship) -> list:
+    """Each answer after P(PNEUMONIA) the model gave (`model.outputs`): its probability, named
+    by the registry's question, and its class (coded where SNOMED CT has the concept)."""
+    from pneumonia_cxr.model.outputs import OUTPUTS
+
+    items = []
+    for output in OUTPUTS[1:]:
+        if output.name not in result.probabilities:
+            continue
+        key = f"PCX-{output.name}"[:14]
+        number = float(result.probabilities[output.name])
+        items.append(
+            hd.sr.NumContentItem(
+                hd.sr.CodedConcept(f"{key}-P", PRIVATE_SCHEME, output.question),
+                number,
+                c["no_units"],
+                relationship_type=relationship,
+            )
+        )
+        label = result.labels.get(output.name)
+        if label:
+            value = c.get(label) or hd.sr.CodedConcept(f"{key}-{label}"[:16], PRIVATE_SCHEME, label)
+            name = hd.sr.CodedConcept(key, PRIVATE_SCHEME, f"Answer: {output.name}")
+            items.append(hd.sr.CodeContentItem(name, value, relationship_type=relationship))
+    return items
 
 
 def structured_report(source, row, model: ModelIdentity, threshold: float):
@@ -104,16 +129,7 @@ def structured_report(source, row, model: ModelIdentity, threshold: float):
             hd.sr.NumContentItem(c[key], float(value), c["no_units"], relationship_type=contains)
             for key, value in (("probability", row.probability), ("threshold", threshold))
         ]
-        if row.pneumonia_type:
-            items.append(
-                hd.sr.CodeContentItem(c["type"], c[row.pneumonia_type], relationship_type=contains)
-            )
-        if row.p_viral is not None:
-            items.append(
-                hd.sr.NumContentItem(
-                    c["p_viral"], float(row.p_viral), c["no_units"], relationship_type=contains
-                )
-            )
+        items += _further_answers(hd, c, row.result, contains)
     else:
         items.append(
             hd.sr.CodeContentItem(c["finding"], c["undetermined"], relationship_type=contains)

@@ -40,8 +40,9 @@ log = logging.getLogger(__name__)
 class PredictionRow:
     """One file's line in every output: its `ImageResult`, or the error that kept it unread.
 
-    The attributes the README documents (`.probability`, `.label`, `.p_viral`, ...) read the
-    result; each is None or blank where the image was unreadable or not assessed."""
+    The attributes the README documents (`.probability`, `.label`, each answer's columns as
+    `model.outputs` names them, ...) read the result; each is None or blank where the image was
+    unreadable or not assessed."""
 
     path: str
     result: ImageResult | None = None
@@ -61,14 +62,18 @@ class PredictionRow:
         return self.result is not None and self.result.assessed
 
     def __getattr__(self, name: str) -> Any:
-        # probability, label, p_viral, pneumonia_type, guard_score, ood_score,
-        # out_of_distribution, reason, details: the result's, or nothing for an unreadable file
-        if name.startswith("_") or name not in _RESULT_VIEWS:
+        # The result's view (each answer's columns, guard_score, ood_score, reason, ...), or
+        # nothing for an unreadable file: blank text, None numbers, no details.
+        if name.startswith("_"):
             raise AttributeError(name)
         result = self.__dict__.get("result")
-        if result is None:
-            return [] if name == "details" else ("" if name in _TEXT_VIEWS else None)
-        return getattr(result, name)
+        if result is not None:
+            return getattr(result, name)
+        if name in _TEXT_VIEWS or any(name == o.label_column for o in OUTPUTS):
+            return ""
+        if name in _NUMBER_VIEWS or any(name == o.probability_column for o in OUTPUTS):
+            return [] if name == "details" else None
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
     def values(self, outputs: Sequence[ModelOutput]) -> dict[str, Any]:
         """Column -> value (`model.outputs.table_columns`): one row of any table."""
@@ -81,11 +86,8 @@ class PredictionRow:
                          "heatmap": path_text(self.heatmap)}  # fmt: skip
 
 
-_TEXT_VIEWS = frozenset({"label", "pneumonia_type", "reason"})
-_RESULT_VIEWS = frozenset(
-    {"probability", "p_viral", "guard_score", "ood_score", "out_of_distribution", "details"}
-    | _TEXT_VIEWS
-)
+_TEXT_VIEWS = frozenset({"reason"})
+_NUMBER_VIEWS = frozenset({"guard_score", "ood_score", "out_of_distribution", "details"})
 
 
 @dataclass
@@ -279,13 +281,13 @@ class _OverlayWriter:
     def __init__(
         self, out_dir: Path, method: str, target: str = "pneumonia", predictor=None
     ) -> None:
-        from pneumonia_cxr.explain.gradcam import CAM_TARGETS, TypeLogit, cam_class
+        from pneumonia_cxr.explain.gradcam import CAM_TARGETS, AnswerLogit, cam_class
 
         cam_class(method)  # unknown method or target, a type map of a binary model: fail now
         if target not in CAM_TARGETS:
             raise ValueError(f"unknown heatmap target {target!r}; choose from {CAM_TARGETS}")
         if target == "type" and predictor is not None and predictor.bundle is not None:
-            TypeLogit(predictor.bundle.model)
+            AnswerLogit(predictor.bundle.model, target)
         self.out_dir, self.method, self.target = out_dir, method, target
         self.suffix = "_gradcam_type" if target == "type" else "_gradcam"
         self.used: set[str] = set()

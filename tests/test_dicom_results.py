@@ -96,8 +96,10 @@ def test_the_sr_says_what_the_table_says(written: dict) -> None:
             )
             assert probability == pytest.approx(float(row["probability"]), abs=1e-6)
             assert (finding.CodeValue == PNEUMONIA_CODE) == (row["label"] == "PNEUMONIA")
+            type_p = items["P(VIRAL | PNEUMONIA)"].MeasuredValueSequence[0].NumericValue
+            assert float(type_p) == pytest.approx(float(row["p_viral"]), abs=1e-6)
             if row["pneumonia_type"]:
-                kind = items["Pneumonia type"].ConceptCodeSequence[0].CodeMeaning
+                kind = items["Answer: type"].ConceptCodeSequence[0].CodeMeaning
                 assert kind.split()[0].upper() == row["pneumonia_type"]
         else:
             assert finding.CodeMeaning == "Undetermined" and "Probability of pneumonia" not in items

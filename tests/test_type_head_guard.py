@@ -372,7 +372,7 @@ def test_type_heatmaps_explain_the_type_logit(
     pneumonia = model_cams(model.model, images)
     kind = model_cams(model.model, images, target="type")
     assert kind.shape == pneumonia.shape and not np.allclose(kind, pneumonia)
-    with pytest.raises(ValueError, match="no pneumonia type head"):
+    with pytest.raises(ValueError, match="has no 'type' head"):
         predict_paths(
             load_model(session_tiny_model), files, gradcam_dir=tmp_path / "x", gradcam_target="type"
         )

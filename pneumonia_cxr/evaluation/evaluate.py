@@ -58,7 +58,7 @@ from pneumonia_cxr.explain.overlay import CamExample, pick_examples, save_gradca
 from pneumonia_cxr.inference.predictor import Predictor, Scores
 from pneumonia_cxr.model.decision import probability
 from pneumonia_cxr.model.model_file import ModelBundle
-from pneumonia_cxr.model.outputs import format_value, table_columns
+from pneumonia_cxr.model.outputs import TYPE, format_value, table_columns
 from pneumonia_cxr.model.shipped import is_shipped_model, resolve_model_path
 from pneumonia_cxr.run_folder import METRICS_FILE, SPLIT_FILE
 from pneumonia_cxr.storage import atomic_write_text
@@ -201,7 +201,7 @@ def _write_plots(
     threshold: float,
     run_metrics_csv: Path,
     types: list[int] | None = None,
-    p_viral: np.ndarray | None = None,
+    type_probabilities: np.ndarray | None = None,
 ) -> dict[str, Path]:
     written = {
         "confusion_matrix.png": plots.plot_confusion_matrix(
@@ -219,11 +219,11 @@ def _write_plots(
         ),
     }
     vs = metrics.get("pneumonia_type", {}).get("viral_vs_bacterial")
-    if vs is not None and types is not None and p_viral is not None:
+    if vs is not None and types is not None and type_probabilities is not None:
         known = (labels == 1) & (np.asarray(types) >= 0)
         written[TYPE_ROC] = plots.plot_roc(
             np.asarray(types)[known],
-            p_viral[known],
+            type_probabilities[known],
             metrics["pneumonia_type"]["threshold"],
             out / TYPE_ROC,
             title="ROC of the type: VIRAL vs BACTERIAL",
@@ -438,13 +438,13 @@ def evaluate_model(
     if reasons:
         metrics["flagged_by_reason"] = reasons
     types = None
-    if scores.p_viral is not None and bundle.type_decision is not None:
+    if scores.answers.get(TYPE.name) is not None and bundle.type_decision is not None:
         types = type_labels(evaluated, read_labels_csv(root))
         metrics["pneumonia_type"] = type_metrics(
             labels,
             types,
             scores.decisions,
-            scores.p_viral,
+            scores.answers.get(TYPE.name),
             bundle.type_decision,
             n_resamples,
             seed,
@@ -481,7 +481,7 @@ def evaluate_model(
             bundle.threshold,
             run_dir / METRICS_FILE,
             types,
-            scores.p_viral,
+            scores.answers.get(TYPE.name),
         )
     )
     files["gradcam"] = _gradcam_grid(

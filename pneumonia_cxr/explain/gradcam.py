@@ -188,21 +188,22 @@ CAM_TARGETS: tuple[str, ...] = ("pneumonia", "type")
 """Which output a map explains: the PNEUMONIA logit, or the VIRAL-vs-BACTERIAL type logit."""
 
 
-class TypeLogit(nn.Module):
-    """A model seen through its type head: (N, 1) VIRAL logits (members averaged), so the one
-    single-logit CAM path explains the second question on the same layers."""
+class AnswerLogit(nn.Module):
+    """A model seen through the head of one answer after P(PNEUMONIA) (`model.outputs`, by
+    name): (N, 1) logits, members averaged, so the one single-logit CAM path explains that
+    question on the same layers."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, name: str) -> None:
         super().__init__()
-        if not all(member.has_type_head for member in model.members):
+        if any(member.answer_head(name) is None for member in model.members):
             raise ValueError(
-                "this model has no pneumonia type head: a type heatmap needs a model trained "
-                "with --type_head on"
+                f"this model has no {name!r} head: a heatmap of that answer needs a model "
+                "trained to give it"
             )
-        self.model = model
+        self.model, self.name = model, name
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        logits = [member.both_logits(images)[1] for member in self.model.members]
+        logits = [m.answer_head(self.name)(m.features(images)) for m in self.model.members]
         return torch.stack(logits).mean(dim=0)
 
 
@@ -221,7 +222,7 @@ def model_cams(
     if target not in CAM_TARGETS:
         raise ValueError(f"unknown heatmap target {target!r}; choose from {CAM_TARGETS}")
     layers = model.cam_fine_layers if fine else model.cam_target_layers
-    explained = TypeLogit(model) if target == "type" else model
+    explained = model if target == "pneumonia" else AnswerLogit(model, target)
     return compute_cams(explained, layers, images, method=method, batch_size=batch_size)
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from pneumonia_cxr.data.loader import ImageFacts
 from pneumonia_cxr.model.decision import Decision, decide, probability
 from pneumonia_cxr.model.intended_use import IntendedUse, Refusal, out_of_scope
-from pneumonia_cxr.model.outputs import ModelOutput, outputs_of
+from pneumonia_cxr.model.outputs import OUTPUTS, ModelOutput, outputs_of
 
 
 @dataclass
@@ -32,22 +32,15 @@ class Scores:
     """NaN when the model carries no OOD statistics."""
     ood_flags: np.ndarray
     """True where the image is out of distribution (score above the model's cut-off)."""
-    type_logits: np.ndarray | None = None
-    """VIRAL-vs-BACTERIAL logits; None for a model without a type head."""
-    p_viral: np.ndarray | None = None
-    """P(VIRAL | PNEUMONIA) = sigmoid(type logit); None without a type head."""
     guard_scores: np.ndarray | None = None
     """The applicability guard's feature score; None for a model without a guard."""
-    further: dict[str, np.ndarray] = field(default_factory=dict)
-    """P(class 1) of each further registry output (`model.outputs`), by name."""
+    answers: dict[str, np.ndarray] = field(default_factory=dict)
+    """P(class 1) of every answer after P(PNEUMONIA) the model gives (`model.outputs`; e.g.
+    "type": P(VIRAL | PNEUMONIA)), by output name."""
 
     def by_output(self) -> dict[str, np.ndarray]:
-        """Probabilities per `model.outputs` name: the one place a score array meets its
-        output's name."""
-        numbers = {"pneumonia": self.probabilities}
-        if self.p_viral is not None:
-            numbers["type"] = self.p_viral
-        return numbers | self.further
+        """Probabilities per `model.outputs` name, P(PNEUMONIA) included."""
+        return {"pneumonia": self.probabilities} | self.answers
 
     @classmethod
     def concat(cls, parts: Sequence[Scores]) -> Scores:
@@ -55,16 +48,14 @@ class Scores:
         if not parts:
             empty = np.zeros(0)
             return cls(empty, empty, empty.astype(np.int64), empty, empty.astype(bool))
-        extra = {
-            name: np.concatenate([getattr(p, name) for p in parts])
-            for name in ("type_logits", "p_viral", "guard_scores")
-            if all(getattr(p, name) is not None for p in parts)
-        }
-        further = {
-            name: np.concatenate([p.further[name] for p in parts]) for name in parts[0].further
+        guard = None
+        if all(p.guard_scores is not None for p in parts):
+            guard = np.concatenate([p.guard_scores for p in parts])
+        answers = {
+            name: np.concatenate([p.answers[name] for p in parts]) for name in parts[0].answers
         }
         arrays = (np.concatenate([getattr(p, name) for p in parts]) for name in names)
-        return cls(*arrays, **extra, further=further)
+        return cls(*arrays, guard_scores=guard, answers=answers)
 
 
 @dataclass(frozen=True)
@@ -104,13 +95,17 @@ class ImageResult:
     def label(self) -> str:
         return self.labels.get("pneumonia", "")
 
-    @property
-    def p_viral(self) -> float | None:
-        return self.probabilities.get("type") if self.assessed else None
-
-    @property
-    def pneumonia_type(self) -> str:
-        return self.labels.get("type", "")
+    def __getattr__(self, name: str) -> Any:
+        """Every answer's columns as attributes (`model.outputs`: the type's probability and
+        label columns, ...): its probability (None unless assessed) or its label ("")."""
+        if name.startswith("_"):
+            raise AttributeError(name)
+        for output in OUTPUTS:
+            if name == output.probability_column:
+                return self.probabilities.get(output.name) if self.assessed else None
+            if name == output.label_column:
+                return self.labels.get(output.name, "")
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
     @property
     def out_of_distribution(self) -> bool | None:
@@ -148,9 +143,8 @@ def scores_from_outputs(
     decision: Decision,
     logits: np.ndarray,
     ood_scores: np.ndarray,
-    type_logits: np.ndarray | None = None,
     guard_scores: np.ndarray | None = None,
-    further_logits: dict[str, np.ndarray] | None = None,
+    answer_logits: dict[str, np.ndarray] | None = None,
 ) -> Scores:
     """Probability, decision and OOD flag from raw outputs: the only place they are made.
     The flag is the OOD score's or, for a model with a guard, either score's."""
@@ -165,22 +159,18 @@ def scores_from_outputs(
         flags = flags | (guard_scores > guard_cutoff)
     else:
         guard_scores = None
-    kinds = p_viral = None
-    if type_logits is not None and decision.type is not None:
-        kinds = np.asarray(type_logits, dtype=np.float64)
-        p_viral = probability(kinds)
+    given = {output.name for output in outputs_of(decision)}
     return Scores(
         logits,
         probabilities,
         decide(probabilities, decision.threshold),
         ood_scores,
         flags,
-        kinds,
-        p_viral,
         guard_scores,
-        further={
+        answers={
             name: probability(np.asarray(logit, dtype=np.float64))
-            for name, logit in (further_logits or {}).items()
+            for name, logit in (answer_logits or {}).items()
+            if name in given
         },
     )
 

@@ -33,10 +33,9 @@ from pneumonia_cxr.model.onnx_format import (
     ONNX_FORMAT_VERSION,
     OOD_OUTPUT,
     PROBABILITY_OUTPUT,
-    TYPE_OUTPUT,
     require_optional,
 )
-from pneumonia_cxr.model.outputs import further_outputs
+from pneumonia_cxr.model.outputs import answers_after_first
 from pneumonia_cxr.storage import cache_root
 
 if TYPE_CHECKING:
@@ -53,12 +52,11 @@ class EngineOutput:
 
     logits: np.ndarray
     ood_scores: np.ndarray
-    type_logits: np.ndarray | None = None
-    """VIRAL-vs-BACTERIAL logits, shape (N,); None for a model without a type head."""
     guard_scores: np.ndarray | None = None
     """The applicability guard's feature score, shape (N,); None for a model without one."""
-    further_logits: dict[str, np.ndarray] = field(default_factory=dict)
-    """One logit array (N,) per further registry output (`model.outputs`), by name."""
+    answer_logits: dict[str, np.ndarray] = field(default_factory=dict)
+    """The logits (N,) of every answer after P(PNEUMONIA) that the model gives
+    (`model.outputs.answers_after_first`), by output name."""
 
 
 class Engine(Protocol):
@@ -168,8 +166,8 @@ class OnnxEngine:
             ) from error
         self.metadata = meta
         self._has_ood_output = OOD_OUTPUT in outputs
-        wanted = [(self.decision.type, TYPE_OUTPUT), (self.decision.guard_cutoff, GUARD_OUTPUT)]
-        wanted += [(True, o.logit_output) for o in further_outputs(self.decision)]
+        wanted = [(self.decision.guard_cutoff, GUARD_OUTPUT)]
+        wanted += [(True, o.logit_output) for o in answers_after_first(self.decision)]
         for present, name in wanted:
             if present is not None and name not in outputs:
                 raise ModelFileError(
@@ -222,21 +220,18 @@ class OnnxEngine:
         outputs = [LOGIT_OUTPUT]
         if self._has_ood_output:
             outputs.append(OOD_OUTPUT)
-        if self.decision.type is not None:
-            outputs.append(TYPE_OUTPUT)
         if self.decision.guard_cutoff is not None:
             outputs.append(GUARD_OUTPUT)
-        further = {o.name: o.logit_output for o in further_outputs(self.decision)}
-        outputs += list(further.values())
+        answers = {o.name: o.logit_output for o in answers_after_first(self.decision)}
+        outputs += list(answers.values())
         values = dict(zip(outputs, self._run(outputs, array), strict=True))
         logits = values[LOGIT_OUTPUT].reshape(-1)
         ood = (
             values[OOD_OUTPUT].reshape(-1) if self._has_ood_output else np.full_like(logits, np.nan)
         )
-        kinds = values[TYPE_OUTPUT].reshape(-1) if TYPE_OUTPUT in values else None
         guard = values[GUARD_OUTPUT].reshape(-1) if GUARD_OUTPUT in values else None
-        logits_of = {name: values[output].reshape(-1) for name, output in further.items()}
-        return EngineOutput(logits, ood, kinds, guard, logits_of)
+        logits_of = {name: values[output].reshape(-1) for name, output in answers.items()}
+        return EngineOutput(logits, ood, guard, logits_of)
 
     def graph_outputs(self) -> set[str]:
         """The names of the graph's outputs (`cam` and `type_cam` only where the export could

@@ -192,14 +192,11 @@ class Predictor:
         self,
         logits: np.ndarray,
         ood_scores: np.ndarray,
-        type_logits: np.ndarray | None = None,
         guard_scores: np.ndarray | None = None,
-        further_logits: dict[str, np.ndarray] | None = None,
+        answer_logits: dict[str, np.ndarray] | None = None,
     ) -> Scores:
         """`decisions.scores_from_outputs` with this model's decision record."""
-        return scores_from_outputs(
-            self.decision, logits, ood_scores, type_logits, guard_scores, further_logits
-        )
+        return scores_from_outputs(self.decision, logits, ood_scores, guard_scores, answer_logits)
 
     def refusals(self, scores: Scores, position: int, facts: ImageFacts | None) -> list[Refusal]:
         """Why image `position` is outside this model's use (`decisions.refusals`)."""
@@ -221,11 +218,7 @@ class Predictor:
         """Scores of a batch of model inputs (from `load_input` or `transform`)."""
         output = self.engine.score(images)
         return self.scores_from_outputs(
-            output.logits,
-            output.ood_scores,
-            output.type_logits,
-            output.guard_scores,
-            output.further_logits,
+            output.logits, output.ood_scores, output.guard_scores, output.answer_logits
         )
 
     def input_loader(

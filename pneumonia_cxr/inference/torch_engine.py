@@ -8,6 +8,7 @@ import torch
 
 from pneumonia_cxr.inference.engines import EngineOutput
 from pneumonia_cxr.model.model_file import ModelBundle
+from pneumonia_cxr.model.outputs import answers_after_first
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -43,15 +44,17 @@ class TorchEngine:
         # label it gets on the CPU, where the threshold may have been fitted.
         with torch.inference_mode(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
             logits, ood, kinds, guard, *further = self.scoring(images)
-        typed, guarded = self.decision.type is not None, self.decision.guard_cutoff is not None
+        # The scoring pass's outputs by answer name (`model.outputs`): the second answer's
+        # logit sits in the third slot, further answers after the guard's.
+        by_name = {"type": kinds, **dict(zip(self.scoring.further, further, strict=True))}
+        guarded = self.decision.guard_cutoff is not None
         return EngineOutput(
             logits[:, 0].float().cpu().numpy(),
             ood.float().cpu().numpy().reshape(-1),
-            kinds.float().cpu().numpy().reshape(-1) if typed else None,
             guard.float().cpu().numpy().reshape(-1) if guarded else None,
             {
-                name: logit.float().cpu().numpy().reshape(-1)
-                for name, logit in zip(self.scoring.further, further, strict=True)
+                o.name: by_name[o.name].float().cpu().numpy().reshape(-1)
+                for o in answers_after_first(self.decision)
             },
         )
 

@@ -91,6 +91,13 @@ class PneumoniaNet(nn.Module):
     def further_outputs(self) -> tuple[str, ...]:
         return tuple(self.further_heads)
 
+    def answer_head(self, name: str) -> nn.Module | None:
+        """The head of a registry answer after P(PNEUMONIA) (`model.outputs`), by name: the
+        type's own, or a further one; None when this network does not give that answer."""
+        if name == "type":
+            return self.type_head
+        return self.further_heads[name] if name in self.further_heads else None  # noqa: SIM401 (ModuleDict has no .get)
+
     @property
     def has_type_head(self) -> bool:
         return self.type_head is not None

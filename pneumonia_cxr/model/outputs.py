@@ -114,6 +114,12 @@ def output_named(name: str) -> ModelOutput:
     raise KeyError(f"no model output named {name!r}; known: {[o.name for o in OUTPUTS]}")
 
 
+def answers_after_first(decision: Decision) -> list[ModelOutput]:
+    """The answers beyond P(PNEUMONIA), which the graph gives as one logit output each and the
+    inference path carries by name (`EngineOutput.answer_logits`, `Scores.answers`)."""
+    return outputs_of(decision)[1:]
+
+
 def further_outputs(decision: Decision) -> list[ModelOutput]:
     """The answers beyond the two built-in ones, which every layer carries generically."""
     return [output for output in outputs_of(decision) if output.build_head is not None]

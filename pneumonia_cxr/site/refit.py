@@ -12,6 +12,7 @@ import numpy as np
 from pneumonia_cxr.data.discovery import ImageRecord
 from pneumonia_cxr.inference.predictor import RecordScores
 from pneumonia_cxr.model.model_file import ModelBundle
+from pneumonia_cxr.model.outputs import TYPE
 
 
 def refit_site_guard(
@@ -59,7 +60,7 @@ def refit_site_type(
     """The type threshold refitted by the training rule when the site's pneumonia images carry
     both types (names, type folders or a labels.csv); left alone otherwise. None: no type
     head."""
-    if bundle.type_decision is None or scored.scores.p_viral is None:
+    if bundle.type_decision is None or scored.scores.answers.get(TYPE.name) is None:
         return None
     from pneumonia_cxr.data.pneumonia_types import read_labels_csv, type_labels
     from pneumonia_cxr.training.operating_point import fit_type_decision
@@ -69,5 +70,7 @@ def refit_site_type(
     if len(set(types[types >= 0].tolist())) < 2:
         return {"refitted": False, "why": "the site's pneumonia images do not carry both types"}
     parent = bundle.type_decision.threshold
-    bundle.type_decision = fit_type_decision(types, scored.scores.p_viral, "the calibration site")
+    bundle.type_decision = fit_type_decision(
+        types, scored.scores.answers.get(TYPE.name), "the calibration site"
+    )
     return {"refitted": True, "threshold": bundle.type_decision.threshold, "parent": parent}

@@ -16,6 +16,7 @@ from pneumonia_cxr.evaluation.threshold import choose_threshold, fit_operating_p
 from pneumonia_cxr.inference.predictor import Predictor, RecordScores
 from pneumonia_cxr.model.decision import TYPE_RULE, TypeDecision
 from pneumonia_cxr.model.model_file import ModelBundle
+from pneumonia_cxr.model.outputs import TYPE
 
 
 def fit_on_validation(
@@ -55,7 +56,9 @@ def fit_on_validation(
     )
     if bundle.has_type_head:
         bundle.type_decision = fit_type_decision(
-            type_labels(result.kept, listed_types), result.scores.p_viral, "validation"
+            type_labels(result.kept, listed_types),
+            result.scores.answers.get(TYPE.name),
+            "validation",
         )
     return result
 
