@@ -6,12 +6,16 @@
 // `pneumonia-cxr web` writes (data-mode="browser"); both give the service's result JSON.
 const $ = (id) => document.getElementById(id);
 let browserMode = false;
-let typeNames = ["BACTERIAL", "VIRAL"]; // the type head's classes (negative, positive): the model's
+// The model's answers (`model.outputs`: model.json's or /v1/model's `outputs`), in order; the
+// first is P(PNEUMONIA). Every answer after it is computed, worded and drawn from its entry, so
+// a model with one more answer shows it with no edit here.
+let answers = [];
 const percent = (value) => (value == null ? "n/a" : (100 * value).toFixed(1) + "%");
 
-// A type is said ("likely viral (81.0%)") only when the named type's own probability is at least
-// 50% and P(VIRAL) is at least this far from the type threshold; else "type uncertain".
-const TYPE_MARGIN = 0.05;
+// A class of an answer after the first is said ("likely viral (81.0%)") only when that class's
+// own probability is at least 50% and the answer's probability is at least this far from its
+// threshold; else "<answer> uncertain" ("type uncertain").
+const MARGIN = 0.05;
 
 // A server reachable from the network needs its access token: asked once, kept for this tab.
 const TOKEN_KEY = "pneumonia-cxr-token";
@@ -57,16 +61,54 @@ function plainError(text) {
   return words.replace(/\s+/g, " ").replace(/\s+([;,.])/g, "$1").trim();
 }
 
-// The type of a pneumonia in words, and its numbers for "details".
-function typeWords(pViral, threshold, names = typeNames) {
-  const positive = pViral >= threshold;
-  const share = positive ? pViral : 1 - pViral;
-  const certain = share >= 0.5 && Math.abs(pViral - threshold) >= TYPE_MARGIN;
-  const numbers = `P(${names[1]} | PNEUMONIA) = ${percent(pViral)}; type threshold ` +
-    `${percent(threshold)}`;
-  if (certain) return { certain, text: `likely ${names[positive ? 1 : 0].toLowerCase()} (${percent(share)})`, numbers };
-  const why = share < 0.5 ? "neither type reaches 50%" : "too close to the type threshold to tell";
-  return { certain, text: "type uncertain", numbers: `${numbers}: ${why}.` };
+// An answer after the first in words, and its numbers for "details" (its question, e.g.
+// "P(VIRAL | PNEUMONIA) = 81.0%; type threshold 46.5%"). `label`, the class the page was sent,
+// names the class where the entry lacks class names.
+function answerWords(p, threshold, answer = answers[1], label = "") {
+  const positive = p >= threshold;
+  const share = positive ? p : 1 - p;
+  const certain = share >= 0.5 && Math.abs(p - threshold) >= MARGIN;
+  const numbers = `${answer.question} = ${percent(p)}; ${answer.name} threshold ${percent(threshold)}`;
+  const named = answer.class_names ? answer.class_names[positive ? 1 : 0] : label;
+  if (certain) return { certain, text: `likely ${named.toLowerCase()} (${percent(share)})`, numbers };
+  const why = share < 0.5 ? `neither ${answer.name} reaches 50%`
+    : `too close to the ${answer.name} threshold to tell`;
+  return { certain, text: `${answer.name} uncertain`, numbers: `${numbers}: ${why}.` };
+}
+
+// The serve page's answers where /v1/model does not list them (`outputs`): the first, and each
+// answer its decision record describes (an entry with class names and a threshold, keyed by the
+// answer's name), about a film given the model's positive class; their columns are read off the
+// first result (`learnColumns`).
+function answersOf(model) {
+  if (model.outputs) return model.outputs;
+  const given = model.classes[1];
+  const more = Object.entries(model)
+    .filter(([, v]) => v && Array.isArray(v.class_names) && typeof v.threshold === "number")
+    .map(([name, v]) => ({ name, question: `P(${v.class_names[1]} | ${given})`,
+      class_names: v.class_names, threshold: v.threshold, asks_given: [null, given],
+      heatmap_key: `gradcam_${name}_png_base64` }));
+  return [{ name: null, question: `P(${given})`, class_names: model.classes,
+    threshold: model.threshold, heatmap_key: "gradcam_png_base64" }, ...more];
+}
+
+// Columns of answers not known by them: a result's keys hold, per answer in order, its
+// probability and label columns and `unassessed_<probability column>`, and its `thresholds`
+// name the answers in the same order.
+function learnColumns(result) {
+  if (!result.thresholds || (answers.length && answers.every((a) => a.unassessed_column))) return;
+  const keys = Object.keys(result);
+  const unassessed = keys.filter((key) => key.startsWith("unassessed_"));
+  const names = Object.keys(result.thresholds);
+  if (unassessed.length !== names.length) return;
+  answers = names.map((name, i) => {
+    const known = answers.find((a) => a.name === name) || (i === 0 ? answers[0] : {});
+    const probability = unassessed[i].slice("unassessed_".length);
+    const heatmap = i ? `gradcam_${name}_png_base64` : "gradcam_png_base64";
+    return { question: `P(${name})`, heatmap_key: heatmap, ...known, name,
+      probability_column: probability, label_column: keys[keys.indexOf(probability) + 1],
+      unassessed_column: unassessed[i], threshold: result.thresholds[name] };
+  });
 }
 
 // The static folder: the model loads in this tab (progress shown), then scores here only.
@@ -83,7 +125,7 @@ async function startInBrowser() {
     const info = await BrowserScorer.load((share) => {
       $("model").textContent = `Loading the model… ${percent(share)}`;
     });
-    describeModel(info.model);
+    describeModel(info.model, info.outputs);
     document.body.dataset.ready = "true";
   } catch (error) {
     modelUnavailable(error.message);
@@ -96,7 +138,11 @@ function modelUnavailable(detail) {
   $("model").dataset.testid = "error";
 }
 
-function describeModel(model) {
+function describeModel(model, outputs = null) {
+  answers = outputs || answersOf(model);
+  const classes = (answer) => answer.class_names.map((name) => name.toLowerCase()).join(" or ");
+  const more = answers.slice(1).map((answer) => "whether " +
+    `${answer.asks_given ? `a ${answer.asks_given[1].toLowerCase()}` : "an image"} looks ${classes(answer)}`);
   const metrics = model.test_metrics;
   const figures = metrics
     ? ` Test split (${metrics.n} images): AUC ${metrics.roc_auc.toFixed(3)}, accuracy ` +
@@ -109,14 +155,17 @@ function describeModel(model) {
   $("model").textContent =
     `Model: ${model.backbone}${model.shipped ? " (shipped with pneumonia-cxr)" : ""}; ` +
     `PNEUMONIA when P ≥ ${percent(model.threshold)} (${where}).` + figures +
-    (model.type ? " It also says whether a pneumonia looks bacterial or viral." : "");
+    (more.length ? ` It also says ${more.join(", and ")}.` : "");
   $("scope").textContent = model.scope; // from the model's intended-use record
   if (model.site_verdict) {
     $("verdict").textContent = `At the site it was calibrated on: ${model.site_verdict.text}.`;
     $("verdict").className = model.site_verdict.useful ? "verdict" : "verdict warning";
   }
-  if (model.type) {
-    typeNames = model.type.class_names;
+  if (answers.length > 1) { // the second toggle: the heatmap of the answer after the first
+    const words = $("type-toggle").lastChild;
+    if (words.nodeType === Node.TEXT_NODE) {
+      words.textContent = ` Heatmap of the ${answers[1].name} (${classes(answers[1])})`;
+    }
     $("type-toggle").classList.remove("off");
     $("type-heatmaps").disabled = false;
   }
@@ -138,8 +187,9 @@ async function showModel() {
   }
 }
 
-// Which picture a card shows: the type's heatmap (second toggle), the pneumonia heatmap, or the
-// image itself (with heatmaps off, and always for an image that was not assessed).
+// Which picture a card shows: the second answer's heatmap (second toggle: the type's), the
+// pneumonia heatmap, or the image itself (with heatmaps off, and always for an image that was
+// not assessed).
 function shownImage(original, overlay, typeOverlay) {
   if (!$("heatmaps").checked) return { source: original, kind: "image" };
   if ($("type-heatmaps").checked && typeOverlay) return { source: typeOverlay, kind: "type-heatmap" };
@@ -182,10 +232,12 @@ function card(result, file) {
   const original = result.preview_png_base64 ? pngData(result.preview_png_base64)
     : file && !isDicom ? URL.createObjectURL(file) : "";
   const assessed = state === "assessed"; // a heatmap on a refused image would look like a finding
+  learnColumns(result);
+  const [first, ...more] = answers;
   const image = element("img", { alt: `X-ray ${result.name}` });
   image.dataset.original = original;
-  image.dataset.overlay = assessed ? pngData(result.gradcam_png_base64) : "";
-  image.dataset.typeOverlay = assessed ? pngData(result.gradcam_type_png_base64) : "";
+  image.dataset.overlay = assessed ? pngData(result[first.heatmap_key]) : "";
+  image.dataset.typeOverlay = assessed && more.length ? pngData(result[more[0].heatmap_key]) : "";
   if (assessed && result.cam) image.dataset.cam = JSON.stringify(result.cam); // the map (tests)
   paint(image);
   article.append(image);
@@ -199,10 +251,16 @@ function card(result, file) {
     element("span", { className: `label-${result.label}`, textContent: result.label,
       dataset: { testid: "label" } }),
     " — P(PNEUMONIA) = ", probability, ` (threshold ${percent(result.threshold)})`));
-  if (result.pneumonia_type) {
-    const said = typeWords(result.p_viral, result.thresholds.type);
+  // Each further answer where it was given (the type: for a film called PNEUMONIA), in words,
+  // its numbers under details; marked by its label column (the type's: "pneumonia-type").
+  for (const answer of more) {
+    const label = result[answer.label_column];
+    if (!label) continue;
+    const said = answerWords(result[answer.probability_column], result.thresholds[answer.name],
+      answer, label);
+    const testid = answer.label_column.replace(/_/g, "-");
     const line = element("p", { className: "type" }, element("span", { textContent: said.text,
-      dataset: { testid: "pneumonia-type", certain: String(said.certain) } }));
+      dataset: { testid, answer: answer.name, certain: String(said.certain) } }));
     article.append(line, element("details", {}, element("summary", { textContent: "details" }),
       element("p", { textContent: said.numbers })));
   }
@@ -227,9 +285,11 @@ function notAssessed(result) {
       dataset: { testid: "unassessed-probability", value: String(result.unassessed_probability) },
     }), ` (threshold ${percent(result.threshold)}): not a decision for such an image`));
   }
-  if (result.unassessed_p_viral != null) {
-    numbers.push(element("li", { textContent: `P(${typeNames[1]} | PNEUMONIA) = ` +
-      `${percent(result.unassessed_p_viral)}: not a decision either` }));
+  for (const answer of answers.slice(1)) {
+    const number = result[answer.unassessed_column];
+    if (number == null) continue;
+    numbers.push(element("li", { textContent: `${answer.question} = ${percent(number)}: ` +
+      "not a decision either" }));
   }
   const figures = (result.details || []).map((detail) => element("li", { textContent: detail }));
   box.append(element("details", { dataset: { testid: "details" } },
@@ -333,7 +393,8 @@ drop.addEventListener("drop", (event) => {
   drop.classList.remove("over");
   upload(event.dataTransfer.files);
 });
-window.PneumoniaPage = { plainError, typeWords }; // the wording rules, for the browser tests
+// The wording rules, for the browser tests (`typeWords`: the second answer's, by its old name).
+window.PneumoniaPage = { plainError, answerWords, typeWords: (p, threshold) => answerWords(p, threshold) };
 // `pneumonia-cxr web` marks its copy of the page (<body data-mode="browser">): no network probe
 // decides, so a failure can never turn the static page into one that uploads images.
 if (document.body.dataset.mode === "browser") startInBrowser(); else showModel();

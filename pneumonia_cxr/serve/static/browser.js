@@ -436,9 +436,11 @@ const BrowserScorer = (() => {
   const sigmoid = (x) => (x >= 0 ? 1 / (1 + Math.exp(-x)) : Math.exp(x) / (1 + Math.exp(x)));
   const unique = (items) => [...new Set(items)];
 
-  // `Predictor.scores_from_outputs` + `Predictor.results` + `service.result_json` for one image:
-  // a refused image (its file, or its features past a cut-off: one "features" reason however
-  // many scores say so) gets no label for any output, its numbers under `unassessed_*`.
+  // `decisions.scores_from_outputs` + `decisions.results` + `service.result_json` for one image,
+  // every answer from its registry entry (model.json's `outputs`): a refused image (its file, or
+  // its features past a cut-off: one "features" reason however many scores say so) gets no label
+  // for any answer, its numbers under `unassessed_*`; an answer with `asks_given` is given only
+  // where that output gave that label.
   function decide(outputs, decoded) {
     const meta = info.metadata;
     const first = (name) => (outputs[name] ? Number(outputs[name].data[0]) : null);
@@ -456,13 +458,18 @@ const BrowserScorer = (() => {
     }
     if (figures.length) refusals.push(["features", figures.join("; ")]);
     const assessed = refusals.length === 0;
-    const numbers = { pneumonia: sigmoid(first("logit") / meta.temperature) };
-    if (meta.type_decision) numbers.type = sigmoid(first("type_logit"));
+    // Each answer's probability from its own graph output (`model.outputs`: `logit_output`; the
+    // first answer's logit divided by the model's temperature), none where the graph lacks it.
+    const numbers = {};
+    for (const output of info.outputs) {
+      const logit = first(output.logit_output);
+      if (logit !== null) numbers[output.name] = sigmoid(logit / output.temperature);
+    }
     const labels = {};
     if (assessed) {
       for (const output of info.outputs) {
         const given = output.asks_given;
-        if (!given || labels[given[0]] === given[1]) {
+        if (output.name in numbers && (!given || labels[given[0]] === given[1])) {
           labels[output.name] = output.class_names[numbers[output.name] >= output.threshold ? 1 : 0];
         }
       }
@@ -477,13 +484,14 @@ const BrowserScorer = (() => {
       ood_score: Number.isFinite(ood) ? ood : null,
     };
     for (const output of info.outputs) {
-      result[output.probability_column] = assessed ? numbers[output.name] : null;
+      const number = output.name in numbers ? numbers[output.name] : null;
+      result[output.probability_column] = assessed ? number : null;
       result[output.label_column] = labels[output.name] || "";
-      result[output.unassessed_column] = assessed ? null : numbers[output.name];
+      result[output.unassessed_column] = assessed ? null : number;
     }
     result.reasons = unique(words);
     result.details = refusals.map(([kind, detail]) => (detail ? `${info.reasons[kind]}: ${detail}` : info.reasons[kind]));
-    result.threshold = meta.threshold;
+    result.threshold = info.outputs[0].threshold;
     result.thresholds = Object.fromEntries(info.outputs.map((o) => [o.name, o.threshold]));
     return { result, labels };
   }
@@ -541,9 +549,6 @@ const BrowserScorer = (() => {
     return btoa(text);
   }
 
-  // Where the service puts each output's heatmap.
-  const HEATMAP_KEYS = { pneumonia: "gradcam_png_base64", type: "gradcam_type_png_base64" };
-
   // One image at a time (memory stays that of one film); a bad file is that file's error only.
   async function scoreOne(file) {
     try {
@@ -557,11 +562,12 @@ const BrowserScorer = (() => {
       const answer = { name: file.name, ...result };
       if (decoded.dicom) answer.preview_png_base64 = await picture(decoded); // a browser cannot show DICOM
       // Heatmaps of assessed images only, each output's only where it gave a label.
-      for (const output of info.outputs) {
+      // Each under its registry entry's `heatmap_key`, where the service puts it.
+      for (const [index, output] of info.outputs.entries()) {
         if (!labels[output.name] || !outputs[output.cam_output]) continue;
         const map = mapOf(outputs[output.cam_output]);
-        if (output.name === "pneumonia") answer.cam = map; // the map itself (tests)
-        answer[HEATMAP_KEYS[output.name]] = await picture(decoded, map);
+        if (index === 0) answer.cam = map; // the first answer's map itself (tests)
+        answer[output.heatmap_key] = await picture(decoded, map);
       }
       return answer;
     } catch (error) {
