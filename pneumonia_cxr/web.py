@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pneumonia_cxr.errors import PneumoniaCxrError
+from pneumonia_cxr.model.outputs import output_entries
 
 MARKER = ".pneumonia-cxr-web"
 """Written into the folder: a folder holding it may be rewritten, any other non-empty one not."""
@@ -95,39 +96,6 @@ def _icons(out_dir: Path) -> list[dict[str, str]]:
     return icons
 
 
-def heatmap_key(name: str, index: int) -> str:
-    """The result JSON's key of an answer's heatmap: `gradcam_png_base64` for the first
-    (P(PNEUMONIA)), `gradcam_<name>_png_base64` for each further one (e.g. the type's)."""
-    return "gradcam_png_base64" if index == 0 else f"gradcam_{name}_png_base64"
-
-
-def output_entries(predictor: Any) -> list[dict[str, Any]]:
-    """The answers `predictor`'s model gives (`model.outputs`), as both pages read them: for
-    each, in registry order, its name and question, its columns and heatmap key in the result
-    JSON, the graph outputs of its logit and Grad-CAM, the temperature its logit is divided by
-    (the first answer's only, as `decisions.scores_from_outputs` applies it), its class names
-    and threshold, and the (output, label) it is given for (`asks_given`). The pages compute
-    and word every answer from these: an answer added to the registry needs no page edit."""
-    decision = predictor.decision
-    return [
-        {
-            "name": output.name,
-            "question": output.question,
-            "probability_column": output.probability_column,
-            "label_column": output.label_column,
-            "unassessed_column": output.unassessed_column,
-            "logit_output": output.logit_output,
-            "cam_output": output.cam_output,
-            "heatmap_key": heatmap_key(output.name, index),
-            "temperature": decision.temperature if index == 0 else 1.0,
-            "asks_given": list(output.asks_given) if output.asks_given else None,
-            "class_names": list(output.classes(decision)),
-            "threshold": output.cut(decision),
-        }
-        for index, output in enumerate(predictor.outputs)
-    ]
-
-
 def write_web_folder(out_dir: str | Path, model_path: str | Path) -> dict[str, Any]:
     """Write the static folder for the model at `model_path` (.onnx, or a .pt: its shipped
     twin or cached export); returns what was written (files, model sha256, size in bytes)."""
@@ -169,7 +137,7 @@ def write_web_folder(out_dir: str | Path, model_path: str | Path) -> dict[str, A
         "model": description,
         # The answers this model gives (`model.outputs`) and why an image is not assessed, in
         # the words every other output uses, by kind.
-        "outputs": output_entries(predictor),
+        "outputs": output_entries(predictor.decision),
         "reasons": dict(use.REASON_WORDS),
         "max_pixels": DEFAULT_MAX_PIXELS,
         "header_rules": {"lateral_views": sorted(use.LATERAL_VIEWS), "age_units": use.AGE_UNITS},

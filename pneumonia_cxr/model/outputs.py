@@ -146,3 +146,36 @@ def format_value(column: str, value: Any, outputs: list[ModelOutput]) -> str:
     if column in FORMATS:
         return FORMATS[column].format(value)
     return str(value)
+
+
+def heatmap_key(name: str, index: int) -> str:
+    """The result JSON's key of an answer's heatmap: `gradcam_png_base64` for the first
+    (P(PNEUMONIA)), `gradcam_<name>_png_base64` for each further one (e.g. the type's)."""
+    return "gradcam_png_base64" if index == 0 else f"gradcam_{name}_png_base64"
+
+
+def output_entries(decision: Decision) -> list[dict[str, Any]]:
+    """The answers a model with this decision gives, as both pages and `/v1/model` describe
+    them: for each, in registry order, its name and question, its columns and heatmap key in
+    the result JSON, the graph outputs of its logit and Grad-CAM, the temperature its logit is
+    divided by (the first answer's only, as `inference.decisions.scores_from_outputs` applies
+    it), its class names and threshold, and the (output, label) it is given for. The pages
+    compute and word every answer from these: an answer added to the registry needs no page
+    edit."""
+    return [
+        {
+            "name": output.name,
+            "question": output.question,
+            "probability_column": output.probability_column,
+            "label_column": output.label_column,
+            "unassessed_column": output.unassessed_column,
+            "logit_output": output.logit_output,
+            "cam_output": output.cam_output,
+            "heatmap_key": heatmap_key(output.name, index),
+            "temperature": decision.temperature if index == 0 else 1.0,
+            "asks_given": list(output.asks_given) if output.asks_given else None,
+            "class_names": list(output.classes(decision)),
+            "threshold": output.cut(decision),
+        }
+        for index, output in enumerate(outputs_of(decision))
+    ]

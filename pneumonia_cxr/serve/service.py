@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pneumonia_cxr.errors import ImageLoadError, ImageTooLargeError, NotAnImageError
+from pneumonia_cxr.model.outputs import heatmap_key, output_entries
 
 if TYPE_CHECKING:  # the model loads on the worker thread: the server answers /health first
     import numpy as np
@@ -176,7 +177,7 @@ class ModelService:
             if not wanted or not _can_draw(draw, output.name):
                 continue
             pngs = _overlays(draw, batch[wanted], [originals[k] for k in wanted], output.name)
-            key = "gradcam_png_base64" if output.name == "pneumonia" else "gradcam_type_png_base64"
+            key = heatmap_key(output.name, outputs.index(output))
             for k, png in zip(wanted, pngs, strict=True):
                 results[kept[k]][key] = png
         return results
@@ -247,6 +248,7 @@ def describe_model(predictor: Predictor, model_path: Path) -> dict[str, Any]:
         "ood_cutoff": decision.ood_cutoff,
         "guard_cutoff": decision.guard_cutoff,
         "type": asdict(decision.type) if decision.type is not None else None,
+        "outputs": output_entries(decision),
         "intended_use": asdict(engine.intended_use),
         "scope": engine.intended_use.scope_sentence(),
         "site_verdict": (decision.calibration or {}).get("verdict"),
