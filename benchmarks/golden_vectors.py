@@ -56,8 +56,8 @@ def main() -> None:
                 "file_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
                 "uint8_sha256": digest(pixels),
                 "float32_sha256": digest(model_input.astype(np.float32)),
-                "probability": result.probability,
-                "p_viral": result.p_viral,
+                "probability": result.probabilities["pneumonia"],
+                "p_viral": result.probabilities["type"],
                 "guard_score": result.guard_score,
             }
         )

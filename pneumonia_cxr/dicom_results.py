@@ -28,7 +28,6 @@ MANUFACTURER = "pneumonia-cxr"
 SR_SERIES_NUMBER, SC_SERIES_NUMBER = 9901, 9902
 PRIVATE_SCHEME = "99PCX"
 """Private coding scheme (DICOM PS3.16: designators starting with 99) for this model's items."""
-DICOM_SUFFIXES = (".dcm", ".dicom")
 FRONTAL_ORIENTATION = ("L", "F")
 """PatientOrientation of a frontal chest film shown the usual way, for a source without one."""
 
@@ -41,17 +40,6 @@ class ModelIdentity:
     sha256: str
     intended_use: str
     version: str = __version__
-
-
-def is_dicom_file(path: str | Path) -> bool:
-    """By content ("DICM" at byte 128), or by suffix for a file without the preamble."""
-    path = Path(path)
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(132)
-    except OSError:
-        return False
-    return head[128:132] == b"DICM" or path.suffix.lower() in DICOM_SUFFIXES
 
 
 def _codes():
@@ -93,7 +81,7 @@ def _further_answers(hd, c: dict, result, relationship) -> list:
 
     items = []
     for output in OUTPUTS[1:]:
-        if output.name not in result.probabilities:
+        if output.name not in result.labels:  # not given for this image (e.g. a NORMAL's type)
             continue
         key = f"PCX-{output.name}"[:14]
         number = float(result.probabilities[output.name])
@@ -147,14 +135,23 @@ def structured_report(source, row, model: ModelIdentity, threshold: float):
     return hd.sr.ComprehensiveSR(
         evidence=[source],
         content=root,
-        series_instance_uid=hd.UID(),
+        series_instance_uid=result_uid(source.StudyInstanceUID, model.sha256, "sr-series"),
         series_number=SR_SERIES_NUMBER,
-        sop_instance_uid=hd.UID(),
+        sop_instance_uid=result_uid(source.SOPInstanceUID, model.sha256, "sr"),
         instance_number=1,
         manufacturer=MANUFACTURER,
         is_complete=True,
         series_description="pneumonia-cxr result (not for diagnostic use)",
     )
+
+
+def result_uid(source_uid: str, model_sha256: str, kind: str) -> str:
+    """The same UID for the same source, model and kind of object (pydicom's UID from
+    their hash): a resumed or repeated run rewrites its objects, a PACS never gets two results
+    for one image from one model; one series per study, model and kind."""
+    from pydicom.uid import generate_uid
+
+    return str(generate_uid(entropy_srcs=[source_uid, model_sha256, kind]))
 
 
 def burn_disclaimer(rgb: np.ndarray) -> np.ndarray:
@@ -174,7 +171,7 @@ def burn_disclaimer(rgb: np.ndarray) -> np.ndarray:
     return np.asarray(image)
 
 
-def heatmap_capture(source, overlay_rgb: np.ndarray):
+def heatmap_capture(source, overlay_rgb: np.ndarray, model_sha256: str):
     """A Secondary Capture of the heatmap overlay in the source's study, disclaimer burned in."""
     from pydicom.dataset import Dataset
 
@@ -190,9 +187,9 @@ def heatmap_capture(source, overlay_rgb: np.ndarray):
         photometric_interpretation="RGB",
         bits_allocated=8,
         coordinate_system="PATIENT",
-        series_instance_uid=hd.UID(),
+        series_instance_uid=result_uid(source.StudyInstanceUID, model_sha256, "heatmap-series"),
         series_number=SC_SERIES_NUMBER,
-        sop_instance_uid=hd.UID(),
+        sop_instance_uid=result_uid(source.SOPInstanceUID, model_sha256, "heatmap"),
         instance_number=1,
         manufacturer=MANUFACTURER,
         patient_orientation=orientation,
@@ -218,15 +215,15 @@ class DicomResultWriter:
         self.out_dir.mkdir(parents=True, exist_ok=True)
 
     def write(self, row, overlay: np.ndarray | None = None) -> list[Path]:
-        """The objects of one row whose file is DICOM (read again for its header)."""
+        """The objects of one read DICOM input's row (its header read again; `force`, as the
+        loader reads a DICOM file without its preamble)."""
         import pydicom
 
-        if not row.ok or not is_dicom_file(row.path):
-            return []
-        source = pydicom.dcmread(row.path, stop_before_pixels=True)
+        source = pydicom.dcmread(row.path, stop_before_pixels=True, force=True)
         written = [self._save(structured_report(source, row, self.model, self.threshold), "sr")]
         if row.assessed and overlay is not None:
-            written.append(self._save(heatmap_capture(source, overlay), "heatmap"))
+            capture = heatmap_capture(source, overlay, self.model.sha256)
+            written.append(self._save(capture, "heatmap"))
         return written
 
     def _save(self, dataset, kind: str) -> Path:
@@ -240,8 +237,6 @@ class DicomBatchWriter:
     batches`), beside the table: each batch's DICOM inputs get their SR, and the assessed ones
     their heatmap capture (Grad-CAM of the PyTorch model file; an ONNX export writes SRs only)."""
 
-    keep_original = True
-
     def __init__(self, out_dir: str | Path, predictor, model_path: str | Path) -> None:
         from pneumonia_cxr.data.split import file_sha256
 
@@ -251,26 +246,35 @@ class DicomBatchWriter:
             intended_use=predictor.engine.intended_use.scope_sentence(),
         )
         self.results = DicomResultWriter(out_dir, identity, predictor.threshold)
+        self.keep_original = predictor.bundle is not None  # originals only where maps are drawn
         self.written: list[Path] = []
         self.failed: list[str] = []
 
     def write(self, predictor, batch, rows) -> None:
-        picks = [k for k, index in enumerate(batch.indices) if is_dicom_file(rows[index].path)]
+        # DICOM by the loader's own reading of each file (its header facts), not by its name.
+        picks = [
+            k
+            for k, facts in enumerate(batch.facts)
+            if facts is not None and facts.dicom is not None
+        ]
         heat = [k for k in picks if rows[batch.indices[k]].assessed]
         overlays: dict[int, np.ndarray] = {}
         if heat and predictor.bundle is not None:
-            from pneumonia_cxr.explain.overlay import gradcam_overlays
+            try:
+                from pneumonia_cxr.explain.overlay import gradcam_overlays
 
-            maps = gradcam_overlays(
-                predictor, batch.inputs[heat], [batch.originals[k] for k in heat]
-            )
-            overlays = dict(zip(heat, maps, strict=True))
+                maps = gradcam_overlays(
+                    predictor, batch.inputs[heat], [batch.originals[k] for k in heat]
+                )
+                overlays = dict(zip(heat, maps, strict=True))
+            except Exception as error:
+                log.warning("no heatmap captures for this batch (%s)", error)
         for k in picks:
             row = rows[batch.indices[k]]
             try:
                 self.written += self.results.write(row, overlays.get(k))
-            except (AttributeError, KeyError, TypeError, ValueError, OSError) as error:
-                # One source without what an SR needs (e.g. no StudyInstanceUID: not a PACS
-                # object) must not stop an archive: its table row stands, the failure is said.
+            except Exception as error:
+                # e.g. no StudyInstanceUID (not a PACS object): its table row stands, and the
+                # failure is said.
                 self.failed.append(row.path)
                 log.warning("%s: no DICOM result written (%s)", row.path, error)

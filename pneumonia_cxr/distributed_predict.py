@@ -5,7 +5,8 @@ file's own PyTorch network and the one decision path (`Predictor.scores_from_out
 `Predictor.results`); a prediction writer appends each batch's rows to a per-rank part file;
 rank 0 then joins the parts in file order, each file once (the sampler pads ranks with
 repeats), into the CSV or JSON a single process writes (same columns, same values: the rows are
-`predict.PredictionRow`s written by `predict.rows_to_csv`), and counts them by the same
+`predict.PredictionRow`s as `predict.rows_to_records` makes them, written by
+`predict.write_records`), and counts them by the same
 `predict.Summary`. Under Slurm, `run/run.sh predict ...` starts
 one task per GPU and Lightning reads the Slurm environment.
 """
@@ -60,7 +61,7 @@ class ScoringModule(L.LightningModule):
 
 class PartWriter(BasePredictionWriter):
     """Each rank appends its batches' rows (file index, then the CSV row every mode writes,
-    `predict.rows_to_csv`) to its own part file."""
+    `predict.rows_to_records`, one JSON object a line) to its own part file."""
 
     def __init__(self, output: Path, paths: Sequence[Path], outputs: list[ModelOutput]) -> None:
         super().__init__(write_interval="batch")

@@ -186,8 +186,9 @@ def predict_paths(
             `dicom_results.DicomBatchWriter`).
 
     Returns:
-        Rows with probability P(PNEUMONIA) (temperature applied), the label at the model's
-        stored threshold and the OOD score and flag, or the error that made the file unreadable.
+        One row per file: its result (state, each answer's probability and label at the
+        model's own thresholds, the applicability scores and reasons), or the error that made
+        the file unreadable; an image that is not assessed has no label.
     """
     if not isinstance(predictor, Predictor):
         predictor = Predictor.from_bundle(predictor, device)
@@ -281,11 +282,12 @@ class _OverlayWriter:
     def __init__(
         self, out_dir: Path, method: str, target: str = "pneumonia", predictor=None
     ) -> None:
-        from pneumonia_cxr.explain.gradcam import CAM_TARGETS, AnswerLogit, cam_class
+        from pneumonia_cxr.explain.gradcam import AnswerLogit, cam_class
 
         cam_class(method)  # unknown method or target, a type map of a binary model: fail now
-        if target not in CAM_TARGETS:
-            raise ValueError(f"unknown heatmap target {target!r}; choose from {CAM_TARGETS}")
+        targets = [output.name for output in OUTPUTS]
+        if target not in targets:
+            raise ValueError(f"unknown heatmap target {target!r}; choose from {targets}")
         if target == "type" and predictor is not None and predictor.bundle is not None:
             AnswerLogit(predictor.bundle.model, target)
         self.out_dir, self.method, self.target = out_dir, method, target

@@ -130,3 +130,32 @@ def test_the_disclaimer_is_in_the_heatmap_pixels(written: dict) -> None:
     assert (band == [255, 255, 0]).all(axis=-1).any()  # yellow text on the black band
     blank = np.zeros((200, 400, 3), np.uint8)
     assert not np.array_equal(burn_disclaimer(blank), blank)
+
+
+def test_a_rerun_rewrites_the_same_objects_and_a_misnamed_file_stops_nothing(
+    written: dict, tmp_path: Path
+) -> None:
+    """Deterministic UIDs: a resumed or repeated run gives a PACS no second result; a JPEG
+    named .dcm is not DICOM to the loader, so it gets a table row and no object."""
+    source = written["sources"]["mono2_8bit.dcm"]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(source, folder / source.name)
+    jpeg = next(p for p in source.parent.iterdir() if p.suffix == ".jpeg")
+    shutil.copy(jpeg, folder / "misnamed.dcm")
+    out = tmp_path / "out"
+    for _ in range(2):
+        args = ["predict", str(folder), "--output", str(tmp_path / "rows.json")]
+        assert main([*args, "--dicom_out", str(out), "--no_progress"]) == 0
+    names = sorted(path.name for path in out.glob("*.dcm"))
+    assert names == sorted(path.name for path in written["out"].glob("*.dcm") if _of(path, source))
+
+
+def _of(path: Path, source: Path) -> bool:
+    """Whether a written object is about `source` (by the source's SOP Instance UID)."""
+    uid = pydicom.dcmread(source, stop_before_pixels=True).SOPInstanceUID
+    obj = pydicom.dcmread(path, stop_before_pixels=True)
+    if obj.Modality == "SR":
+        evidence = obj.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
+        return evidence.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == uid
+    return obj.SourceImageSequence[0].ReferencedSOPInstanceUID == uid

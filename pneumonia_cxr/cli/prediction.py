@@ -17,6 +17,7 @@ from pneumonia_cxr.cli.common import (
 )
 from pneumonia_cxr.errors import PneumoniaCxrError
 from pneumonia_cxr.explain import CAM_METHODS
+from pneumonia_cxr.model.outputs import OUTPUTS
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -194,7 +195,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     predict.add_argument(
         "--gradcam_target",
         default="pneumonia",
-        choices=("pneumonia", "type"),
+        choices=tuple(output.name for output in OUTPUTS),
         help="which output the heatmaps explain: P(PNEUMONIA), or the pneumonia type "
         "(a model with a type head)",
     )

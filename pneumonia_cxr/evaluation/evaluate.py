@@ -279,7 +279,8 @@ def _write_predictions(
 ) -> Path:
     """One row per evaluated image: its true class (and type), the class the metrics count it
     as (every image, not assessed ones included: the figures are the network's), then the
-    columns `predict` writes for it (`model.outputs`: no label where not assessed)."""
+    columns `predict` writes for it (`model.outputs`: no label where not assessed); the feature
+    checks only, as the split's files are read without their colour and DICOM-header facts."""
     outputs = predictor.outputs
     columns = table_columns(outputs)[1:-1]  # less path and error: every row here was read
     typed = types is not None

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from pneumonia_cxr.explain import CAM_METHODS
+from pneumonia_cxr.model.outputs import OUTPUTS
 
 if TYPE_CHECKING:
     from pytorch_grad_cam.base_cam import BaseCAM
@@ -184,8 +185,9 @@ def compute_cams(
     return np.clip(np.nan_to_num(maps, nan=0.0), 0.0, 1.0)
 
 
-CAM_TARGETS: tuple[str, ...] = ("pneumonia", "type")
-"""Which output a map explains: the PNEUMONIA logit, or the VIRAL-vs-BACTERIAL type logit."""
+CAM_TARGETS: tuple[str, ...] = tuple(output.name for output in OUTPUTS)
+"""Which answer a map explains (`model.outputs`): the PNEUMONIA logit, or the logit of an answer
+after it (the type's VIRAL-vs-BACTERIAL, ...), by name."""
 
 
 class AnswerLogit(nn.Module):
@@ -219,8 +221,9 @@ def model_cams(
     """`compute_cams` on the model's own target layers: one for a network, one per member of
     an ensemble (the library averages the members' scaled maps into one); `fine`: the stride-16
     layers instead of the last ones; `target` "type" explains the type logit."""
-    if target not in CAM_TARGETS:
-        raise ValueError(f"unknown heatmap target {target!r}; choose from {CAM_TARGETS}")
+    targets = [output.name for output in OUTPUTS]  # the registry as it is now
+    if target not in targets:
+        raise ValueError(f"unknown heatmap target {target!r}; choose from {targets}")
     layers = model.cam_fine_layers if fine else model.cam_target_layers
     explained = model if target == "pneumonia" else AnswerLogit(model, target)
     return compute_cams(explained, layers, images, method=method, batch_size=batch_size)

@@ -45,6 +45,9 @@ class Scores:
     @classmethod
     def concat(cls, parts: Sequence[Scores]) -> Scores:
         names = ("logits", "probabilities", "decisions", "ood_scores", "ood_flags")
+        # A batch of unreadable files scores nothing: an empty part carries no answers and no
+        # guard scores, and must not drop them from the others.
+        parts = [p for p in parts if len(p.logits)]
         if not parts:
             empty = np.zeros(0)
             return cls(empty, empty, empty.astype(np.int64), empty, empty.astype(bool))

@@ -122,7 +122,7 @@ def _fast_or_fallback(
     except OPEN_ERRORS as error:
         if engine != "auto" or fallback is None:
             raise
-        log.warning("%s does not open (%s); predicting with PyTorch", what, error)
+        log.warning("%s: %s; predicting with PyTorch", what, error)
         return fallback()
 
 
@@ -151,7 +151,7 @@ def engine_for_file(
             engine,
             lambda r: _onnx_file_engine(twin, r),
             (lambda: None) if has_torch else None,  # None: read the .pt below instead
-            "the shipped ONNX twin",
+            "the shipped ONNX twin does not open",
         )
         if opened is not None:
             return opened
@@ -190,5 +190,8 @@ def engine_for_bundle(
     if engine == "torch" or gradcam or (engine == "auto" and not _on_cpu(device)):
         return _torch_engine(bundle(), device)
     return _fast_or_fallback(
-        engine, open_export, lambda: _torch_engine(bundle(), device), "no exported-graph engine"
+        engine,
+        open_export,
+        lambda: _torch_engine(bundle(), device),
+        "no exported-graph engine opens",
     )

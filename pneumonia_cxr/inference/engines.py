@@ -35,7 +35,7 @@ from pneumonia_cxr.model.onnx_format import (
     PROBABILITY_OUTPUT,
     require_optional,
 )
-from pneumonia_cxr.model.outputs import answers_after_first
+from pneumonia_cxr.model.outputs import OUTPUTS, answers_after_first
 from pneumonia_cxr.storage import cache_root
 
 if TYPE_CHECKING:
@@ -166,6 +166,12 @@ class OnnxEngine:
             ) from error
         self.metadata = meta
         self._has_ood_output = OOD_OUTPUT in outputs
+        unknown = set(self.decision.extra) - {output.name for output in OUTPUTS}
+        if unknown:
+            raise ModelFileError(
+                f"{self.path}: the model gives answers this package does not know "
+                f"({sorted(unknown)}); use the package version that wrote it"
+            )
         wanted = [(self.decision.guard_cutoff, GUARD_OUTPUT)]
         wanted += [(True, o.logit_output) for o in answers_after_first(self.decision)]
         for present, name in wanted:

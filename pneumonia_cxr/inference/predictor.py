@@ -277,7 +277,7 @@ class Predictor:
         keep_original: bool = False,
     ) -> Iterator[ScoredBatch]:
         """`iter_inputs`, scored. Beside ONNX Runtime or OpenVINO, files decoded in this
-        process are read ahead by a thread (`_read_ahead`); loader workers
+        process are read ahead by a thread (`batching.read_ahead`); loader workers
         (`num_workers > 0`) read ahead by themselves."""
         batches = iter(
             self.iter_inputs(

@@ -41,6 +41,10 @@ class Refusal:
         return REASON_WORDS[self.kind]
 
 
+OPEN_AGE_YEARS = 120.0
+"""An upper age bound at or above this is no age rule (an adapted site's model: 0-150)."""
+
+
 @dataclass(frozen=True)
 class IntendedUse:
     """The population and the kind of image a model was made for.
@@ -84,10 +88,15 @@ class IntendedUse:
     def scope_sentence(self) -> str:
         """What the model is for, from this record's own rule (no command: a page shows it)."""
         views = "/".join(self.projections)
+        ages = (
+            ""
+            if self.min_age_years <= 0 and self.max_age_years >= OPEN_AGE_YEARS
+            else f" of patients aged {self.min_age_years:g} to {self.max_age_years:g} years"
+        )
         return (
-            f"For frontal ({views}) chest X-rays of children aged {self.min_age_years:g} to "
-            f"{self.max_age_years:g} years. Trained and tested on {self.population}; on images "
-            "from elsewhere its answers are unproven until checked on that site's own images."
+            f"For frontal ({views}) chest X-rays{ages}. Trained and tested on "
+            f"{self.population}; on images from elsewhere its answers are unproven until checked "
+            "on that site's own images."
         )
 
 

@@ -120,11 +120,6 @@ def answers_after_first(decision: Decision) -> list[ModelOutput]:
     return outputs_of(decision)[1:]
 
 
-def further_outputs(decision: Decision) -> list[ModelOutput]:
-    """The answers beyond the two built-in ones, which every layer carries generically."""
-    return [output for output in outputs_of(decision) if output.build_head is not None]
-
-
 def table_columns(outputs: list[ModelOutput], *, heatmap: bool = False) -> list[str]:
     """Columns of every prediction table (plain, streamed, sharded, distributed, JSON)."""
     answers = [c for o in outputs for c in (o.probability_column, o.label_column)]

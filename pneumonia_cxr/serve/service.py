@@ -267,7 +267,10 @@ def _can_draw(draw: Predictor | OnnxEngine, target: str) -> bool:
     from pneumonia_cxr.explain.overlay import has_graph_cam
     from pneumonia_cxr.inference.engines import OnnxEngine
 
-    return not isinstance(draw, OnnxEngine) or has_graph_cam(draw, target)
+    if isinstance(draw, OnnxEngine):
+        return has_graph_cam(draw, target)
+    members = draw.bundle.model.members
+    return target == "pneumonia" or all(m.answer_head(target) is not None for m in members)
 
 
 def _overlays(

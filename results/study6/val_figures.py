@@ -45,7 +45,7 @@ def figures(name: str) -> dict | None:
         result = {
             "n": len(labels),
             "val_auc": float(roc_auc_score(labels, scores.probabilities)),
-            "val_type_auc": float(roc_auc_score(types[known], scores.p_viral[known])),
+            "val_type_auc": float(roc_auc_score(types[known], scores.answers.get("type")[known])),
             "n_type": int(known.sum()),
             "val_frame_only_auc": audit["views"]["frame_only"]["roc_auc"]["value"],
         }
