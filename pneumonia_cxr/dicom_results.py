@@ -237,7 +237,15 @@ class DicomBatchWriter:
     batches`), beside the table: each batch's DICOM inputs get their SR, and the assessed ones
     their heatmap capture (Grad-CAM of the PyTorch model file; an ONNX export writes SRs only)."""
 
-    def __init__(self, out_dir: str | Path, predictor, model_path: str | Path) -> None:
+    def __init__(self, results: DicomResultWriter, predictor) -> None:
+        self.results = results
+        self.keep_original = predictor.bundle is not None  # originals only where maps are drawn
+        self.written: list[Path] = []
+        self.failed: list[str] = []
+
+    @classmethod
+    def for_model(cls, out_dir: str | Path, predictor, model_path: str | Path) -> DicomBatchWriter:
+        """The writer of `predictor`'s model file (its name and sha256 go into every SR)."""
         from pneumonia_cxr.data.split import file_sha256
 
         identity = ModelIdentity(
@@ -245,10 +253,7 @@ class DicomBatchWriter:
             sha256=file_sha256(model_path),
             intended_use=predictor.engine.intended_use.scope_sentence(),
         )
-        self.results = DicomResultWriter(out_dir, identity, predictor.threshold)
-        self.keep_original = predictor.bundle is not None  # originals only where maps are drawn
-        self.written: list[Path] = []
-        self.failed: list[str] = []
+        return cls(DicomResultWriter(out_dir, identity, predictor.threshold), predictor)
 
     def write(self, predictor, batch, rows) -> None:
         # DICOM by the loader's own reading of each file (its header facts), not by its name.

@@ -56,6 +56,7 @@ COMMANDS: tuple[str, ...] = (
     "export",
     "serve",
     "web",
+    "dicom-node",
     "explain-check",
 )
 """The order `pneumonia-cxr --help` lists the commands in: the workflow's, not the modules'."""

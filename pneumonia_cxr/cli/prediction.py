@@ -69,7 +69,7 @@ def _dicom_writers(args: argparse.Namespace, predictor, model_path: Path) -> lis
         return []
     from pneumonia_cxr.dicom_results import DicomBatchWriter
 
-    return [DicomBatchWriter(args.dicom_out, predictor, model_path)]
+    return [DicomBatchWriter.for_model(args.dicom_out, predictor, model_path)]
 
 
 def _report(summary, output: str | None, writers=()) -> int:

@@ -1,5 +1,6 @@
-"""The commands that put the model in front of people: `serve` (a page and an HTTP API) and
-`web` (the page as a static folder that scores in the browser)."""
+"""The commands that put the model in front of people: `serve` (a page and an HTTP API), `web`
+(the page as a static folder that scores in the browser) and `dicom-node` (a DICOM node a PACS
+sends films to and gets results back from)."""
 
 from __future__ import annotations
 
@@ -60,8 +61,32 @@ def cmd_web(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dicom_node(args: argparse.Namespace) -> int:
+    import logging
+
+    from pneumonia_cxr.dicom_node import NodeConfig, run_node
+
+    logging.getLogger("pneumonia_cxr.dicom_node").setLevel(logging.INFO)  # a line per study
+    host = args.dest.rsplit(":", 1)[0].split("@")[-1]
+    title, port = args.dest.split("@")[0], int(args.dest.rsplit(":", 1)[1])
+    run_node(
+        NodeConfig(
+            work_dir=Path(args.work_dir),
+            allowed_callers=tuple(args.allow),
+            destination=(title, host, port),
+            ae_title=args.ae_title,
+            host=args.host,
+            port=args.port,
+            health_port=args.health_port,
+            model_path=Path(args.model_path) if args.model_path else None,
+            retries=args.retries,
+        )
+    )
+    return 0
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    """`serve` and `web`."""
+    """`serve`, `web` and `dicom-node`."""
     serve = sub.add_parser("serve", help="a web page and HTTP API: drop an X-ray, get the answer")
     _add_model_path_arg(serve)
     serve.add_argument(
@@ -86,3 +111,24 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     web.add_argument("out_dir", help="folder to write (new, empty, or written by `web` before)")
     _add_model_path_arg(web)
     web.set_defaults(func=cmd_web)
+
+    node = sub.add_parser(
+        "dicom-node",
+        help="a DICOM node: a PACS sends CR/DX films, it sends back a DICOM SR and heatmap",
+    )
+    node.add_argument("work_dir", help="its queue (SQLite), received films and results")
+    node.add_argument(
+        "--allow", action="append", required=True, metavar="AE_TITLE",
+        help="a calling AE title allowed to send (repeat for several)",
+    )  # fmt: skip
+    node.add_argument(
+        "--dest", required=True, metavar="AE@HOST:PORT",
+        help="where results are C-STOREd, e.g. ORTHANC@127.0.0.1:4242",
+    )  # fmt: skip
+    node.add_argument("--ae_title", default="PCXNODE")
+    node.add_argument("--host", default="127.0.0.1", help="default loopback only")
+    node.add_argument("--port", type=int, default=11112)
+    node.add_argument("--health_port", type=int, help="GET /health on this loopback port")
+    node.add_argument("--retries", type=_positive_int, default=3)
+    _add_model_path_arg(node)
+    node.set_defaults(func=cmd_dicom_node)

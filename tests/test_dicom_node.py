@@ -1,0 +1,313 @@
+"""`pneumonia-cxr dicom-node` against a real Orthanc (Debian's package, loopback ports, a
+generated configuration): Orthanc forwards a film to the node, the node sends back its SR and
+heatmap capture, and the test reads them from Orthanc's REST API (issue 36)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from test_loader import dicom_bytes
+
+from pneumonia_cxr.archive import read_table
+from pneumonia_cxr.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _computed_radiograph(data: bytes) -> bytes:
+    """The test DICOM as a CR object, as a PACS holds a computed radiograph (the node takes
+    CR and DX images only)."""
+    import io
+
+    dataset = pydicom.dcmread(io.BytesIO(data))
+    dataset.SOPClassUID = dataset.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def _wait(check, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Orthanc:
+    def __init__(self, root: Path, node_port: int) -> None:
+        self.http, self.dicom = _free_port(), _free_port()
+        config = {
+            "Name": "pcx-test",
+            "StorageDirectory": str(root / "storage"),
+            "IndexDirectory": str(root / "index"),
+            "HttpPort": self.http,
+            "DicomPort": self.dicom,
+            "DicomAet": "ORTHANC",
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "HttpServerEnabled": True,
+            "DicomServerEnabled": True,
+            "DicomCheckModalityHost": False,
+            "DicomAlwaysAllowStore": True,
+            "DicomModalities": {"node": ["PCXNODE", "127.0.0.1", node_port]},
+            "Plugins": [],
+        }
+        (root / "orthanc.json").write_text(json.dumps(config))
+        self.process = subprocess.Popen(
+            ["Orthanc", str(root / "orthanc.json")],
+            stdout=subprocess.DEVNULL,
+            stderr=open(root / "orthanc.log", "wb"),  # noqa: SIM115 - closed with the process
+        )
+        _wait(lambda: self._get("/system"), 60, "Orthanc to start")
+
+    def _get(self, path: str):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http}{path}", timeout=5) as r:
+                return json.loads(r.read())
+        except OSError:
+            return None
+
+    def post(self, path: str, data: bytes):
+        request = urllib.request.Request(f"http://127.0.0.1:{self.http}{path}", data=data)
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return json.loads(response.read())
+
+    def instances(self) -> list[pydicom.Dataset]:
+        found = []
+        for instance in self._get("/instances") or []:
+            url = f"http://127.0.0.1:{self.http}/instances/{instance}/file"
+            with urllib.request.urlopen(url, timeout=10) as response:
+                found.append(pydicom.dcmread(__import__("io").BytesIO(response.read())))
+        return found
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def round_trip(real_data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    if shutil.which("Orthanc") is None:
+        pytest.skip("Orthanc absent: `apt-get install orthanc` (.ci/run installs it)")
+    root = tmp_path_factory.mktemp("pacs")
+    node_port, health = _free_port(), _free_port()
+    orthanc = Orthanc(root, node_port)
+    work = root / "node"
+    command = [sys.executable, "-m", "pneumonia_cxr.cli", "dicom-node", str(work)]
+    command += ["--allow", "ORTHANC", "--dest", f"ORTHANC@127.0.0.1:{orthanc.dicom}"]
+    command += ["--port", str(node_port), "--health_port", str(health)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    node = subprocess.Popen(command, env=env, stderr=open(root / "node.log", "wb"))  # noqa: SIM115
+
+    def healthy():
+        try:
+            url = f"http://127.0.0.1:{health}/health"
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return json.loads(response.read())
+        except OSError:
+            return None
+
+    try:
+        _wait(healthy, 120, "the node to start")
+        film = sorted((real_data_root / "test" / "PNEUMONIA").glob("*.jpeg"))[0]
+        gray = np.asarray(Image.open(film).convert("L"))
+        sources = {
+            "child": dicom_bytes(gray, PatientAge="003Y", ViewPosition="AP"),
+            "adult": dicom_bytes(gray, PatientAge="045Y", ViewPosition="AP"),
+            "lateral": dicom_bytes(gray, PatientAge="003Y", ViewPosition="LL"),
+        }
+        files = {}
+        for name, data in sources.items():
+            path = root / f"{name}.dcm"
+            path.write_bytes(_computed_radiograph(data))
+            files[name] = path
+            uploaded = orthanc.post("/instances", path.read_bytes())
+            orthanc.post("/modalities/node/store", json.dumps(uploaded["ID"]).encode())
+        _wait(lambda: (healthy() or {}).get("counts", {}).get("sent") == 3, 300, "3 results")
+        # An AE title outside the allow-list: the association is rejected. A DICOM report (not
+        # an image) sent by an allowed caller: no accepted context, no crash.
+        child = pydicom.dcmread(files["child"])
+        unknown, _ = _store_as("INTRUDER", node_port, child)
+        report = next(o for o in orthanc.instances() if o.Modality == "SR")
+        _, report_status = _store_as("ORTHANC", node_port, report)
+        table = root / "rows.csv"
+        assert main(["predict", *map(str, files.values()), "--output", str(table)]) == 0
+        return {
+            "instances": orthanc.instances(),
+            "files": files,
+            "rows": {Path(r["path"]).stem: r for r in read_table(table)},
+            "counts": healthy()["counts"],
+            "unknown_caller_established": unknown,
+            "sr_store_status": report_status,
+            "alive_after": node.poll() is None and healthy() is not None,
+            "node": node,
+            "ports": (node_port, orthanc.dicom),
+            "log": root / "node.log",
+        }
+    finally:
+        node.send_signal(signal.SIGTERM)
+        node.wait(timeout=60)
+        orthanc.stop()
+
+
+def test_orthanc_holds_the_nodes_results_for_each_film(round_trip: dict) -> None:
+    instances = round_trip["instances"]
+    by_source: dict[str, list[pydicom.Dataset]] = {}
+    uids = {
+        pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID: name
+        for name, path in round_trip["files"].items()
+    }
+    for obj in instances:
+        if obj.Modality == "SR":
+            ref = obj.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
+            by_source.setdefault(
+                uids[ref.ReferencedSOPSequence[0].ReferencedSOPInstanceUID], []
+            ).append(obj)
+        elif obj.get("SourceImageSequence"):
+            by_source.setdefault(
+                uids[obj.SourceImageSequence[0].ReferencedSOPInstanceUID], []
+            ).append(obj)
+    assert {n: sorted(o.Modality for o in objs) for n, objs in by_source.items()} == {
+        "child": ["OT", "SR"],
+        "adult": ["SR"],
+        "lateral": ["SR"],
+    }
+    for name, objs in by_source.items():
+        [sr] = [o for o in objs if o.Modality == "SR"]
+        items = {i.ConceptNameCodeSequence[0].CodeMeaning: i for i in sr.ContentSequence}
+        row = round_trip["rows"][name]
+        assert items["Assessment state"].TextValue == row["state"]
+        if row["state"] == "assessed":
+            value = items["Probability of pneumonia"].MeasuredValueSequence[0].NumericValue
+            assert float(value) == pytest.approx(float(row["probability"]), abs=1e-6)
+        else:
+            assert items["Reason not assessed"].TextValue == row["reason"]
+    assert round_trip["counts"]["sent"] == 3 and round_trip["counts"]["dead"] == 0
+    log = round_trip["log"].read_text()
+    assert log.count("sent the results of") == 3
+
+
+def test_every_object_the_node_sent_passes_dciodvfy(round_trip: dict, tmp_path: Path) -> None:
+    if shutil.which("dciodvfy") is None:
+        pytest.skip("dciodvfy absent: `apt-get install dicom3tools`")
+    for obj in round_trip["instances"]:
+        if obj.Modality not in ("SR", "OT"):
+            continue
+        path = tmp_path / f"{obj.SOPInstanceUID}.dcm"
+        obj.save_as(path, enforce_file_format=True)
+        done = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+        errors = [
+            line for line in (done.stdout + done.stderr).splitlines() if line.startswith("Error")
+        ]
+        assert not errors, errors
+
+
+def test_an_unknown_caller_is_rejected_and_a_report_is_refused(round_trip: dict) -> None:
+    """Checked while the node ran (`round_trip` kept these answers)."""
+    assert round_trip["unknown_caller_established"] is False
+    assert round_trip["sr_store_status"] != 0x0000
+    assert round_trip["alive_after"] is True
+
+
+def _store_as(ae_title: str, port: int, dataset: pydicom.Dataset):
+    """(association established, C-STORE status or None) of one send to the node."""
+    from pynetdicom import AE
+
+    ae = AE(ae_title=ae_title)
+    ae.add_requested_context(dataset.SOPClassUID, "1.2.840.10008.1.2.1")
+    assoc = ae.associate("127.0.0.1", port, ae_title="PCXNODE")
+    if not assoc.is_established:
+        return False, None
+    try:
+        if not assoc.accepted_contexts:
+            return True, None
+        status = assoc.send_c_store(dataset)
+        return True, getattr(status, "Status", None)
+    finally:
+        assoc.release()
+
+
+def _node(work: Path, node_port: int, health: int, orthanc: Orthanc, log: Path):
+    command = [sys.executable, "-m", "pneumonia_cxr.cli", "dicom-node", str(work)]
+    command += ["--allow", "ORTHANC", "--dest", f"ORTHANC@127.0.0.1:{orthanc.dicom}"]
+    command += ["--port", str(node_port), "--health_port", str(health)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    return subprocess.Popen(command, env=env, stderr=open(log, "ab"))
+
+
+def _counts(health: int) -> dict:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{health}/health", timeout=2) as response:
+            return json.loads(response.read())["counts"]
+    except OSError:
+        return {}
+
+
+def test_sigkill_with_images_queued_loses_nothing_and_duplicates_nothing(
+    real_data_root: Path, tmp_path: Path
+) -> None:
+    """20 films forwarded; the node is killed (SIGKILL) while its queue holds them; after a
+    restart, and the PACS sending again what was not acknowledged, Orthanc holds exactly one
+    SR per film."""
+    if shutil.which("Orthanc") is None:
+        pytest.skip("Orthanc absent: `apt-get install orthanc` (.ci/run installs it)")
+    node_port, health = _free_port(), _free_port()
+    orthanc = Orthanc(tmp_path, node_port)
+    work, log = tmp_path / "node", tmp_path / "node.log"
+    film = sorted((real_data_root / "test" / "NORMAL").glob("*.jpeg"))[0]
+    gray = np.asarray(Image.open(film).convert("L"))
+    ids, sources = [], set()
+    for _ in range(20):
+        data = _computed_radiograph(dicom_bytes(gray, PatientAge="004Y", ViewPosition="PA"))
+        sources.add(pydicom.dcmread(__import__("io").BytesIO(data)).SOPInstanceUID)
+        ids.append(orthanc.post("/instances", data)["ID"])
+    node = _node(work, node_port, health, orthanc, log)
+    try:
+        _wait(lambda: _counts(health), 120, "the node to start")
+        body = json.dumps({"Resources": ids, "Asynchronous": True}).encode()
+        orthanc.post("/modalities/node/store", body)
+        _wait(lambda: sum(_counts(health).values()) >= 10, 120, "10 films queued")
+        node.send_signal(signal.SIGKILL)
+        node.wait(timeout=30)
+        assert sum(_counts(health).values()) == 0  # it is down
+        node = _node(work, node_port, health, orthanc, log)
+        _wait(lambda: _counts(health), 120, "the node to restart")
+        # A PACS sends again what the node did not acknowledge (here: everything, again).
+        orthanc.post("/modalities/node/store", json.dumps({"Resources": ids}).encode())
+        _wait(lambda: _counts(health).get("sent") == 20, 300, "20 results sent")
+        assert sum(_counts(health).values()) == 20  # each film queued once
+        reports = [o for o in orthanc.instances() if o.Modality == "SR"]
+        referenced = [
+            o.CurrentRequestedProcedureEvidenceSequence[0]
+            .ReferencedSeriesSequence[0]
+            .ReferencedSOPSequence[0]
+            .ReferencedSOPInstanceUID
+            for o in reports
+        ]
+        assert sorted(referenced) == sorted(sources)  # one SR per film, none twice
+    finally:
+        node.send_signal(signal.SIGTERM)
+        node.wait(timeout=60)
+        orthanc.stop()
