@@ -76,40 +76,6 @@ function answerWords(p, threshold, answer = answers[1], label = "") {
   return { certain, text: `${answer.name} uncertain`, numbers: `${numbers}: ${why}.` };
 }
 
-// The serve page's answers where /v1/model does not list them (`outputs`): the first, and each
-// answer its decision record describes (an entry with class names and a threshold, keyed by the
-// answer's name), about a film given the model's positive class; their columns are read off the
-// first result (`learnColumns`).
-function answersOf(model) {
-  if (model.outputs) return model.outputs;
-  const given = model.classes[1];
-  const more = Object.entries(model)
-    .filter(([, v]) => v && Array.isArray(v.class_names) && typeof v.threshold === "number")
-    .map(([name, v]) => ({ name, question: `P(${v.class_names[1]} | ${given})`,
-      class_names: v.class_names, threshold: v.threshold, asks_given: [null, given],
-      heatmap_key: `gradcam_${name}_png_base64` }));
-  return [{ name: null, question: `P(${given})`, class_names: model.classes,
-    threshold: model.threshold, heatmap_key: "gradcam_png_base64" }, ...more];
-}
-
-// Columns of answers not known by them: a result's keys hold, per answer in order, its
-// probability and label columns and `unassessed_<probability column>`, and its `thresholds`
-// name the answers in the same order.
-function learnColumns(result) {
-  if (!result.thresholds || (answers.length && answers.every((a) => a.unassessed_column))) return;
-  const keys = Object.keys(result);
-  const unassessed = keys.filter((key) => key.startsWith("unassessed_"));
-  const names = Object.keys(result.thresholds);
-  if (unassessed.length !== names.length) return;
-  answers = names.map((name, i) => {
-    const known = answers.find((a) => a.name === name) || (i === 0 ? answers[0] : {});
-    const probability = unassessed[i].slice("unassessed_".length);
-    const heatmap = i ? `gradcam_${name}_png_base64` : "gradcam_png_base64";
-    return { question: `P(${name})`, heatmap_key: heatmap, ...known, name,
-      probability_column: probability, label_column: keys[keys.indexOf(probability) + 1],
-      unassessed_column: unassessed[i], threshold: result.thresholds[name] };
-  });
-}
 
 // The static folder: the model loads in this tab (progress shown), then scores here only.
 async function startInBrowser() {
@@ -139,7 +105,7 @@ function modelUnavailable(detail) {
 }
 
 function describeModel(model, outputs = null) {
-  answers = outputs || answersOf(model);
+  answers = outputs || model.outputs; // both list `model.outputs.output_entries`
   const classes = (answer) => answer.class_names.map((name) => name.toLowerCase()).join(" or ");
   const more = answers.slice(1).map((answer) => "whether " +
     `${answer.asks_given ? `a ${answer.asks_given[1].toLowerCase()}` : "an image"} looks ${classes(answer)}`);
@@ -232,7 +198,6 @@ function card(result, file) {
   const original = result.preview_png_base64 ? pngData(result.preview_png_base64)
     : file && !isDicom ? URL.createObjectURL(file) : "";
   const assessed = state === "assessed"; // a heatmap on a refused image would look like a finding
-  learnColumns(result);
   const [first, ...more] = answers;
   const image = element("img", { alt: `X-ray ${result.name}` });
   image.dataset.original = original;
