@@ -43,17 +43,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return _report(_predict_archive(args, predictor, model_path, writers), args.output, writers)
     from pneumonia_cxr.predict import Summary, predict_paths, rows_to_csv, write_rows
 
-    rows = predict_paths(
-        predictor,
-        args.paths,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        gradcam_dir=args.gradcam,
-        gradcam_method=args.gradcam_method,
-        gradcam_target=args.gradcam_target,
-        progress=not args.no_progress,
-        writers=writers,
-    )
+    rows = predict_paths(predictor, args.paths, **_loop_options(args, writers))
     if args.output:
         write_rows(rows, args.output, predictor.outputs)
     else:
@@ -103,14 +93,21 @@ def _predict_archive(args: argparse.Namespace, predictor, model_path: Path, writ
         resume=args.resume,
         shard=Shard.parse(args.shard) if args.shard else Shard(),
         content_hash=args.content_hash,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        gradcam_dir=args.gradcam,
-        gradcam_method=args.gradcam_method,
-        gradcam_target=args.gradcam_target,
-        progress=not args.no_progress,
-        writers=writers,
+        **_loop_options(args, writers),
     )
+
+
+def _loop_options(args: argparse.Namespace, writers: list) -> dict:
+    """The prediction loop's options, the same in the plain and the streamed mode."""
+    return {
+        "batch_size": args.batch_size,
+        "num_workers": args.num_workers,
+        "gradcam_dir": args.gradcam,
+        "gradcam_method": args.gradcam_method,
+        "gradcam_target": args.gradcam_target,
+        "progress": not args.no_progress,
+        "writers": writers,
+    }
 
 
 def _predict_distributed(args: argparse.Namespace):
