@@ -27,7 +27,13 @@ from tqdm import tqdm
 
 from pneumonia_cxr.data.walk import iter_image_files, path_text
 from pneumonia_cxr.inference.predictor import ImageResult, Predictor, ScoredBatch
-from pneumonia_cxr.model.outputs import OUTPUTS, ModelOutput, format_value, table_columns
+from pneumonia_cxr.model.outputs import (
+    OUTPUTS,
+    ModelOutput,
+    column_formats,
+    format_value,
+    table_columns,
+)
 from pneumonia_cxr.storage import atomic_write, atomic_write_text, check_table_path
 
 if TYPE_CHECKING:
@@ -365,11 +371,11 @@ def records_to_csv(
         return ""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    columns = list(records[0])
+    columns, formats = list(records[0]), column_formats(list(outputs))
     if header:
         writer.writerow(columns)
     for record in records:
-        writer.writerow([format_value(c, record[c], list(outputs)) for c in columns])
+        writer.writerow([format_value(c, record[c], formats) for c in columns])
     return buffer.getvalue()
 
 

@@ -58,7 +58,7 @@ from pneumonia_cxr.explain.overlay import CamExample, pick_examples, save_gradca
 from pneumonia_cxr.inference.predictor import Predictor, Scores
 from pneumonia_cxr.model.decision import probability
 from pneumonia_cxr.model.model_file import ModelBundle
-from pneumonia_cxr.model.outputs import TYPE, format_value, table_columns
+from pneumonia_cxr.model.outputs import TYPE, column_formats, format_value, table_columns
 from pneumonia_cxr.model.shipped import is_shipped_model, resolve_model_path
 from pneumonia_cxr.run_folder import METRICS_FILE, SPLIT_FILE
 from pneumonia_cxr.storage import atomic_write_text
@@ -283,6 +283,7 @@ def _write_predictions(
     checks only, as the split's files are read without their colour and DICOM-header facts."""
     outputs = predictor.outputs
     columns = table_columns(outputs)[1:-1]  # less path and error: every row here was read
+    formats = column_formats(outputs)
     typed = types is not None
     truth = ["true_class", *(["true_type"] if typed else []), "counted_as"]
     buffer = io.StringIO()
@@ -293,7 +294,7 @@ def _write_predictions(
         counted = predictor.label(int(scores.decisions[position]))
         kind = [TYPE_NAMES[types[position]] if types[position] >= 0 else ""] if typed else []
         values = result.values(outputs)
-        cells = [format_value(c, values.get(c), outputs) for c in columns]
+        cells = [format_value(c, values.get(c), formats) for c in columns]
         writer.writerow([record.path, record.class_name, *kind, counted, *cells])
     return atomic_write_text(path, buffer.getvalue())
 

@@ -166,7 +166,7 @@ class OnnxEngine:
             ) from error
         self.metadata = meta
         self._has_ood_output = OOD_OUTPUT in outputs
-        unknown = set(self.decision.extra) - {output.name for output in OUTPUTS}
+        unknown = set(self.decision.further) - {output.name for output in OUTPUTS}
         if unknown:
             raise ModelFileError(
                 f"{self.path}: the model gives answers this package does not know "

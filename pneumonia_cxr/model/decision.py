@@ -108,7 +108,7 @@ class Decision:
     """How P(VIRAL | PNEUMONIA) becomes a type; None without a type head."""
     calibration: dict[str, Any] | None = None
     """The site calibration record of a `calibrate`d model file, else None."""
-    extra: dict[str, TypeDecision] = field(default_factory=dict)
+    further: dict[str, TypeDecision] = field(default_factory=dict)
     """How each further output of the registry (`model.outputs`, beyond pneumonia and type)
     becomes a class: its threshold, rule and class names, by output name."""
 
@@ -127,7 +127,7 @@ class Decision:
             guard_cutoff=float(guard["cutoff"]) if guard else None,
             type=TypeDecision.from_payload(kind) if kind else None,
             calibration=meta.get("calibration"),
-            extra={
+            further={
                 name: TypeDecision.from_payload(payload)
                 for name, payload in (meta.get("extra_outputs") or {}).items()
             },

@@ -75,7 +75,7 @@ class ModelBundle:
             guard_cutoff=self.guard.cutoff if self.guard is not None else None,
             type=self.type_decision,
             calibration=self.extra.get("calibration"),
-            extra=dict(self.further_decisions),
+            further=dict(self.further_decisions),
         )
 
     def set_operating_point(self, point: OperatingPoint) -> None:

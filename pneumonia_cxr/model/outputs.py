@@ -42,7 +42,7 @@ class ModelOutput:
     two built-in answers, whose heads the classifier names."""
     present: Callable[[Decision], bool] | None = None
     """Whether a model with this decision record gives this answer (default: it has a decision
-    for it in `Decision.extra`)."""
+    for it in `Decision.further`)."""
     class_names: Callable[[Decision], tuple[str, str]] | None = None
     threshold: Callable[[Decision], float] | None = None
 
@@ -51,18 +51,18 @@ class ModelOutput:
         return f"unassessed_{self.probability_column}"
 
     def given_by(self, decision: Decision) -> bool:
-        return self.present(decision) if self.present else self.name in decision.extra
+        return self.present(decision) if self.present else self.name in decision.further
 
     def classes(self, decision: Decision) -> tuple[str, str]:
         if self.class_names:
             return tuple(self.class_names(decision))
-        return tuple(decision.extra[self.name].class_names)
+        return tuple(decision.further[self.name].class_names)
 
     def cut(self, decision: Decision) -> float:
         """The threshold at which the probability names class 1."""
         if self.threshold:
             return float(self.threshold(decision))
-        return float(decision.extra[self.name].threshold)
+        return float(decision.further[self.name].threshold)
 
 
 PNEUMONIA = ModelOutput(
@@ -128,19 +128,22 @@ def table_columns(outputs: list[ModelOutput], *, heatmap: bool = False) -> list[
     return [*FIRST_COLUMNS, *answers, *CHECK_COLUMNS, *unassessed, *LAST_COLUMNS, *extra]
 
 
-def probability_columns(outputs: list[ModelOutput]) -> set[str]:
-    return {c for o in outputs for c in (o.probability_column, o.unassessed_column)}
+def column_formats(outputs: list[ModelOutput]) -> dict[str, str]:
+    """How each numeric column of a table is written (made once per table, used per cell)."""
+    probabilities = {
+        column
+        for output in outputs
+        for column in (output.probability_column, output.unassessed_column)
+    }
+    return {column: PROBABILITY_FORMAT for column in probabilities} | FORMATS
 
 
-def format_value(column: str, value: Any, outputs: list[ModelOutput]) -> str:
-    """A table cell: blank for None, fixed decimals for probabilities and scores."""
+def format_value(column: str, value: Any, formats: dict[str, str]) -> str:
+    """A table cell: blank for None, fixed decimals for probabilities and scores
+    (`column_formats`)."""
     if value is None:
         return ""
-    if column in probability_columns(outputs):
-        return PROBABILITY_FORMAT.format(value)
-    if column in FORMATS:
-        return FORMATS[column].format(value)
-    return str(value)
+    return formats[column].format(value) if column in formats else str(value)
 
 
 def heatmap_key(name: str, index: int) -> str:
