@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from pneumonia_cxr import __version__
+from pneumonia_cxr.model.classifier import LinearProbe
 from pneumonia_cxr.model.decision import probability
 from pneumonia_cxr.model.model_file import ModelBundle
 from pneumonia_cxr.model.onnx_format import (
@@ -91,19 +92,31 @@ def head_gradcam(linears: list[nn.Linear], feature_map: torch.Tensor) -> torch.T
     return torch.relu((weights[:, :, None, None] * feature_map).sum(dim=1))
 
 
-def _cam_heads(bundle: ModelBundle) -> list[list[nn.Linear]]:
-    """The heads whose Grad-CAM the graph can carry: one network whose backbone output is its
-    Grad-CAM layer's output (so the pooled map is the one the heads read); [] otherwise."""
+def probe_gradcam(probe: LinearProbe, width: int, feature_map: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM of a `LinearProbe` whose last `width` inputs are `feature_map` (N, C, h, w)
+    mean-pooled, in closed form as `head_gradcam`: the gradient is the probe's weights over
+    its scale, the same at every position, so the channel weights are that / (h w)."""
+    gradient = probe.input_gradient()[:, -width:]
+    weights = gradient / (feature_map.shape[2] * feature_map.shape[3])
+    return torch.relu((weights[:, :, None, None] * feature_map).sum(dim=1))
+
+
+def _cam_heads(bundle: ModelBundle) -> list[str]:
+    """The heads whose Grad-CAM the graph can carry, by attribute name ("head", "type_head"):
+    one network whose heads read its Grad-CAM layer's map pooled (the backbone's output for
+    an MLP head, the deepest probed layer for a `LinearProbe`); [] otherwise."""
     members = bundle.model.members
     if len(members) != 1:
         return []
     network = members[0]
-    heads = [network.head] + ([network.type_head] if network.type_head is not None else [])
-    linears = [_mlp_linears(head) for head in heads]
+    if network.probe_layers:
+        return ["head"] if network.type_head is None else []
+    heads = ["head"] + (["type_head"] if network.type_head is not None else [])
+    linears = [_mlp_linears(getattr(network, head)) for head in heads]
     if any(found is None or len(found) < 2 for found in linears):
         return []
     size = int(bundle.preprocessing.image_size)
-    probe = torch.zeros(1, int(bundle.preprocessing.channels), size, size)
+    probe_image = torch.zeros(1, int(bundle.preprocessing.channels), size, size)
     copy_ = (
         copy.deepcopy(network).to(device="cpu", dtype=torch.float32).eval()
     )  # caller's untouched
@@ -111,15 +124,24 @@ def _cam_heads(bundle: ModelBundle) -> list[list[nn.Linear]]:
     handle = copy_.cam_target_layer.register_forward_hook(lambda _m, _i, out: seen.append(out))
     try:
         with torch.inference_mode():
-            output = copy_.backbone(probe)
+            output = copy_.backbone(probe_image)
     finally:
         handle.remove()
-    return linears if seen and seen[-1] is output else []  # type: ignore[return-value]
+    return heads if seen and seen[-1] is output else []
+
+
+def _head_cam(network: nn.Module, head: str, feature_map: torch.Tensor) -> torch.Tensor:
+    """`probe_gradcam` or `head_gradcam` of one of `network`'s heads (the traced network's
+    own modules: a closure over another copy would put its weights in as constants)."""
+    module = getattr(network, head)
+    if isinstance(module, LinearProbe):
+        return probe_gradcam(module, network.probe_widths[-1], feature_map)
+    return head_gradcam(_mlp_linears(module), feature_map)
 
 
 class _ExportedGraph(nn.Module):
     """The exported graph: logit, the one probability formula, the OOD score, and where the
-    model allows it the Grad-CAM maps (`head_gradcam`) from the same pass."""
+    model allows it the Grad-CAM maps (`head_gradcam`, `probe_gradcam`) from the same pass."""
 
     def __init__(self, bundle: ModelBundle) -> None:
         super().__init__()
@@ -133,8 +155,8 @@ class _ExportedGraph(nn.Module):
         maps: list[torch.Tensor] = []
         handle = None
         if self.cam_heads:
-            backbone = self.scoring.classifier.members[0].backbone
-            handle = backbone.register_forward_hook(lambda _m, _i, out: maps.append(out))
+            layer = self.scoring.classifier.members[0].cam_target_layer
+            handle = layer.register_forward_hook(lambda _m, _i, out: maps.append(out))
         try:
             logit, ood_score, type_logit, guard_score, *further = self.scoring(image)
         finally:
@@ -146,7 +168,8 @@ class _ExportedGraph(nn.Module):
         if self.guarded:
             outputs.append(guard_score)
         outputs += further  # one logit per further registry output, in the network's order
-        outputs += [head_gradcam(linears, maps[0]) for linears in self.cam_heads]
+        network = self.scoring.classifier.members[0]
+        outputs += [_head_cam(network, head, maps[-1]) for head in self.cam_heads]
         return tuple(outputs)
 
 

