@@ -69,6 +69,7 @@ LONGEST_FIRST: tuple[str, ...] = (
     "test_notebook.py",
     "test_archive.py",
     "test_calibrate_site.py",
+    "test_adapt_site.py",
     "test_ensemble_ood.py",
     "test_cli.py",
 )

@@ -84,6 +84,9 @@ def test_adapt_makes_a_useful_model_where_the_parent_is_at_chance(
     # Every consumer reads the verdict from the file (the service's /v1/model, the pages).
     assert bundle.decision.calibration["verdict"]["useful"]
     assert bundle.decision.calibration["adapted"] == "probe_parent"
+    from pneumonia_cxr.model.decision import calibration_line
+
+    assert calibration_line(bundle.decision.calibration).startswith("adapted on 140 local images")
 
 
 def test_the_out_of_fold_estimate_and_threshold_hold_on_other_patients(adapted: dict) -> None:

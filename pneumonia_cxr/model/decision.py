@@ -140,6 +140,11 @@ def calibration_line(record: dict[str, Any] | None) -> str | None:
     if not record:
         return None
     total = sum(record.get("images", {}).values())
+    if record.get("adapted"):
+        return (
+            f"adapted on {total} local images ({str(record.get('date', ''))[:10]}, "
+            f"{record['adapted']}, out-of-fold target sensitivity {record.get('min_sensitivity')})"
+        )
     return (
         f"calibrated on {total} local images ({str(record.get('date', ''))[:10]}, "
         f"{record.get('threshold_rule')}, target sensitivity {record.get('min_sensitivity')})"
