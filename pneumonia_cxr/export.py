@@ -110,7 +110,7 @@ def _cam_heads(bundle: ModelBundle) -> list[str]:
         return []
     network = members[0]
     if network.probe_layers:
-        return ["head"] if network.type_head is None else []
+        return ["head"] + (["type_head"] if network.type_head is not None else [])
     heads = ["head"] + (["type_head"] if network.type_head is not None else [])
     linears = [_mlp_linears(getattr(network, head)) for head in heads]
     if any(found is None or len(found) < 2 for found in linears):

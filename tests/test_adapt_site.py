@@ -24,17 +24,26 @@ from pneumonia_cxr.site.held_out import held_out_figures
 
 
 def texture_site(
-    folder: Path, per_class: int, seed: int, *, learnable: bool = True, first: int = 0
+    folder: Path,
+    per_class: int,
+    seed: int,
+    *,
+    learnable: bool = True,
+    first: int = 0,
+    typed: bool = False,
 ) -> Path:
     """48-px films a tiny Kermany-trained model has never seen: NORMAL smoother (blur sigma
     1.0-2.0), PNEUMONIA finer (0.3-1.3; the classes overlap), equal mean and contrast; two
-    films per patient. `learnable=False`: the labels are a coin toss."""
+    films per patient. `learnable=False`: the labels are a coin toss. `typed`: a labels.csv
+    says which PNEUMONIA film is viral (the smoother half, sigma 0.8-1.3) or bacterial."""
     rng = np.random.default_rng(seed)
-    rows = ["file,patient"]
+    rows, types = ["file,patient"], ["file,type"]
     for index in range(2 * per_class):
         label = index % 2 if learnable else int(rng.integers(2))
         texture = index % 2
         sigma = rng.uniform(1.0, 2.0) if texture == 0 else rng.uniform(0.3, 1.3)
+        if typed and label == 1:
+            types.append(f"film{first + index}.png,{'viral' if sigma > 0.8 else 'bacterial'}")
         image = Image.fromarray(rng.normal(128, 40, (48, 48)).clip(0, 255).astype(np.uint8))
         pixels = np.asarray(image.filter(ImageFilter.GaussianBlur(sigma)), dtype=np.float32)
         pixels = (pixels - pixels.mean()) / (pixels.std() + 1e-6) * 40 + 128
@@ -44,6 +53,8 @@ def texture_site(
         Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(path)
         rows.append(f"{path.name},p{texture}_{(first + index) // 4}")
     (folder / "patients.csv").write_text("\n".join(rows) + "\n")
+    if typed:
+        (folder / "labels.csv").write_text("\n".join(types) + "\n")
     return folder
 
 
@@ -129,6 +140,34 @@ def test_the_adapted_file_runs_in_predict_and_its_onnx_export(adapted: dict) -> 
     from pneumonia_cxr.export import output_names
 
     assert "cam" in output_names(load_model(adapted["output"]))  # the pages draw its heatmap
+
+
+def test_a_site_that_names_its_pneumonia_types_gets_its_own_type_head(
+    session_tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    site = texture_site(tmp_path / "site", 50, seed=6, typed=True)
+    output = tmp_path / "site.pt"
+    assert _adapt(session_tiny_model, site, output) == 0
+    bundle = load_model(output)
+    kind = bundle.extra["adaptation"]["type"]
+    assert kind["available"] and sum(kind["images"].values()) == 50
+    assert kind["out_of_fold"]["roc_auc"]["value"] > 0.7  # sigma 0.3-0.8 against 0.8-1.3
+    assert "out-of-fold predictions" in bundle.type_decision.fitted_on
+    assert bundle.type_decision.threshold == kind["out_of_fold"]["threshold"]
+    assert "type (bacterial/viral): fitted on the site" in capsys.readouterr().out
+    from pneumonia_cxr.inference.predictor import Predictor
+    from pneumonia_cxr.predict import predict_paths
+
+    paths = sorted(site.rglob("*.png"))
+    rows = predict_paths(Predictor.open(output, engine="torch"), paths)
+    assert {r.pneumonia_type for r in rows if r.label == "PNEUMONIA"} == {"BACTERIAL", "VIRAL"}
+    pytest.importorskip("onnxruntime")
+    from pneumonia_cxr.export import output_names
+
+    assert output_names(bundle)[-2:] == ["cam", "type_cam"]
+    graph_rows = predict_paths(Predictor.open(output, engine="onnx"), paths)
+    for left, right in zip(rows, graph_rows, strict=True):
+        assert left.pneumonia_type == right.pneumonia_type
 
 
 def test_an_unlearnable_site_gets_its_file_with_a_not_useful_verdict(

@@ -104,9 +104,13 @@ class PneumoniaNet(nn.Module):
                 nn.Linear(hidden2, 1),
             )
         self.type_head_width = type_head
-        self.type_head = (
-            _type_head(self.num_features, type_head, drop2) if type_head is not None else None
-        )
+        self.type_head: nn.Module | None = None
+        if type_head is not None:  # a probe's type head is a probe too (`adapt`; width 0)
+            self.type_head = (
+                LinearProbe(self.num_features)
+                if self.probe_layers
+                else _type_head(self.num_features, type_head, drop2)
+            )
         self.further_heads = nn.ModuleDict()
         for name in further_outputs:
             self.add_output(name)

@@ -36,10 +36,12 @@ from typing import Any
 
 import numpy as np
 
+from pneumonia_cxr import TYPE_NAMES
 from pneumonia_cxr.config import ADAPT_MIN_SENSITIVITY
 from pneumonia_cxr.data.discovery import ImageRecord
 from pneumonia_cxr.data.site import list_site_images, read_patients_csv, site_folds
 from pneumonia_cxr.errors import EvaluationInputError
+from pneumonia_cxr.evaluation.metrics import Estimate
 from pneumonia_cxr.evaluation.threshold import fit_operating_point
 from pneumonia_cxr.model.decision import probability
 from pneumonia_cxr.model.model_file import ModelBundle, load_model
@@ -52,6 +54,7 @@ from pneumonia_cxr.site.calibrate import class_counts
 from pneumonia_cxr.site.held_out import (
     HeldOut,
     format_held_out,
+    format_interval,
     held_out_figures,
     held_out_measure,
     write_site_model,
@@ -200,6 +203,54 @@ def _site_features(
     return features, networks, missing
 
 
+def _site_type(
+    bundle: ModelBundle,
+    features: np.ndarray,
+    records: Sequence[ImageRecord],
+    site: Path,
+    fold_of: np.ndarray,
+    folds: int,
+) -> dict[str, Any]:
+    """The bacterial/viral question fitted on the site's own pneumonia films when they say
+    which is which (Kermany names, type folders or a labels.csv) and hold at least `folds`
+    patients' films of each type: a type probe on the same features, its C and threshold from
+    out-of-fold predictions by the same patient folds. Otherwise the adapted file has no type
+    head (the training hospital's is not carried over): "not available", with the reason."""
+    from pneumonia_cxr.data.pneumonia_types import read_labels_csv, type_labels
+    from pneumonia_cxr.model.classifier import LinearProbe
+    from pneumonia_cxr.training.operating_point import fit_type_decision
+
+    types = np.asarray(type_labels(records, read_labels_csv(site)))
+    known = types >= 0
+    per_type = {name: int((types == k).sum()) for k, name in enumerate(TYPE_NAMES)}
+    fold_types = [set(types[known & (fold_of == k)].tolist()) for k in range(folds)]
+    if min(per_type.values()) < folds or any(len(t) < 2 for t in fold_types):
+        return {
+            "available": False,
+            "images": per_type,
+            "why": "the site's pneumonia images do not say which is bacterial and which viral "
+            f"in every fold ({per_type}; names, type folders or a labels.csv); the training "
+            "hospital's bacterial/viral head is not carried over to the site",
+        }
+    choice = choose({"type": features[known]}, types[known], fold_of[known])
+    p_viral = probability(choice.logits["type"])
+    decision = fit_type_decision(types[known], p_viral, "the site's out-of-fold predictions")
+    network = bundle.model
+    network.type_head, network.type_head_width = LinearProbe(network.num_features), 0
+    fit_probe(network.type_head, features[known], types[known], choice.c)
+    bundle.type_decision = decision
+    measure = held_out_measure(
+        types[known], p_viral, decision.threshold, decision.rule, np.zeros(int(known.sum()))
+    )
+    return {
+        "available": True,
+        "images": per_type,
+        "c": choice.c,
+        "out_of_fold": measure.record(),
+        "why": f"fitted on the site's {int(known.sum())} pneumonia images of known type",
+    }
+
+
 def _fold_store(work: Path) -> tuple[dict[int, dict[str, Any]], Any]:
     """Finished outer folds (resume) and the callback that records each new one."""
     folder = work / "folds"
@@ -265,7 +316,7 @@ def adapt_site(
     point = fit_operating_point(labels, oof_logits, rule=rule, min_sensitivity=min_sensitivity)
     oof_probabilities = probability(oof_logits, point.temperature)
     bundle = networks[final.recipe]
-    fit_probe(bundle.model, features[final.recipe], labels, final.c)
+    fit_probe(bundle.model.head, features[final.recipe], labels, final.c)
     bundle.class_names = parent.class_names
     bundle.set_operating_point(point)
     bundle.intended_use = replace(
@@ -275,6 +326,7 @@ def adapt_site(
         min_age_years=0.0,
         max_age_years=150.0,
     )
+    kind = _site_type(bundle, features[final.recipe], records, site, fold_of, folds)
     guard = refit_site_guard(bundle, records, device, batch_size, seed)
     # Out-of-fold flags are not defined for the guard (fitted on thirds); `after.flagged`
     # counts the written model's flags on the site below.
@@ -301,11 +353,7 @@ def adapt_site(
         "min_sensitivity": min_sensitivity,
         "held_out_before": before.record(),
         "out_of_fold_after": after.record(),
-        "type": {
-            "available": False,
-            "why": "adapt fits the pneumonia question only; the training hospital's "
-            "bacterial/viral head is not carried over to the site",
-        },
+        "type": kind,
         "guard": guard,
     }
     calibration = {
@@ -360,7 +408,7 @@ def format_adapt_report(outcome: AdaptOutcome) -> str:
             record["min_sensitivity"],
         ),
         f"verdict: {outcome.after.verdict['text'].split(';')[0]}",
-        "type (bacterial/viral): not available from the adapted model",
+        _type_line(record["type"]),
         f"written: {outcome.output}; report: {outcome.report['html']}",
     ]
     if not outcome.useful:
@@ -368,3 +416,13 @@ def format_adapt_report(outcome: AdaptOutcome) -> str:
             "the adapted file carries this verdict: do not use it at this site (exit status 3)"
         )
     return "\n".join(lines)
+
+
+def _type_line(kind: dict[str, Any]) -> str:
+    if not kind["available"]:
+        return f"type (bacterial/viral): not available from the adapted model ({kind['images']})"
+    auc = kind["out_of_fold"]["roc_auc"]
+    return (
+        f"type (bacterial/viral): fitted on the site ({kind['images']}), out-of-fold ROC AUC "
+        f"{format_interval(Estimate.from_dict(auc), percent=False)}"
+    )

@@ -31,7 +31,7 @@ from pneumonia_cxr.data.fingerprint import records_fingerprint
 from pneumonia_cxr.errors import EvaluationInputError
 from pneumonia_cxr.faults import kill_if
 from pneumonia_cxr.model.backbones import get_backbone, preprocessing_for
-from pneumonia_cxr.model.classifier import PneumoniaNet
+from pneumonia_cxr.model.classifier import LinearProbe, PneumoniaNet
 from pneumonia_cxr.model.model_file import ModelBundle
 from pneumonia_cxr.storage import atomic_write, atomic_write_text
 
@@ -256,11 +256,10 @@ def nested_cross_fit(
     return CrossFit(logits, chosen, per_recipe)
 
 
-def fit_probe(network: PneumoniaNet, features: np.ndarray, labels: np.ndarray, c: float) -> None:
-    """Fit the head on all images and write it into `network`'s `LinearProbe`."""
+def fit_probe(probe: LinearProbe, features: np.ndarray, labels: np.ndarray, c: float) -> None:
+    """Fit the head on all images and write it into `probe`."""
     head = _fit(features, labels, c)
     scaler, regression = head[0], head[-1]
-    probe = network.head
     with torch.no_grad():
         probe.mean.copy_(torch.as_tensor(scaler.mean_, dtype=torch.float32))
         probe.scale.copy_(torch.as_tensor(scaler.scale_, dtype=torch.float32))

@@ -152,7 +152,7 @@ the recipe and its regularisation chosen without it. Not for diagnostic use.</p>
 <h2>Before and after</h2><table>{"".join(rows)}</table>
 {_roc_svg(before, after)}
 <h2>Recipes tried</h2><table>{"".join(candidates)}</table>
-<p>Bacterial/viral type: {html.escape(report["type"]["why"])}.</p>
+<p>Bacterial/viral type: {html.escape(_type_text(report["type"]))}.</p>
 <h2>Identity</h2><ul>
 <li>adapted model: {html.escape(report["adapted_model"])}</li>
 <li>parent: {html.escape(identity["parent_file"])} (sha256 {identity["parent_sha256"]})</li>
@@ -160,6 +160,13 @@ the recipe and its regularisation chosen without it. Not for diagnostic use.</p>
 <li>site fingerprint: {identity["site_fingerprint"]}</li></ul>
 </body></html>
 """
+
+
+def _type_text(kind: dict[str, Any]) -> str:
+    if not kind["available"]:
+        return "not available: " + kind["why"]
+    auc = Estimate.from_dict(kind["out_of_fold"]["roc_auc"])
+    return f"{kind['why']}; out-of-fold ROC AUC {format_interval(auc, percent=False)}"
 
 
 def write_site_report(
