@@ -60,7 +60,8 @@ def texture_site(
 
 def _adapt(model: Path, site: Path, output: Path, *extra: str) -> int:
     args = ["--model_path", str(model), "--dataset_path", str(site), "--output", str(output)]
-    return main(["adapt", *args, "--recipes", "probe_parent", "--device", "cpu", *extra])
+    recipes = () if "--recipes" in extra else ("--recipes", "probe_parent")
+    return main(["adapt", *args, *recipes, "--device", "cpu", *extra])
 
 
 @pytest.fixture(scope="module")
@@ -238,3 +239,40 @@ def test_killed_mid_features_and_mid_folds_it_resumes_to_the_same_model(
     assert resumed.threshold == pytest.approx(whole.threshold, abs=1e-9)
     left, right = (b.extra["adaptation"]["outer_folds_chose"] for b in (resumed, whole))
     assert left == right
+
+
+@pytest.mark.slow
+def test_fine_tuning_competes_when_asked_for_and_resumes_fold_by_fold(
+    session_tiny_model: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pneumonia_cxr.site import finetune
+
+    short = {**finetune.FINETUNE_RECIPE, "stage2_epochs": 0}  # one epoch a run: seconds
+    monkeypatch.setattr(finetune, "FINETUNE_RECIPE", short)
+    site = texture_site(tmp_path / "site", 30, seed=7)
+    output = tmp_path / "site.pt"
+    recipes = ("--recipes", "probe_parent,finetune", "--folds", "3", "--force")
+    code = _adapt(session_tiny_model, site, output, *recipes)
+    assert code in (0, NOT_USEFUL_EXIT)
+    record = load_model(output).extra["adaptation"]
+    tuned = record["candidates"]["finetune"]
+    assert tuned["c"] is None and tuned["nested_oof_auc"] is None and 0 <= tuned["cv_auc"] <= 1
+    assert record["recipe"] == max(
+        record["candidates"], key=lambda n: record["candidates"][n]["cv_auc"]
+    )
+    work = tmp_path / "site_adapt"
+    assert sorted(p.name for p in (work / "folds").glob("finetune*.json")) == [
+        "finetune0.json",
+        "finetune1.json",
+        "finetune2.json",
+    ]
+    assert "recipe finetune: cross-validated AUC" in capsys.readouterr().out
+    # Re-run: the finished folds and runs are kept, nothing trains again.
+    runs = sorted(work.glob("finetune_fold*/final_pneumonia_model.pt"))
+    stamps = [path.stat().st_mtime_ns for path in runs]
+    assert len(runs) == 3
+    assert _adapt(session_tiny_model, site, output, *recipes) == code
+    assert [path.stat().st_mtime_ns for path in runs] == stamps

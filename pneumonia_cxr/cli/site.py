@@ -16,11 +16,11 @@ from pneumonia_cxr.config import ADAPT_MIN_SENSITIVITY, RunConfig
 from pneumonia_cxr.data import SPLITS
 from pneumonia_cxr.evaluation import THRESHOLD_RULES
 from pneumonia_cxr.site import (
+    ADAPT_RECIPE_NAMES,
     DEFAULT_ADAPT_RECIPES,
     MIN_IMAGES_PER_CLASS,
     MIN_PATIENTS_PER_CLASS,
     NOT_USEFUL_EXIT,
-    PROBE_RECIPE_NAMES,
 )
 
 
@@ -153,7 +153,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     adapt.add_argument(
         "--recipes",
         default=",".join(DEFAULT_ADAPT_RECIPES),
-        help=f"comma-separated, from {', '.join(PROBE_RECIPE_NAMES)}",
+        help=f"comma-separated, from {', '.join(ADAPT_RECIPE_NAMES)} (finetune: folds + 1 "
+        "training runs, minutes each; asked for by name)",
     )
     adapt.add_argument("--seed", type=int, default=0, help="seed of the patient folds")
     adapt.add_argument(

@@ -17,8 +17,14 @@ MIN_PATIENTS_PER_CLASS = 10
 """`adapt` cross-fits by patient: with fewer patients of a class, a fold's estimate rests on
 one or two children and the out-of-fold AUC's interval spans most of the range."""
 
-PROBE_RECIPE_NAMES = ("probe_parent", "probe_imagenet_lite0", "probe_imagenet_resnet50")
-"""`site.probe.PROBE_RECIPES`' names (the CLI offers them without importing torch)."""
+ADAPT_RECIPE_NAMES = (
+    "probe_parent",
+    "probe_imagenet_lite0",
+    "probe_imagenet_resnet50",
+    "finetune",
+)
+"""`site.probe.PROBE_RECIPES`' names and `site.finetune`'s (the CLI offers them without
+importing torch)."""
 
 DEFAULT_ADAPT_RECIPES = ("probe_parent", "probe_imagenet_lite0", "probe_imagenet_resnet50")
 """The recipes `adapt` tries by default (`site.probe.PROBE_RECIPES`): a logistic head on the

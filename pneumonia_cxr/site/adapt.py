@@ -51,6 +51,7 @@ from pneumonia_cxr.site import (
     MIN_PATIENTS_PER_CLASS,
 )
 from pneumonia_cxr.site.calibrate import class_counts
+from pneumonia_cxr.site.finetune import FINETUNE, cross_fit_finetune, final_finetune
 from pneumonia_cxr.site.held_out import (
     HeldOut,
     format_held_out,
@@ -121,6 +122,11 @@ def check_site(counts: dict[str, Any], folds: int, force: bool) -> None:
     """Refuse only what the data cannot support, with the numbers: a class missing, fewer
     than `folds` patients of a class (a fold without it), or, unless `force`, fewer than
     `MIN_IMAGES_PER_CLASS` images or `MIN_PATIENTS_PER_CLASS` patients of a class."""
+    if folds < 3:
+        raise EvaluationInputError(
+            f"--folds {folds}: at least 3 are needed (the nested estimate chooses inside the "
+            "other folds, which must be at least two)"
+        )
     images, patients = counts["images"], counts["patients"]
     missing = [name for name, n in images.items() if n == 0]
     if missing:
@@ -153,15 +159,20 @@ def _fold_numbers(
     return np.array([where[id(r)] for r in records])
 
 
-def _estimate_line(recipes: Sequence[str], parent: ModelBundle, n: int) -> str:
+def _estimate_line(recipes: Sequence[str], parent: ModelBundle, n: int, folds: int) -> str:
+    """The time budget, said before the long part."""
+    probes = [name for name in recipes if name != FINETUNE]
     seconds = 0.0
-    for name in recipes:
+    for name in probes:
         backbone = PROBE_RECIPES[name].backbone or parent.backbone_name
         seconds += n / IMAGES_PER_SECOND.get(backbone, min(IMAGES_PER_SECOND.values()))
-    return (
-        f"features: {len(recipes)} network(s) x {n} images, about {seconds / 60:.0f} min on 2 "
+    line = (
+        f"features: {len(probes)} network(s) x {n} images, about {seconds / 60:.0f} min on 2 "
         "CPU cores (the long part; resumable); cross-fitting the heads: seconds"
     )
+    if FINETUNE in recipes:
+        line += f"; finetune: {folds + 1} training runs, minutes each (resumable)"
+    return line
 
 
 def _site_features(
@@ -198,8 +209,6 @@ def _site_features(
         )
         networks[name] = bundle
     bar.close()
-    if not features:
-        raise EvaluationInputError(f"no adapt recipe can run here: {missing}")
     return features, networks, missing
 
 
@@ -289,9 +298,9 @@ def adapt_site(
 
     model_path, site, output = Path(model_path), Path(site), Path(output)
     work = Path(work_dir) if work_dir is not None else output.with_name(output.stem + "_adapt")
-    unknown = [name for name in recipes if name not in PROBE_RECIPES]
+    unknown = [name for name in recipes if name not in (*PROBE_RECIPES, FINETUNE)]
     if unknown:
-        known = list(PROBE_RECIPES)
+        known = [*PROBE_RECIPES, FINETUNE]
         raise EvaluationInputError(f"unknown recipe(s) {unknown}; choose from {known}")
     records = list_site_images(site, split)
     patients = read_patients_csv(site)
@@ -307,16 +316,42 @@ def adapt_site(
         file=sys.stderr,
     )
     before = held_out_figures(model_path, records, device=device, batch_size=batch_size)
-    print(_estimate_line(recipes, parent, len(records)), file=sys.stderr)
-    features, networks, missing = _site_features(parent, recipes, records, work, batch_size, device)
-    done, save = _fold_store(work)
-    crossed = nested_cross_fit(features, labels, fold_of, on_fold=save, done=done)
-    final = choose(features, labels, fold_of)
-    oof_logits = final.logits[final.recipe]
+    print(_estimate_line(recipes, parent, len(records), folds), file=sys.stderr)
+    probes = [name for name in recipes if name != FINETUNE]
+    features, networks, missing = _site_features(parent, probes, records, work, batch_size, device)
+    if not features and FINETUNE not in recipes:
+        raise EvaluationInputError(f"no adapt recipe can run here: {missing}")
+    candidates: dict[str, dict[str, Any]] = {}
+    chosen, c, oof_logits, nested, crossed = "", None, np.zeros(0), None, None
+    if features:
+        done, save = _fold_store(work)
+        crossed = nested_cross_fit(features, labels, fold_of, on_fold=save, done=done)
+        final = choose(features, labels, fold_of)
+        candidates = {
+            name: {
+                **final.candidates[name],
+                "nested_oof_auc": _auc(labels, crossed.per_recipe[name]),
+            }
+            for name in features
+        }
+        chosen, c, oof_logits = final.recipe, final.c, final.logits[final.recipe]
+        nested = _auc(labels, crossed.logits)
+    if FINETUNE in recipes:
+        tuned = cross_fit_finetune(
+            model_path, records, fold_of, patients, work, seed=seed, batch_size=batch_size
+        )
+        candidates[FINETUNE] = {"c": None, "cv_auc": _auc(labels, tuned), "nested_oof_auc": None}
+        if not chosen or candidates[FINETUNE]["cv_auc"] > candidates[chosen]["cv_auc"]:
+            chosen, c, oof_logits = FINETUNE, None, tuned
     point = fit_operating_point(labels, oof_logits, rule=rule, min_sensitivity=min_sensitivity)
     oof_probabilities = probability(oof_logits, point.temperature)
-    bundle = networks[final.recipe]
-    fit_probe(bundle.model.head, features[final.recipe], labels, final.c)
+    if chosen == FINETUNE:
+        bundle = final_finetune(
+            model_path, records, patients, work, seed=seed, batch_size=batch_size
+        )
+    else:
+        bundle = networks[chosen]
+        fit_probe(bundle.model.head, features[chosen], labels, c)
     bundle.class_names = parent.class_names
     bundle.set_operating_point(point)
     bundle.intended_use = replace(
@@ -326,29 +361,33 @@ def adapt_site(
         min_age_years=0.0,
         max_age_years=150.0,
     )
-    kind = _site_type(bundle, features[final.recipe], records, site, fold_of, folds)
+    kind = (
+        _site_type(bundle, features[chosen], records, site, fold_of, folds)
+        if chosen != FINETUNE
+        else {
+            "available": False,
+            "images": {},
+            "why": "the fine-tuned network has no type head (the training hospital's is dropped)",
+        }
+    )
     guard = refit_site_guard(bundle, records, device, batch_size, seed)
     # Out-of-fold flags are not defined for the guard (fitted on thirds); `after.flagged`
     # counts the written model's flags on the site below.
     after = held_out_measure(
         labels, oof_probabilities, point.threshold, rule, np.zeros(len(labels), dtype=bool)
     )
-    candidates = {
-        name: {**final.candidates[name], "nested_oof_auc": _auc(labels, crossed.per_recipe[name])}
-        for name in features
-    }
     record = {
-        "recipe": final.recipe,
-        "c": final.c,
-        "cv_auc": final.cv_auc,
+        "recipe": chosen,
+        "c": c,
+        "cv_auc": candidates[chosen]["cv_auc"],
         "candidates": candidates,
         "not_available": missing,
         "folds": folds,
         "seed": seed,
         "split": "by patient" if patients else "by patient where known",
         "site": counts,
-        "outer_folds_chose": crossed.chosen,
-        "nested_oof_auc": _auc(labels, crossed.logits),
+        "outer_folds_chose": crossed.chosen if crossed is not None else [],
+        "nested_oof_auc": nested,
         "threshold_rule": rule,
         "min_sensitivity": min_sensitivity,
         "held_out_before": before.record(),
@@ -362,7 +401,7 @@ def adapt_site(
         "threshold_rule": rule,
         "min_sensitivity": min_sensitivity,
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "adapted": final.recipe,
+        "adapted": chosen,
         "out_of_fold": True,
         "site_sensitivity": after.metrics.sensitivity.value,
         "site_specificity": after.metrics.specificity.value,
@@ -393,15 +432,22 @@ def format_adapt_report(outcome: AdaptOutcome) -> str:
         format_held_out("the model as it was, on all site images", outcome.before),
     ]
     for name, figures in record["candidates"].items():
+        strength = f" (C {figures['c']:g})" if figures["c"] is not None else ""
+        nested = figures["nested_oof_auc"]
         lines.append(
-            f"  recipe {name}: cross-validated AUC {figures['cv_auc']:.3f} (C {figures['c']:g}), "
-            f"nested out-of-fold AUC {figures['nested_oof_auc']:.3f}"
+            f"  recipe {name}: cross-validated AUC {figures['cv_auc']:.3f}{strength}"
+            + (f", nested out-of-fold AUC {nested:.3f}" if nested is not None else "")
         )
     for name, why in record["not_available"].items():
         lines.append(f"  recipe {name}: not available here ({why})")
     lines += [
-        f"chosen: {record['recipe']} (C {record['c']:g}); nested out-of-fold AUC of the whole "
-        f"choice: {record['nested_oof_auc']:.3f}",
+        f"chosen: {record['recipe']}"
+        + (f" (C {record['c']:g})" if record["c"] is not None else "")
+        + (
+            f"; nested out-of-fold AUC of the probes' choice: {record['nested_oof_auc']:.3f}"
+            if record["nested_oof_auc"] is not None
+            else ""
+        ),
         format_held_out(
             "adapted, out of fold (each image by a head that never saw its patient)",
             outcome.after,

@@ -121,9 +121,11 @@ def _html(report: dict[str, Any], before: HeldOut, after: HeldOut) -> str:
             _row(
                 [
                     name + (" (chosen)" if name == identity["recipe"] else ""),
-                    f"{figures['c']:g}",
+                    "-" if figures["c"] is None else f"{figures['c']:g}",
                     f"{figures['cv_auc']:.3f}",
-                    f"{figures['nested_oof_auc']:.3f}",
+                    "-"
+                    if figures["nested_oof_auc"] is None
+                    else f"{figures['nested_oof_auc']:.3f}",
                 ]
             )
         )
@@ -156,10 +158,14 @@ the recipe and its regularisation chosen without it. Not for diagnostic use.</p>
 <h2>Identity</h2><ul>
 <li>adapted model: {html.escape(report["adapted_model"])}</li>
 <li>parent: {html.escape(identity["parent_file"])} (sha256 {identity["parent_sha256"]})</li>
-<li>recipe: {html.escape(identity["recipe"])}, C {identity["c"]:g}</li>
+<li>recipe: {html.escape(identity["recipe"])}{_strength(identity["c"])}</li>
 <li>site fingerprint: {identity["site_fingerprint"]}</li></ul>
 </body></html>
 """
+
+
+def _strength(c: float | None) -> str:
+    return "" if c is None else f", C {c:g}"
 
 
 def _type_text(kind: dict[str, Any]) -> str:
