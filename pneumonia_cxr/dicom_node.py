@@ -39,13 +39,34 @@ UNCOMPRESSED = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")  # explicit / implic
 MAX_PDU = 64 * 1024
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+DEST_TOKEN_ENV = "PNEUMONIA_CXR_DEST_TOKEN"
+"""A bearer token for a STOW-RS destination that asks for one (never on the command line)."""
+
+
+def parse_destination(text: str) -> tuple[str, str, int] | str:
+    """`AE@HOST:PORT` (a PACS, C-STORE) -> (AE, host, port); `http(s)://.../dicom-web` (a
+    DICOMweb server, STOW-RS) -> the URL. Anything else is a clear error."""
+    if text.startswith(("http://", "https://")):
+        return text.rstrip("/")
+    title, _, address = text.partition("@")
+    host, _, port = address.rpartition(":")
+    if not title or not host or not port.isdigit():
+        raise ValueError(
+            f"--dest {text!r}: give AE@HOST:PORT (e.g. ORTHANC@127.0.0.1:4242) or a DICOMweb "
+            "URL (e.g. http://127.0.0.1:8042/dicom-web)"
+        )
+    return title, host, int(port)
+
+
 @dataclass
 class NodeConfig:
     work_dir: Path
     allowed_callers: tuple[str, ...]
     """Calling AE titles allowed to send (an association from any other is rejected)."""
-    destination: tuple[str, str, int]
-    """(AE title, host, port) the results are C-STOREd to."""
+    destination: tuple[str, str, int] | str
+    """(AE title, host, port) the results are C-STOREd to, or a DICOMweb base URL they are
+    STOW-RS'd to (`parse_destination`)."""
     ae_title: str = "PCXNODE"
     host: str = "127.0.0.1"
     port: int = 11112
@@ -54,14 +75,45 @@ class NodeConfig:
     retries: int = 3
     retry_seconds: float = 5.0
     max_bytes: int = 512 * 1024 * 1024
-    """A dataset larger than this is refused (a 2 GB declared length never fills the disk)."""
+    """A dataset larger than this is refused: its association is aborted once this many of its
+    bytes have arrived, and an element declaring more (a forged 2 GB length) is refused."""
+    tls_cert: Path | None = None
+    """The listener's certificate (PEM): with `tls_key`, callers must speak TLS."""
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+    """CA certificates (PEM) a caller's certificate must chain to (mutual TLS); None: any
+    caller on the allow-list, its certificate not asked for."""
+    dest_tls_ca: Path | None = None
+    """CA certificates the destination's certificate must chain to: C-STORE then runs over
+    TLS (an https STOW-RS URL always does, verified against these or the system's CAs)."""
+    plain_on_network: bool = False
+    """Listen on another interface than loopback without TLS (TLS terminated elsewhere)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.allowed_callers:
             raise ValueError("allow at least one calling AE title (--allow)")
-        if self.host not in ("127.0.0.1", "localhost", "::1") and len(self.allowed_callers) < 1:
-            raise ValueError("another interface than loopback needs an allow-list")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("TLS needs both --tls_cert and --tls_key")
+        if self.host not in LOOPBACK and self.tls_cert is None and not self.plain_on_network:
+            raise ValueError(
+                f"--host {self.host}: another interface than loopback needs TLS (--tls_cert, "
+                "--tls_key, and --tls_ca to ask callers for certificates) or, where TLS is "
+                "terminated elsewhere, --plain_on_network"
+            )
+
+    def listener_tls(self):
+        """The listener's `ssl.SSLContext`, or None (plain DICOM)."""
+        if self.tls_cert is None:
+            return None
+        import ssl
+
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.tls_cert, self.tls_key)
+        if self.tls_ca is not None:
+            context.verify_mode = ssl.CERT_REQUIRED
+            context.load_verify_locations(self.tls_ca)
+        return context
 
 
 class Queue:
@@ -141,6 +193,10 @@ class DicomNode:
         except Exception as error:
             log.warning("refused an unreadable dataset from %s: %s", self._caller(event), error)
             return 0xC210
+        forged = _length_beyond_data(dataset, self.config.max_bytes)
+        if forged:
+            log.warning("refused a dataset from %s: %s", self._caller(event), forged)
+            return 0xC210
         uid = str(dataset.SOPInstanceUID)
         target = self.received / f"{uid}.dcm"
         temporary = target.with_suffix(".part")
@@ -168,6 +224,32 @@ class DicomNode:
         self._wake.set()
         return 0x0000
 
+    def _on_pdu(self, event) -> None:
+        """Count a dataset's bytes as its fragments arrive; past `max_bytes`, abort the
+        association before the rest comes (pynetdicom would buffer it all first)."""
+        items = getattr(event.pdu, "presentation_data_value_items", None)
+        if not items:
+            return
+        assoc = event.assoc
+        count = getattr(assoc, "pcx_dataset_bytes", 0)
+        for item in items:
+            value = item.presentation_data_value
+            if value[0] & 0x01:  # a command fragment
+                continue
+            count += len(value) - 1
+            if count > self.config.max_bytes:
+                log.warning(
+                    "aborted the association from %s: a dataset passed %d bytes (--max_mb)",
+                    self._caller(event),
+                    self.config.max_bytes,
+                )
+                assoc.pcx_dataset_bytes = 0
+                threading.Thread(target=assoc.abort, daemon=True).start()  # not in its reader
+                return
+            if value[0] & 0x02:  # the dataset's last fragment
+                count = 0
+        assoc.pcx_dataset_bytes = count
+
     @staticmethod
     def _caller(event) -> str:
         return str(event.assoc.requestor.ae_title).strip()
@@ -183,19 +265,21 @@ class DicomNode:
         self._server = ae.start_server(
             (self.config.host, self.config.port),
             block=False,
-            evt_handlers=[(evt.EVT_C_STORE, self._on_store)],
+            ssl_context=self.config.listener_tls(),
+            evt_handlers=[(evt.EVT_C_STORE, self._on_store), (evt.EVT_PDU_RECV, self._on_pdu)],
         )
         threading.Thread(target=self._work, name="pcx-node-worker", daemon=True).start()
         if self.config.health_port is not None:
             self._health = _health_server(self.config.host, self.config.health_port, self)
             threading.Thread(target=self._health.serve_forever, daemon=True).start()
         log.info(
-            "DICOM node %s listening on %s:%d (callers %s), results to %s@%s:%d",
+            "DICOM node %s listening on %s:%d%s (callers %s), results to %s",
             self.config.ae_title,
             self.config.host,
             self.config.port,
+            " over TLS" if self.config.tls_cert else "",
             ",".join(self.config.allowed_callers),
-            *self.config.destination,
+            _destination_name(self.config),
         )
 
     def stop(self) -> None:
@@ -244,7 +328,7 @@ class DicomNode:
             return False
         uid, _, attempts, results = item
         try:
-            _c_store([Path(p) for p in json.loads(results)], self.config)
+            send_results([Path(p) for p in json.loads(results)], self.config)
         except Exception as error:
             attempts += 1
             state = "dead" if attempts >= self.config.retries else "scored"
@@ -254,23 +338,81 @@ class DicomNode:
                 self._stop.wait(self.config.retry_seconds)
             return True
         self.queue.set(uid, "sent")
-        log.info("sent the results of %s to %s", uid, self.config.destination[0])
+        log.info("sent the results of %s to %s", uid, _destination_name(self.config))
         return True
 
 
+def _length_beyond_data(dataset, limit: int) -> str | None:
+    """Why a received dataset is refused before it is kept: a top-level element that declares
+    more bytes than the limit or than arrived (a forged 2 GB length); None when none does."""
+    from pydicom.dataelem import RawDataElement
+
+    for tag in list(dataset.keys()):
+        raw = dataset.get_item(tag)
+        if not isinstance(raw, RawDataElement) or raw.length == 0xFFFFFFFF:
+            continue
+        arrived = len(raw.value) if raw.value is not None else 0
+        if raw.length > limit or arrived < raw.length:
+            return f"element {tag} declares {raw.length} bytes, {arrived} arrived (limit {limit})"
+    return None
+
+
+def _destination_name(config: NodeConfig) -> str:
+    if isinstance(config.destination, str):
+        return f"{config.destination} (STOW-RS)"
+    title, host, port = config.destination
+    return f"{title}@{host}:{port}" + (" over TLS" if config.dest_tls_ca else "")
+
+
+def send_results(paths: list[Path], config: NodeConfig) -> None:
+    """Send result files to the destination (C-STORE or STOW-RS); raise on any failure."""
+    if not paths:
+        return
+    if isinstance(config.destination, str):
+        _stow(paths, config)
+    else:
+        _c_store(paths, config)
+
+
+def _stow(paths: list[Path], config: NodeConfig) -> None:
+    """STOW-RS every file in one request (dicomweb-client); raise unless all are stored."""
+    import pydicom
+    import requests
+    from dicomweb_client.api import DICOMwebClient
+
+    session = requests.Session()
+    if config.dest_tls_ca is not None:
+        session.verify = str(config.dest_tls_ca)
+    token = os.environ.get(DEST_TOKEN_ENV)
+    if token:
+        session.headers["Authorization"] = f"Bearer {token}"
+    client = DICOMwebClient(url=str(config.destination), session=session)
+    response = client.store_instances([pydicom.dcmread(path) for path in paths])
+    failed = response.get("00081198") if response is not None else None  # FailedSOPSequence
+    if failed and failed.get("Value"):
+        raise ConnectionError(f"STOW-RS refused {len(failed['Value'])} object(s): {failed}")
+
+
 def _c_store(paths: list[Path], config: NodeConfig) -> None:
-    """C-STORE each file to the destination in one association; raise on any failure."""
+    """C-STORE each file to the destination in one association (over TLS where the
+    destination's CA is given)."""
     import pydicom
     from pynetdicom import AE
 
-    if not paths:
-        return
     datasets = [pydicom.dcmread(path) for path in paths]
     ae = AE(ae_title=config.ae_title)
     for sop_class in {str(ds.SOPClassUID) for ds in datasets}:
         ae.add_requested_context(sop_class, list(UNCOMPRESSED))
     title, host, port = config.destination
-    assoc = ae.associate(host, port, ae_title=title)
+    tls = None
+    if config.dest_tls_ca is not None:
+        import ssl
+
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=config.dest_tls_ca)
+        if config.tls_cert is not None:  # the node's own certificate, for a PACS that asks
+            context.load_cert_chain(config.tls_cert, config.tls_key)
+        tls = (context, host)
+    assoc = ae.associate(host, port, ae_title=title, tls_args=tls)
     if not assoc.is_established:
         raise ConnectionError(f"no association with {title}@{host}:{port}")
     try:

@@ -60,3 +60,7 @@ class EvaluationInputError(PneumoniaCxrError, ValueError):
 
 class RunFolderError(PneumoniaCxrError):
     """A run folder already holds a run, or cannot be resumed."""
+
+
+class NodeConfigError(PneumoniaCxrError, ValueError):
+    """A DICOM node's settings cannot be run safely (e.g. another interface without TLS)."""

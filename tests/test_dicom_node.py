@@ -55,8 +55,11 @@ def _wait(check, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+
+
 class Orthanc:
-    def __init__(self, root: Path, node_port: int) -> None:
+    def __init__(self, root: Path, node_port: int, dicomweb: bool = False) -> None:
         self.http, self.dicom = _free_port(), _free_port()
         config = {
             "Name": "pcx-test",
@@ -72,7 +75,8 @@ class Orthanc:
             "DicomCheckModalityHost": False,
             "DicomAlwaysAllowStore": True,
             "DicomModalities": {"node": ["PCXNODE", "127.0.0.1", node_port]},
-            "Plugins": [],
+            "Plugins": [str(DICOMWEB_PLUGIN)] if dicomweb else [],
+            "DicomWeb": {"Enable": dicomweb, "Root": "/dicom-web/"},
         }
         (root / "orthanc.json").write_text(json.dumps(config))
         self.process = subprocess.Popen(
@@ -239,14 +243,17 @@ def test_an_unknown_caller_is_rejected_and_a_report_is_refused(round_trip: dict)
     assert round_trip["alive_after"] is True
 
 
-def _store_as(ae_title: str, port: int, dataset: pydicom.Dataset):
+def _store_as(ae_title: str, port: int, dataset: pydicom.Dataset | Path, tls=None):
     """(association established, C-STORE status or None) of one send to the node, offering
-    only the dataset's own transfer syntax."""
+    only the dataset's own transfer syntax (a path: sent as its bytes, undecoded)."""
     from pynetdicom import AE
 
+    meta = (
+        pydicom.dcmread(dataset, stop_before_pixels=True) if isinstance(dataset, Path) else dataset
+    )
     ae = AE(ae_title=ae_title)
-    ae.add_requested_context(dataset.SOPClassUID, dataset.file_meta.TransferSyntaxUID)
-    assoc = ae.associate("127.0.0.1", port, ae_title="PCXNODE")
+    ae.add_requested_context(meta.SOPClassUID, meta.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", port, ae_title="PCXNODE", tls_args=tls)
     if not assoc.is_established:
         return False, None
     try:
@@ -316,6 +323,142 @@ def test_sigkill_with_images_queued_loses_nothing_and_duplicates_nothing(
             for o in reports
         ]
         assert sorted(referenced) == sorted(sources)  # one SR per film, none twice
+    finally:
+        node.send_signal(signal.SIGTERM)
+        node.wait(timeout=60)
+        orthanc.stop()
+
+
+def _film(real_data_root: Path, size: int | None = None) -> bytes:
+    film = sorted((real_data_root / "test" / "NORMAL").glob("*.jpeg"))[1]
+    image = Image.open(film).convert("L")
+    if size is not None:
+        image = image.resize((size, size))
+    return _computed_radiograph(dicom_bytes(np.asarray(image), PatientAge="005Y"))
+
+
+def _in_process_node(tmp_path: Path, **settings):
+    from pneumonia_cxr.dicom_node import DicomNode, NodeConfig
+
+    port = _free_port()
+    config = NodeConfig(
+        work_dir=tmp_path / "node",
+        allowed_callers=("SCU",),
+        destination=("NOBODY", "127.0.0.1", _free_port()),
+        port=port,
+        retries=1,
+        **settings,
+    )
+    node = DicomNode(config)
+    node.start()
+    return node, port
+
+
+def test_a_dataset_past_the_limit_is_aborted_as_it_arrives_and_a_forged_length_refused(
+    real_data_root: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The limit is enforced while the fragments arrive (the association is aborted before the
+    rest comes), an element declaring 2 GB is refused, and the node takes the next film."""
+    from pynetdicom import _config
+
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)  # a file's bytes as they are
+    node, port = _in_process_node(tmp_path, max_bytes=300_000)
+    try:
+        big = pydicom.dcmread(__import__("io").BytesIO(_film(real_data_root, 700)))  # ~490 KB
+        established, status = _store_as("SCU", port, big)
+        assert established and status is None  # aborted mid-dataset: no status came back
+        small = _film(real_data_root)
+        at = small.rfind(b"\xe0\x7f\x10\x00")  # Pixel Data, explicit VR OB: length at +8
+        forged = tmp_path / "forged.dcm"
+        forged.write_bytes(small[: at + 8] + (0x7FFFFFF0).to_bytes(4, "little") + small[at + 12 :])
+        assert _store_as("SCU", port, forged)[1] == 0xC210
+        assert _store_as("SCU", port, pydicom.dcmread(__import__("io").BytesIO(small)))[1] == 0
+        assert sum(node.queue.counts().values()) == 1  # only the good film was kept
+        messages = " ".join(r.getMessage() for r in caplog.records)
+        assert (
+            "a dataset passed 300000 bytes" in messages and "declares 2147483632 bytes" in messages
+        )
+        assert not list((tmp_path / "node" / "received").glob("*.part"))
+    finally:
+        node.stop()
+
+
+def _certificates(folder: Path) -> dict[str, Path]:
+    """A CA, a node certificate for 127.0.0.1 and a caller certificate (openssl CLI)."""
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+        "-days", "2", "-subj", "/CN=test CA")  # fmt: skip
+    for name in ("node", "caller"):
+        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out",
+            f"{name}.csr", "-subj", f"/CN={name}")  # fmt: skip
+        (folder / f"{name}.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", f"{name}.pem", "-days", "2",
+            "-extfile", f"{name}.ext")  # fmt: skip
+    return {
+        name: folder / name
+        for name in ("ca.pem", "node.pem", "node.key", "caller.pem", "caller.key")
+    }
+
+
+def test_a_tls_node_takes_tls_callers_with_a_certificate_only(
+    real_data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    import ssl
+
+    from pneumonia_cxr.cli import main
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl absent")
+    files = _certificates(tmp_path / "tls")
+    node, port = _in_process_node(
+        tmp_path, tls_cert=files["node.pem"], tls_key=files["node.key"], tls_ca=files["ca.pem"]
+    )
+    film = pydicom.dcmread(__import__("io").BytesIO(_film(real_data_root)))
+    try:
+        assert _store_as("SCU", port, film) == (False, None)  # plain DICOM: no association
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=files["ca.pem"])
+        assert _store_as("SCU", port, film, tls=(context, "127.0.0.1")) == (False, None)
+        context.load_cert_chain(files["caller.pem"], files["caller.key"])  # mutual TLS
+        assert _store_as("SCU", port, film, tls=(context, "127.0.0.1")) == (True, 0)
+        assert sum(node.queue.counts().values()) == 1
+    finally:
+        node.stop()
+    # Another interface than loopback without TLS: refused before anything listens.
+    args = ["dicom-node", str(tmp_path / "w"), "--allow", "SCU", "--dest", "PACS@10.0.0.9:104"]
+    assert main([*args, "--host", "0.0.0.0"]) == 2
+    assert "needs TLS" in capsys.readouterr().err
+    assert main([*args[:4], "--dest", "nowhere"]) == 2
+    assert "AE@HOST:PORT" in capsys.readouterr().err
+
+
+def test_results_go_to_a_dicomweb_server_by_stow_rs(real_data_root: Path, tmp_path: Path) -> None:
+    """The node's destination as a DICOMweb URL: Orthanc's DICOMweb plugin receives the SR and
+    the capture by STOW-RS."""
+    if shutil.which("Orthanc") is None or not DICOMWEB_PLUGIN.exists():
+        pytest.skip("Orthanc or its DICOMweb plugin absent (.ci/run installs orthanc-dicomweb)")
+    node_port, health = _free_port(), _free_port()
+    orthanc = Orthanc(tmp_path, node_port, dicomweb=True)
+    command = [sys.executable, "-m", "pneumonia_cxr.cli", "dicom-node", str(tmp_path / "node")]
+    command += ["--allow", "ORTHANC", "--dest", f"http://127.0.0.1:{orthanc.http}/dicom-web"]
+    command += ["--port", str(node_port), "--health_port", str(health)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    node = subprocess.Popen(command, env=env, stderr=open(tmp_path / "node.log", "wb"))  # noqa: SIM115
+    try:
+        _wait(lambda: _counts(health), 120, "the node to start")
+        uploaded = orthanc.post("/instances", _film(real_data_root))
+        orthanc.post("/modalities/node/store", json.dumps(uploaded["ID"]).encode())
+        _wait(lambda: _counts(health).get("sent") == 1, 300, "the results sent")
+        modalities = sorted(str(o.Modality) for o in orthanc.instances())
+        assert modalities == ["CR", "OT", "SR"]
+        assert "(STOW-RS)" in (tmp_path / "node.log").read_text()
     finally:
         node.send_signal(signal.SIGTERM)
         node.wait(timeout=60)

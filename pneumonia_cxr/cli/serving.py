@@ -64,24 +64,31 @@ def cmd_web(args: argparse.Namespace) -> int:
 def cmd_dicom_node(args: argparse.Namespace) -> int:
     import logging
 
-    from pneumonia_cxr.dicom_node import NodeConfig, run_node
+    from pneumonia_cxr.dicom_node import NodeConfig, parse_destination, run_node
+    from pneumonia_cxr.errors import NodeConfigError
 
     logging.getLogger("pneumonia_cxr.dicom_node").setLevel(logging.INFO)  # a line per study
-    host = args.dest.rsplit(":", 1)[0].split("@")[-1]
-    title, port = args.dest.split("@")[0], int(args.dest.rsplit(":", 1)[1])
-    run_node(
-        NodeConfig(
+    optional = {
+        name: Path(getattr(args, name)) if getattr(args, name) else None
+        for name in ("tls_cert", "tls_key", "tls_ca", "dest_tls_ca", "model_path")
+    }
+    try:
+        config = NodeConfig(
             work_dir=Path(args.work_dir),
             allowed_callers=tuple(args.allow),
-            destination=(title, host, port),
+            destination=parse_destination(args.dest),
             ae_title=args.ae_title,
             host=args.host,
             port=args.port,
             health_port=args.health_port,
-            model_path=Path(args.model_path) if args.model_path else None,
             retries=args.retries,
+            max_bytes=int(args.max_mb * 1024 * 1024),
+            plain_on_network=args.plain_on_network,
+            **optional,
         )
-    )
+    except ValueError as error:
+        raise NodeConfigError(str(error)) from error
+    run_node(config)
     return 0
 
 
@@ -122,13 +129,32 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="a calling AE title allowed to send (repeat for several)",
     )  # fmt: skip
     node.add_argument(
-        "--dest", required=True, metavar="AE@HOST:PORT",
-        help="where results are C-STOREd, e.g. ORTHANC@127.0.0.1:4242",
+        "--dest", required=True, metavar="AE@HOST:PORT|URL",
+        help="where results go: a PACS by C-STORE (ORTHANC@127.0.0.1:4242) or a DICOMweb "
+        "server by STOW-RS (http://127.0.0.1:8042/dicom-web; a bearer token from "
+        "$PNEUMONIA_CXR_DEST_TOKEN)",
     )  # fmt: skip
     node.add_argument("--ae_title", default="PCXNODE")
-    node.add_argument("--host", default="127.0.0.1", help="default loopback only")
+    node.add_argument(
+        "--host", default="127.0.0.1",
+        help="default loopback only; another interface needs TLS or --plain_on_network",
+    )  # fmt: skip
     node.add_argument("--port", type=int, default=11112)
     node.add_argument("--health_port", type=int, help="GET /health on this loopback port")
     node.add_argument("--retries", type=_positive_int, default=3)
+    node.add_argument(
+        "--max_mb", type=float, default=512.0,
+        help="a dataset larger than this is refused as it arrives (its association aborted)",
+    )  # fmt: skip
+    node.add_argument("--tls_cert", help="the node's certificate (PEM): callers must use TLS")
+    node.add_argument("--tls_key", help="its private key (PEM)")
+    node.add_argument("--tls_ca", help="CA (PEM) callers' certificates must chain to (mutual TLS)")
+    node.add_argument(
+        "--dest_tls_ca", help="CA (PEM) of the destination: C-STORE over TLS, verified"
+    )
+    node.add_argument(
+        "--plain_on_network", action="store_true",
+        help="listen on another interface without TLS (only where TLS is terminated elsewhere)",
+    )  # fmt: skip
     _add_model_path_arg(node)
     node.set_defaults(func=cmd_dicom_node)
