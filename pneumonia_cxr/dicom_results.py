@@ -205,6 +205,31 @@ def heatmap_capture(source, overlay_rgb: np.ndarray, model_sha256: str):
     return capture
 
 
+TYPE2_COPIED = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
+"""Patient and General Study attributes every result object must carry (type 2: present,
+possibly empty) and copies from its source."""
+
+
+def with_empty_type2(source):
+    """The source header (a copy read for the results) with any of `TYPE2_COPIED` it lacks
+    present and empty, as the standard allows: a film from a modality that leaves them out
+    still gets its results, and no value is made up."""
+    for keyword in TYPE2_COPIED:
+        if keyword not in source:
+            setattr(source, keyword, "")
+    return source
+
+
 class DicomResultWriter:
     """Writes `sr_<UID>.dcm` (and `heatmap_<UID>.dcm` for an assessed image) per DICOM input
     into one folder, atomically, each named by its own new SOP Instance UID; other inputs get
@@ -219,7 +244,7 @@ class DicomResultWriter:
         loader reads a DICOM file without its preamble)."""
         import pydicom
 
-        source = pydicom.dcmread(row.path, stop_before_pixels=True, force=True)
+        source = with_empty_type2(pydicom.dcmread(row.path, stop_before_pixels=True, force=True))
         written = [self._save(structured_report(source, row, self.model, self.threshold), "sr")]
         if row.assessed and overlay is not None:
             capture = heatmap_capture(source, overlay, self.model.sha256)

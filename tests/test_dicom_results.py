@@ -22,7 +22,8 @@ PNEUMONIA_CODE = "233604007"
 
 def _dicoms(gray: np.ndarray, folder: Path) -> dict[str, Path]:
     """The four kinds of DICOM of the browser test (8/16-bit, MONOCHROME1/2), a 45-year-old's
-    film and a lateral view, all of one patient's study."""
+    film, a lateral view and a film without the type 2 patient and study attributes, all of one
+    patient's study."""
     wide = gray.astype(np.uint16) * 16 + 100
     study = {"StudyInstanceUID": pydicom.uid.generate_uid(), "PatientAge": "003Y"}
     files = {
@@ -35,9 +36,25 @@ def _dicoms(gray: np.ndarray, folder: Path) -> dict[str, Path]:
         "adult.dcm": dicom_bytes(gray, **(study | {"PatientAge": "045Y"})),
         "lateral.dcm": dicom_bytes(gray, ViewPosition="LL", **study),
     }
+    files["bare.dcm"] = _without_type2(dicom_bytes(gray, **study))
     for name, data in files.items():
         (folder / name).write_bytes(data)
     return {name: folder / name for name in files}
+
+
+def _without_type2(data: bytes) -> bytes:
+    """A film from a modality that leaves out the patient's and study's type 2 attributes."""
+    import io
+
+    from pneumonia_cxr.dicom_results import TYPE2_COPIED
+
+    dataset = pydicom.dcmread(io.BytesIO(data))
+    for keyword in TYPE2_COPIED:
+        if keyword in dataset:
+            delattr(dataset, keyword)
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +91,7 @@ def test_each_dicom_input_gets_an_sr_and_the_assessed_ones_a_heatmap(written: di
     objects = written["objects"]
     assert set(objects) == set(written["sources"])  # the JPEG got none
     for name, found in objects.items():
-        expect = {"SR", "OT"} if name.startswith("mono") else {"SR"}
+        expect = {"SR", "OT"} if name.startswith(("mono", "bare")) else {"SR"}
         assert set(found) == expect, name
     for name in ("adult.dcm", "lateral.dcm"):
         assert written["rows"][name]["state"] == "not assessed"
@@ -85,7 +102,10 @@ def test_the_sr_says_what_the_table_says(written: dict) -> None:
         row, items = written["rows"][name], _items(found["SR"])
         source = pydicom.dcmread(written["sources"][name], stop_before_pixels=True)
         for keyword in ("PatientID", "PatientName", "StudyInstanceUID", "AccessionNumber"):
-            assert found["SR"].get(keyword) == source.get(keyword), keyword
+            if keyword in source:  # copied as it is
+                assert found["SR"].get(keyword) == source.get(keyword), keyword
+            else:  # a type 2 attribute the film lacks: present and empty, nothing made up
+                assert found["SR"].get(keyword) == "", keyword
         assert found["SR"].SOPInstanceUID != source.SOPInstanceUID
         assert found["SR"].SeriesInstanceUID != source.SeriesInstanceUID
         assert items["Assessment state"].TextValue == row["state"]
