@@ -20,6 +20,7 @@ import os
 import sqlite3
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -37,6 +38,9 @@ IMAGE_SOP_CLASSES = (
 )
 UNCOMPRESSED = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")  # explicit / implicit VR LE
 MAX_PDU = 64 * 1024
+PDU_MARGIN = 1024
+"""A PDU may exceed the announced maximum P-DATA length by its own headers; a longer one is
+refused before it is read (`DicomNode._on_connection`)."""
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -95,6 +99,26 @@ class NodeConfig:
             raise ValueError("allow at least one calling AE title (--allow)")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("TLS needs both --tls_cert and --tls_key")
+        if self.tls_ca is not None and self.tls_cert is None:
+            raise ValueError("--tls_ca asks callers for certificates over TLS: give --tls_cert "
+                             "and --tls_key too")  # fmt: skip
+        if self.max_bytes <= 0:
+            raise ValueError(f"--max_mb must be positive (got {self.max_bytes} bytes)")
+        if isinstance(self.destination, str):
+            url = urllib.parse.urlsplit(self.destination)
+            local = url.hostname in LOOPBACK
+            if self.dest_tls_ca is not None and url.scheme != "https":
+                raise ValueError("--dest_tls_ca verifies an https destination: use https://")
+            if os.environ.get(DEST_TOKEN_ENV) and url.scheme != "https" and not local:
+                raise ValueError(
+                    f"${DEST_TOKEN_ENV} would travel in clear to {url.hostname}: use https://"
+                )
+        elif self.destination[1] not in LOOPBACK and self.dest_tls_ca is None:
+            log.warning(
+                "results go to %s without TLS (--dest_tls_ca): keep that link inside a trusted "
+                "network",
+                self.destination[1],
+            )
         if self.host not in LOOPBACK and self.tls_cert is None and not self.plain_on_network:
             raise ValueError(
                 f"--host {self.host}: another interface than loopback needs TLS (--tls_cert, "
@@ -224,6 +248,29 @@ class DicomNode:
         self._wake.set()
         return 0x0000
 
+    def _on_connection(self, event) -> None:
+        """Refuse a PDU longer than the node accepts from its header, before reading it:
+        pynetdicom reads a PDU's declared length whole (a caller ignoring the 64 KB maximum
+        the node announced could make it buffer gigabytes); the connection is closed."""
+        sock = event.assoc.dul.socket
+        if sock is None:
+            return
+        read = sock.recv
+        caller = str(event.address)
+
+        def recv(nr_bytes: int) -> bytearray:
+            if nr_bytes > MAX_PDU + PDU_MARGIN:
+                log.warning(
+                    "closed the connection from %s: a PDU of %d bytes (the node accepts %d)",
+                    caller,
+                    nr_bytes,
+                    MAX_PDU,
+                )
+                raise OSError(f"a PDU of {nr_bytes} bytes is longer than the node accepts")
+            return read(nr_bytes)
+
+        sock.recv = recv
+
     def _on_pdu(self, event) -> None:
         """Count a dataset's bytes as its fragments arrive; past `max_bytes`, abort the
         association before the rest comes (pynetdicom would buffer it all first)."""
@@ -266,11 +313,15 @@ class DicomNode:
             (self.config.host, self.config.port),
             block=False,
             ssl_context=self.config.listener_tls(),
-            evt_handlers=[(evt.EVT_C_STORE, self._on_store), (evt.EVT_PDU_RECV, self._on_pdu)],
+            evt_handlers=[
+                (evt.EVT_CONN_OPEN, self._on_connection),
+                (evt.EVT_C_STORE, self._on_store),
+                (evt.EVT_PDU_RECV, self._on_pdu),
+            ],
         )
         threading.Thread(target=self._work, name="pcx-node-worker", daemon=True).start()
         if self.config.health_port is not None:
-            self._health = _health_server(self.config.host, self.config.health_port, self)
+            self._health = _health_server("127.0.0.1", self.config.health_port, self)
             threading.Thread(target=self._health.serve_forever, daemon=True).start()
         log.info(
             "DICOM node %s listening on %s:%d%s (callers %s), results to %s",
@@ -388,9 +439,9 @@ def _stow(paths: list[Path], config: NodeConfig) -> None:
         session.headers["Authorization"] = f"Bearer {token}"
     client = DICOMwebClient(url=str(config.destination), session=session)
     response = client.store_instances([pydicom.dcmread(path) for path in paths])
-    failed = response.get("00081198") if response is not None else None  # FailedSOPSequence
-    if failed and failed.get("Value"):
-        raise ConnectionError(f"STOW-RS refused {len(failed['Value'])} object(s): {failed}")
+    failed = response.get(0x00081198) if response is not None else None  # FailedSOPSequence
+    if failed is not None and failed.value:
+        raise ConnectionError(f"STOW-RS refused {len(failed.value)} of {len(paths)} object(s)")
 
 
 def _c_store(paths: list[Path], config: NodeConfig) -> None:

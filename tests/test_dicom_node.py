@@ -375,12 +375,16 @@ def test_a_dataset_past_the_limit_is_aborted_as_it_arrives_and_a_forged_length_r
         forged = tmp_path / "forged.dcm"
         forged.write_bytes(small[: at + 8] + (0x7FFFFFF0).to_bytes(4, "little") + small[at + 12 :])
         assert _store_as("SCU", port, forged)[1] == 0xC210
+        # One PDU declaring 2 GB (the node announced 64 KB): the connection is closed from
+        # the header, nothing is buffered.
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            raw.sendall(b"\x04\x00" + (2**31).to_bytes(4, "big") + b"\x00" * 1024)
+            assert raw.recv(16) == b""  # closed by the node, not waiting for 2 GB
         assert _store_as("SCU", port, pydicom.dcmread(__import__("io").BytesIO(small)))[1] == 0
         assert sum(node.queue.counts().values()) == 1  # only the good film was kept
         messages = " ".join(r.getMessage() for r in caplog.records)
-        assert (
-            "a dataset passed 300000 bytes" in messages and "declares 2147483632 bytes" in messages
-        )
+        assert "a dataset passed 300000 bytes" in messages
+        assert "declares 2147483632 bytes" in messages and "a PDU of 2147483648 bytes" in messages
         assert not list((tmp_path / "node" / "received").glob("*.part"))
     finally:
         node.stop()
@@ -463,3 +467,52 @@ def test_results_go_to_a_dicomweb_server_by_stow_rs(real_data_root: Path, tmp_pa
         node.send_signal(signal.SIGTERM)
         node.wait(timeout=60)
         orthanc.stop()
+
+
+def test_a_stow_rs_partial_failure_is_not_taken_for_sent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 202 whose FailedSOPSequence names an object raises, so the queue retries it."""
+    from dicomweb_client.api import DICOMwebClient
+    from pydicom.dataset import Dataset, FileMetaDataset
+
+    from pneumonia_cxr.dicom_node import NodeConfig, send_results
+
+    failed = Dataset()
+    failed.ReferencedSOPInstanceUID, failed.FailureReason = "1.2.3", 0xA700
+    answer = Dataset()
+    answer.FailedSOPSequence = [failed]
+    monkeypatch.setattr(DICOMwebClient, "store_instances", lambda self, datasets: answer)
+    sr = Dataset()
+    sr.file_meta = FileMetaDataset()
+    sr.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    sr.SOPClassUID, sr.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.88.33", "1.2.3"
+    path = tmp_path / "sr.dcm"
+    sr.save_as(path, enforce_file_format=True)
+    config = NodeConfig(tmp_path, ("SCU",), "http://127.0.0.1:9/dicom-web")
+    with pytest.raises(ConnectionError, match="refused 1 of 1"):
+        send_results([path], config)
+    answer.FailedSOPSequence = []
+    send_results([path], config)  # all stored: no error
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"tls_ca": Path("ca.pem")}, "give --tls_cert"),
+        ({"destination": "http://pacs.example:8042/dicom-web", "token": "t"}, "in clear"),
+        ({"destination": "http://127.0.0.1:8042/dicom-web", "dest_tls_ca": Path("x")}, "https"),
+        ({"max_bytes": 0}, "must be positive"),
+    ],
+)
+def test_unsafe_node_settings_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, settings: dict, message: str
+) -> None:
+    from pneumonia_cxr.dicom_node import DEST_TOKEN_ENV, NodeConfig
+
+    settings = dict(settings)
+    if settings.pop("token", None):
+        monkeypatch.setenv(DEST_TOKEN_ENV, "secret")
+    settings.setdefault("destination", ("PACS", "127.0.0.1", 104))
+    with pytest.raises(ValueError, match=message):
+        NodeConfig(tmp_path, ("SCU",), **settings)

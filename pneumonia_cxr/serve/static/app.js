@@ -124,7 +124,8 @@ function describeModel(model, outputs = null) {
     (more.length ? ` It also says ${more.join(", and ")}.` : "");
   $("scope").textContent = model.scope; // from the model's intended-use record
   if (model.site_verdict) {
-    $("verdict").textContent = `At the site it was calibrated on: ${model.site_verdict.text}.`;
+    const how = model.calibration && model.calibration.adapted ? "adapted" : "calibrated";
+    $("verdict").textContent = `At the site it was ${how} on: ${model.site_verdict.text}.`;
     $("verdict").className = model.site_verdict.useful ? "verdict" : "verdict warning";
   }
   if (answers.length > 1) { // the second toggle: the heatmap of the answer after the first
