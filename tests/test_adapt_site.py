@@ -87,6 +87,9 @@ def test_adapt_makes_a_useful_model_where_the_parent_is_at_chance(
     assert record["site"]["images"] == {"NORMAL": 70, "PNEUMONIA": 70}
     assert record["site"]["patients"] == {"NORMAL": 35, "PNEUMONIA": 35}
     assert len(record["outer_folds_chose"]) == 5 and record["recipe"] == "probe_parent"
+    nested = record["nested_at_target"]  # the threshold fitted inside each fold too
+    assert 0.7 <= nested["sensitivity"]["value"] <= 1.0 and nested["specificity"]["ci_low"] > 0
+    assert record["verdict_from"] in ("out of fold", "nested")
     assert bundle.model.probe_layers == ("layer1", "layer2", "layer3")
     # The parent's frozen backbone, a new head; the type is not carried over from Kermany.
     parent = load_model(session_tiny_model).model.backbone.state_dict()
@@ -276,3 +279,28 @@ def test_fine_tuning_competes_when_asked_for_and_resumes_fold_by_fold(
     assert len(runs) == 3
     assert _adapt(session_tiny_model, site, output, *recipes) == code
     assert [path.stat().st_mtime_ns for path in runs] == stamps
+
+
+def test_a_rerun_with_other_settings_starts_afresh(
+    adapted: dict, session_tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Same output, another parent: the cached features of the first parent are not reused."""
+    from pneumonia_cxr.model.model_file import save_model
+
+    output = tmp_path / "site.pt"
+    assert _adapt(session_tiny_model, adapted["A"], output) == 0
+    cache = tmp_path / "site_adapt" / "features" / "probe_parent.npy"
+    first = np.load(cache)
+    other = load_model(session_tiny_model)
+    with torch.no_grad():
+        for tensor in other.model.backbone.parameters():
+            tensor.mul_(1.5)
+    save_model(other, tmp_path / "other.pt")
+    assert _adapt(tmp_path / "other.pt", adapted["A"], output) == 0
+    second = np.load(cache)
+    assert not np.allclose(first, second)  # made again with the other parent's network
+    probe = load_model(output).model.head
+    assert np.allclose(probe.mean.numpy(), second.mean(axis=0), rtol=1e-4, atol=1e-5)
+    # A parent that is itself an adapted file cannot be fine-tuned: refused before any work.
+    assert _adapt(output, adapted["A"], tmp_path / "x.pt", "--recipes", "finetune") == 2
+    assert "adapted (probe) model" in capsys.readouterr().err

@@ -73,7 +73,8 @@ def read_patients_csv(folder: str | Path) -> dict[str, str]:
         return {Path(row["file"]).name: row["patient"] for row in reader if row["patient"]}
 
 
-def _patient_of(record: ImageRecord, patients: Mapping[str, str]) -> str | None:
+def patient_of(record: ImageRecord, patients: Mapping[str, str]) -> str | None:
+    """The record's patient: from `patients.csv`, else its Kermany file name; None if neither."""
     return patients.get(record.path.name) or patient_id(record.path.name)
 
 
@@ -94,7 +95,7 @@ def site_folds(
     groups: dict[str, list[ImageRecord]] = {}
     unknown = 0
     for index, record in enumerate(records):
-        patient = _patient_of(record, patients)
+        patient = patient_of(record, patients)
         if patient is None:
             unknown += 1
             patient = f"image:{index}"

@@ -170,9 +170,15 @@ class PneumoniaNet(nn.Module):
         return (self.backbone_name,)
 
     def _probe_widths(self) -> tuple[int, ...]:
-        """Channels of each probed layer, from one small forward pass."""
-        with torch.no_grad():
-            _, taps = self._run_with_taps(torch.zeros(1, 3, 64, 64), self.probe_layers)
+        """Channels of each probed layer, from one small forward pass in eval mode (in train
+        mode it would move the BatchNorm statistics of pretrained weights)."""
+        was_training = self.backbone.training
+        self.backbone.eval()
+        try:
+            with torch.no_grad():
+                _, taps = self._run_with_taps(torch.zeros(1, 3, 64, 64), self.probe_layers)
+        finally:
+            self.backbone.train(was_training)
         return tuple(int(taps[name].shape[1]) for name in self.probe_layers)
 
     def _run_with_taps(

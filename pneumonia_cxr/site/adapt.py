@@ -39,7 +39,7 @@ import numpy as np
 from pneumonia_cxr import TYPE_NAMES
 from pneumonia_cxr.config import ADAPT_MIN_SENSITIVITY
 from pneumonia_cxr.data.discovery import ImageRecord
-from pneumonia_cxr.data.site import list_site_images, read_patients_csv, site_folds
+from pneumonia_cxr.data.site import list_site_images, patient_of, read_patients_csv, site_folds
 from pneumonia_cxr.errors import EvaluationInputError
 from pneumonia_cxr.evaluation.metrics import Estimate
 from pneumonia_cxr.evaluation.threshold import fit_operating_point
@@ -62,6 +62,7 @@ from pneumonia_cxr.site.held_out import (
 )
 from pneumonia_cxr.site.probe import (
     PROBE_RECIPES,
+    auc,
     choose,
     extract_features,
     feature_network,
@@ -93,19 +94,8 @@ class AdaptOutcome:
         return bool(self.after.verdict["useful"])
 
 
-def _auc(labels: np.ndarray, logits: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(labels, logits))
-
-
 def _patients(records: Sequence[ImageRecord], patients: dict[str, str]) -> list[str]:
-    from pneumonia_cxr.data.patients import patient_id
-
-    return [
-        patients.get(r.path.name) or patient_id(r.path.name) or f"image:{i}"
-        for i, r in enumerate(records)
-    ]
+    return [patient_of(r, patients) or f"image:{i}" for i, r in enumerate(records)]
 
 
 def site_counts(records: Sequence[ImageRecord], patients: Sequence[str]) -> dict[str, Any]:
@@ -260,6 +250,52 @@ def _site_type(
     }
 
 
+def _rates(labels: np.ndarray, decisions: np.ndarray) -> dict[str, dict[str, float]]:
+    """Sensitivity and specificity of decisions with Wilson 95% intervals (the nested
+    operating point's: a threshold per fold, so no single threshold to bootstrap)."""
+    from pneumonia_cxr.evaluation.metrics import wilson_interval
+
+    rates = {}
+    for name, positive in (("sensitivity", 1), ("specificity", 0)):
+        mine = labels == positive
+        hits = int((decisions[mine] == positive).sum())
+        low, high = wilson_interval(hits, int(mine.sum()))
+        rates[name] = {"value": hits / int(mine.sum()), "ci_low": low, "ci_high": high}
+    return rates
+
+
+def _start_or_resume(
+    work: Path,
+    model_path: Path,
+    records: Sequence[ImageRecord],
+    fold_of: np.ndarray,
+    recipes: Sequence[str],
+    seed: int,
+) -> None:
+    """Keep the work folder's features, folds and runs only when they were made for this very
+    run (the parent's sha256, the site's images, the folds, the recipes, the seed); otherwise
+    start afresh, so that a re-run with other settings never mixes in stale work."""
+    import hashlib
+    import shutil
+
+    from pneumonia_cxr.data.fingerprint import records_fingerprint
+    from pneumonia_cxr.data.split import file_sha256
+
+    key = {
+        "parent_sha256": file_sha256(model_path),
+        "site": records_fingerprint(records, "site"),
+        "folds": hashlib.sha256(np.asarray(fold_of, dtype=np.int64).tobytes()).hexdigest(),
+        "recipes": list(recipes),
+        "seed": seed,
+    }
+    path = work / "run_key.json"
+    if path.is_file() and json.loads(path.read_text()) != key:
+        log.warning("%s holds work of other settings: starting afresh", work)
+        for stale in [work / "features", work / "folds", *work.glob(f"{FINETUNE}_*")]:
+            shutil.rmtree(stale, ignore_errors=True)
+    atomic_write_text(path, json.dumps(key))
+
+
 def _fold_store(work: Path) -> tuple[dict[int, dict[str, Any]], Any]:
     """Finished outer folds (resume) and the callback that records each new one."""
     folder = work / "folds"
@@ -308,8 +344,18 @@ def adapt_site(
     counts = site_counts(records, owners)
     check_site(counts, folds, force)
     parent = load_model(model_path)
+    members = len(parent.model.members)
+    if FINETUNE in recipes and (members > 1 or parent.model.members[0].probe_layers):
+        raise EvaluationInputError(
+            f"{model_path}: the finetune recipe fine-tunes one network with its own head; this "
+            f"file is {'an ensemble' if members > 1 else 'an adapted (probe) model'}: give its "
+            "parent, or leave finetune out of --recipes"
+        )
+    if members > 1:
+        log.warning("probe_parent reads the first of the ensemble's %d networks", members)
     labels = np.array([r.label for r in records])
     fold_of = _fold_numbers(records, folds, seed, patients)
+    _start_or_resume(work, model_path, records, fold_of, recipes, seed)
     print(
         f"site {site}: {counts['images']} images, {counts['patients']} patients; "
         f"{folds} folds by patient",
@@ -325,22 +371,37 @@ def adapt_site(
     chosen, c, oof_logits, nested, crossed = "", None, np.zeros(0), None, None
     if features:
         done, save = _fold_store(work)
-        crossed = nested_cross_fit(features, labels, fold_of, on_fold=save, done=done)
+        crossed = nested_cross_fit(
+            features,
+            labels,
+            fold_of,
+            rule=rule,
+            min_sensitivity=min_sensitivity,
+            on_fold=save,
+            done=done,
+        )
         final = choose(features, labels, fold_of)
         candidates = {
             name: {
                 **final.candidates[name],
-                "nested_oof_auc": _auc(labels, crossed.per_recipe[name]),
+                "nested_oof_auc": auc(labels, crossed.per_recipe[name]),
             }
             for name in features
         }
         chosen, c, oof_logits = final.recipe, final.c, final.logits[final.recipe]
-        nested = _auc(labels, crossed.logits)
+        nested = auc(labels, crossed.logits)
     if FINETUNE in recipes:
         tuned = cross_fit_finetune(
-            model_path, records, fold_of, patients, work, seed=seed, batch_size=batch_size
+            model_path,
+            records,
+            fold_of,
+            patients,
+            work,
+            seed=seed,
+            batch_size=batch_size,
+            device=device,
         )
-        candidates[FINETUNE] = {"c": None, "cv_auc": _auc(labels, tuned), "nested_oof_auc": None}
+        candidates[FINETUNE] = {"c": None, "cv_auc": auc(labels, tuned), "nested_oof_auc": None}
         if not chosen or candidates[FINETUNE]["cv_auc"] > candidates[chosen]["cv_auc"]:
             chosen, c, oof_logits = FINETUNE, None, tuned
     point = fit_operating_point(labels, oof_logits, rule=rule, min_sensitivity=min_sensitivity)
@@ -376,6 +437,14 @@ def adapt_site(
     after = held_out_measure(
         labels, oof_probabilities, point.threshold, rule, np.zeros(len(labels), dtype=bool)
     )
+    nested_at_target, verdict_from = None, "out of fold"
+    if crossed is not None and chosen != FINETUNE:
+        nested_at_target = _rates(labels, crossed.decisions)
+        nested_auc = held_out_measure(
+            labels, probability(crossed.logits), 0.5, "fixed_0.5", np.zeros(len(labels))
+        )
+        if (nested_auc.metrics.roc_auc.ci_low or 0.0) < (after.metrics.roc_auc.ci_low or 0.0):
+            after, verdict_from = replace(after, verdict=nested_auc.verdict), "nested"
     record = {
         "recipe": chosen,
         "c": c,
@@ -388,6 +457,8 @@ def adapt_site(
         "site": counts,
         "outer_folds_chose": crossed.chosen if crossed is not None else [],
         "nested_oof_auc": nested,
+        "nested_at_target": nested_at_target,
+        "verdict_from": verdict_from,
         "threshold_rule": rule,
         "min_sensitivity": min_sensitivity,
         "held_out_before": before.record(),
@@ -405,7 +476,13 @@ def adapt_site(
         "out_of_fold": True,
         "site_sensitivity": after.metrics.sensitivity.value,
         "site_specificity": after.metrics.specificity.value,
-        "forced": bool(force and min(counts["images"].values()) < MIN_IMAGES_PER_CLASS),
+        "forced": bool(
+            force
+            and (
+                min(counts["images"].values()) < MIN_IMAGES_PER_CLASS
+                or min(counts["patients"].values()) < MIN_PATIENTS_PER_CLASS
+            )
+        ),
     }
     bundle.extra = {**bundle.extra, "calibration": calibration}
     record = write_site_model(
@@ -453,7 +530,9 @@ def format_adapt_report(outcome: AdaptOutcome) -> str:
             outcome.after,
             record["min_sensitivity"],
         ),
-        f"verdict: {outcome.after.verdict['text'].split(';')[0]}",
+        *_nested_line(record),
+        f"verdict: {outcome.after.verdict['text'].split(';')[0]} (from the {record['verdict_from']}"
+        " estimate, the more cautious)",
         _type_line(record["type"]),
         f"written: {outcome.output}; report: {outcome.report['html']}",
     ]
@@ -472,3 +551,16 @@ def _type_line(kind: dict[str, Any]) -> str:
         f"type (bacterial/viral): fitted on the site ({kind['images']}), out-of-fold ROC AUC "
         f"{format_interval(Estimate.from_dict(auc), percent=False)}"
     )
+
+
+def _nested_line(record: dict[str, Any]) -> list[str]:
+    nested = record.get("nested_at_target")
+    if not nested:
+        return []
+    sensitivity, specificity = (
+        format_interval(Estimate.from_dict(nested[name])) for name in ("sensitivity", "specificity")
+    )
+    return [
+        f"nested, the threshold fitted inside each fold too: sensitivity {sensitivity}, "
+        f"specificity {specificity} (what the threshold rule gives on patients it never saw)"
+    ]

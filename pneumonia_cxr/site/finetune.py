@@ -96,11 +96,13 @@ def fine_tune(
     return train(config) / FINAL_MODEL_NAME
 
 
-def _logits(model_path: Path, records: Sequence[ImageRecord], batch_size: int) -> np.ndarray:
+def _logits(
+    model_path: Path, records: Sequence[ImageRecord], batch_size: int, device: str | None
+) -> np.ndarray:
     from pneumonia_cxr.inference.predictor import Predictor
     from pneumonia_cxr.site.held_out import score_site
 
-    predictor = Predictor.open(model_path, engine="torch", device="cpu")
+    predictor = Predictor.open(model_path, engine="torch", device=device)
     return np.asarray(score_site(predictor, records, batch_size).scores.logits, dtype=np.float64)
 
 
@@ -113,6 +115,7 @@ def cross_fit_finetune(
     *,
     seed: int,
     batch_size: int,
+    device: str | None = None,
 ) -> np.ndarray:
     """Every film's logit from a run fine-tuned on the other folds (kept per fold in
     `work/folds/finetune<k>.json`: a re-run skips finished folds)."""
@@ -127,7 +130,7 @@ def cross_fit_finetune(
         model = fine_tune(
             parent, train_part, patients, work / f"{FINETUNE}_fold{fold}", seed, batch_size
         )
-        logits[held] = _logits(model, [records[i] for i in held], batch_size)
+        logits[held] = _logits(model, [records[i] for i in held], batch_size, device)
         atomic_write_text(kept, json.dumps({"logits": logits[held].tolist()}))
     return logits
 

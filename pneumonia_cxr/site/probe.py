@@ -137,7 +137,8 @@ def extract_features(
     return np.concatenate(parts)
 
 
-def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
+def auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """ROC AUC of scores (logits or probabilities) against 0/1 labels."""
     from sklearn.metrics import roc_auc_score
 
     return float(roc_auc_score(labels, scores))
@@ -200,9 +201,9 @@ def choose(
         best: tuple[float, float, np.ndarray] | None = None
         for c in grid:
             pooled = out_of_fold_logits(matrix, labels, folds, c)
-            auc = _auc(labels, pooled)
-            if best is None or auc > best[0]:
-                best = (auc, c, pooled)
+            score = auc(labels, pooled)
+            if best is None or score > best[0]:
+                best = (score, c, pooled)
         assert best is not None
         candidates[name] = {"c": best[1], "cv_auc": best[0]}
         logits[name] = best[2]
@@ -218,19 +219,30 @@ class CrossFit:
     chosen: list[dict[str, Any]]
     per_recipe: dict[str, np.ndarray]
     """Each recipe's own out-of-fold logits (its C chosen inside), for the candidates' table."""
+    decisions: np.ndarray
+    """Each image's decision at an operating point fitted inside the other folds too: what
+    the threshold rule achieves on patients it never saw."""
 
 
 def nested_cross_fit(
     features: dict[str, np.ndarray],
     labels: np.ndarray,
     folds: np.ndarray,
+    *,
+    rule: str,
+    min_sensitivity: float | None,
     on_fold: Callable[[int, dict[str, Any]], None] | None = None,
     done: dict[int, dict[str, Any]] | None = None,
 ) -> CrossFit:
-    """Every image scored by a head fitted on the other folds, with the recipe and C chosen
-    by `choose` on those folds alone. `done`: folds already finished (resume), each
-    {"chosen", "logits", "per_recipe"} as `on_fold` received it."""
+    """Every image scored by a head fitted on the other folds, with the recipe, C and the
+    operating point (`rule`, `min_sensitivity`: temperature and threshold on the other folds'
+    own out-of-fold logits) chosen on those folds alone. `done`: folds already finished
+    (resume), each as `on_fold` received it."""
+    from pneumonia_cxr.evaluation.threshold import fit_operating_point
+    from pneumonia_cxr.model.decision import decide, probability
+
     logits = np.zeros(len(labels))
+    decisions = np.zeros(len(labels), dtype=np.int64)
     per_recipe = {name: np.zeros(len(labels)) for name in features}
     chosen = []
     for fold in (int(f) for f in np.unique(folds)):
@@ -247,13 +259,22 @@ def nested_cross_fit(
                 head = _fit(matrix[~held], labels[~held], c)
                 result["per_recipe"][name] = _logits(head, matrix[held]).tolist()
             result["logits"] = result["per_recipe"][inner.recipe]
+            point = fit_operating_point(
+                labels[~held],
+                inner.logits[inner.recipe],
+                rule=rule,
+                min_sensitivity=min_sensitivity,
+            )
+            held_probabilities = probability(np.asarray(result["logits"]), point.temperature)
+            result["decisions"] = decide(held_probabilities, point.threshold).tolist()
             if on_fold is not None:
                 on_fold(fold, result)
         logits[held] = result["logits"]
+        decisions[held] = result["decisions"]
         for name in features:
             per_recipe[name][held] = result["per_recipe"][name]
         chosen.append({"fold": fold, **result["chosen"]})
-    return CrossFit(logits, chosen, per_recipe)
+    return CrossFit(logits, chosen, per_recipe, decisions)
 
 
 def fit_probe(probe: LinearProbe, features: np.ndarray, labels: np.ndarray, c: float) -> None:

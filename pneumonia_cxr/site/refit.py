@@ -41,7 +41,8 @@ def refit_site_guard(
         batch_size=batch_size,
         device=device,
     )
-    assert guard is not None
+    if guard is None:
+        return {"layers": [], "why": f"{bundle.backbone_name} has no guard layers"}
     return {
         "layers": list(guard.layers),
         "cutoff": guard.cutoff,

@@ -74,6 +74,9 @@ def site_report(
         "not_available": record["not_available"],
         "outer_folds_chose": record["outer_folds_chose"],
         "verdict": after.verdict,
+        "verdict_from": record["verdict_from"],
+        "nested_at_target": record["nested_at_target"],
+        "nested_oof_auc": record["nested_oof_auc"],
         "type": record["type"],
         "roc": {
             "before": {"labels": before.labels, "probabilities": before.probabilities},
@@ -106,6 +109,21 @@ def _html(report: dict[str, Any], before: HeldOut, after: HeldOut) -> str:
             ]
         )
     )
+    nested = report.get("nested_at_target")
+    if nested:
+        rates = [
+            format_interval(Estimate.from_dict(nested[name]))
+            for name in ("sensitivity", "specificity")
+        ]
+        rows.append(
+            _row(
+                [
+                    "nested: threshold fitted inside each fold",
+                    "-",
+                    f"sensitivity {rates[0]}, specificity {rates[1]}",
+                ]
+            )
+        )
     rows.append(
         _row(
             [
