@@ -41,6 +41,27 @@ def main() -> None:
             f"| {timing['seconds']} s, {timing['exit']} |"
         )
     print()
+    print(
+        "| site rendering | nested on A: sensitivity (threshold fitted inside each fold) "
+        "| nested on A: specificity | verdict from | type: out-of-fold AUC on A |"
+    )
+    print("| --- | --- | --- | --- | --- |")
+    for kind in ("degraded", "inverted", "zoomed"):
+        path = out / f"{kind}_report" / "site_report.json"
+        if not path.is_file():
+            continue
+        report = json.loads(path.read_text())
+        nested, kind_type = report["nested_at_target"], report["type"]
+        type_auc = (
+            _interval(kind_type["out_of_fold"]["roc_auc"], False)
+            if kind_type["available"]
+            else "not available"
+        )
+        print(
+            f"| {kind} | {_interval(nested['sensitivity'], True)} "
+            f"| {_interval(nested['specificity'], True)} | {report['verdict_from']} | {type_auc} |"
+        )
+    print()
     print("| site rendering | recipe | C | cross-validated AUC (A) | nested out-of-fold AUC (A) |")
     print("| --- | --- | --- | --- | --- |")
     for kind in ("degraded", "inverted", "zoomed"):
