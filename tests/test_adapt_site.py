@@ -235,7 +235,7 @@ def test_killed_mid_features_and_mid_folds_it_resumes_to_the_same_model(
         "fold0.json",
         "fold1.json",
     ]
-    assert _adapt_process(session_tiny_model, site, output, None) == 0
+    assert _adapt(session_tiny_model, site, output) == 0  # the resume, in this process
     resumed, whole = load_model(output), load_model(tmp_path / "whole.pt")
     for name, tensor in whole.model.head.state_dict().items():
         assert torch.allclose(tensor, resumed.model.head.state_dict()[name], atol=1e-6)
@@ -282,13 +282,13 @@ def test_fine_tuning_competes_when_asked_for_and_resumes_fold_by_fold(
 
 
 def test_a_rerun_with_other_settings_starts_afresh(
-    adapted: dict, session_tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+    session_tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     """Same output, another parent: the cached features of the first parent are not reused."""
     from pneumonia_cxr.model.model_file import save_model
 
-    output = tmp_path / "site.pt"
-    assert _adapt(session_tiny_model, adapted["A"], output) == 0
+    output, site = tmp_path / "site.pt", texture_site(tmp_path / "site", 30, seed=8)
+    assert _adapt(session_tiny_model, site, output) == 0
     cache = tmp_path / "site_adapt" / "features" / "probe_parent.npy"
     first = np.load(cache)
     other = load_model(session_tiny_model)
@@ -296,11 +296,11 @@ def test_a_rerun_with_other_settings_starts_afresh(
         for tensor in other.model.backbone.parameters():
             tensor.mul_(1.5)
     save_model(other, tmp_path / "other.pt")
-    assert _adapt(tmp_path / "other.pt", adapted["A"], output) == 0
+    assert _adapt(tmp_path / "other.pt", site, output) == 0
     second = np.load(cache)
     assert not np.allclose(first, second)  # made again with the other parent's network
     probe = load_model(output).model.head
     assert np.allclose(probe.mean.numpy(), second.mean(axis=0), rtol=1e-4, atol=1e-5)
     # A parent that is itself an adapted file cannot be fine-tuned: refused before any work.
-    assert _adapt(output, adapted["A"], tmp_path / "x.pt", "--recipes", "finetune") == 2
+    assert _adapt(output, site, tmp_path / "x.pt", "--recipes", "finetune") == 2
     assert "adapted (probe) model" in capsys.readouterr().err

@@ -361,7 +361,9 @@ def adapt_site(
         f"{folds} folds by patient",
         file=sys.stderr,
     )
-    before = held_out_figures(model_path, records, device=device, batch_size=batch_size)
+    before = held_out_figures(
+        model_path, records, device=device, engine="torch", batch_size=batch_size
+    )
     print(_estimate_line(recipes, parent, len(records), folds), file=sys.stderr)
     probes = [name for name in recipes if name != FINETUNE]
     features, networks, missing = _site_features(parent, probes, records, work, batch_size, device)
@@ -488,7 +490,9 @@ def adapt_site(
     record = write_site_model(
         bundle, output, "adaptation", record, parent=model_path, records=records
     )
-    written = held_out_figures(output, records, device=device, batch_size=batch_size)
+    written = held_out_figures(
+        output, records, device=device, engine="torch", batch_size=batch_size
+    )
     after = replace(after, flagged=written.flagged)
     report = write_site_report(
         Path(report_dir) if report_dir is not None else output.with_name(output.stem + "_report"),
